@@ -1,0 +1,216 @@
+//! Template → tokens → labels → truncation, for a batch of examples, in parallel.
+//!
+//! The rendered conversation is tokenized once, whole, with `add_special_tokens=False` — what
+//! `apply_chat_template(tokenize=True)` does — and labels come from the byte offsets of the
+//! tokens: a token carries a label when it overlaps an assistant content span, and so does the
+//! first special token after that span (the turn's end-of-turn marker, e.g. `<|im_end|>`).
+//!
+//! Each rayon task clones the tokenizer once: a clone has its own BPE cache, so threads do
+//! not contend on one shared cache (huggingface/tokenizers#1900).
+
+use std::collections::HashSet;
+
+use rayon::prelude::*;
+use tokenizers::Tokenizer;
+
+use crate::error::{DataError, Result};
+use crate::template::{ChatTemplate, Message};
+
+pub const IGNORE: i32 = -100;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Truncation {
+    Right,
+    Left,
+    Drop,
+    /// Keep whole; the caller concatenates and splits into blocks (continued pre-training).
+    Keep,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(u8)]
+pub enum Status {
+    Ok = 0,
+    TooLong = 1,
+    NoLabels = 2,
+    Failed = 3,
+}
+
+#[derive(Debug)]
+pub struct Example {
+    pub ids: Vec<u32>,
+    pub labels: Vec<i32>,
+    pub status: Status,
+    pub error: Option<String>,
+    /// Hash of the source content (not of the rendering), so a row keeps its split when the
+    /// template or tokenizer changes.
+    pub content_hash: u64,
+}
+
+pub struct Encoder {
+    tokenizer: Tokenizer,
+    special_ids: HashSet<u32>,
+    eos_id: Option<u32>,
+}
+
+impl Encoder {
+    pub fn new(tokenizer_json: &str, eos_token: Option<&str>) -> Result<Self> {
+        let tokenizer: Tokenizer =
+            tokenizer_json.parse().map_err(|e: tokenizers::Error| DataError::Tokenizer(e.to_string()))?;
+        let special_ids =
+            tokenizer.get_added_tokens_decoder().into_iter().filter(|(_, t)| t.special).map(|(id, _)| id).collect();
+        let eos_id = eos_token.and_then(|t| tokenizer.token_to_id(t));
+        Ok(Self { tokenizer, special_ids, eos_id })
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Conversations → examples. `train_on_all = false` labels only assistant turns.
+    pub fn encode_chat(
+        &self,
+        template: &ChatTemplate,
+        conversations: &[Vec<Message>],
+        max_length: usize,
+        truncation: Truncation,
+        train_on_all: bool,
+    ) -> Vec<Example> {
+        self.par_map(conversations, |tk, msgs| {
+            let hash = content_hash(msgs.iter().flat_map(|m| [m.role, m.content.unwrap_or("")]));
+            let encoded = template
+                .render_with_spans(msgs)
+                .and_then(|(text, spans)| {
+                    let enc = tk.encode(text.as_str(), false).map_err(|e| DataError::Tokenizer(e.to_string()))?;
+                    let ids = enc.get_ids().to_vec();
+                    let labels = if train_on_all {
+                        ids.iter().map(|&i| i as i32).collect()
+                    } else {
+                        completion_labels(&ids, enc.get_offsets(), &spans, &self.special_ids)
+                    };
+                    Ok((ids, labels))
+                });
+            match encoded {
+                Ok((ids, labels)) => finish(ids, labels, max_length, truncation, hash),
+                Err(e) => failed(e, hash),
+            }
+        })
+    }
+
+    /// Raw text → examples (continued pre-training): special tokens as the tokenizer adds them,
+    /// then EOS, every token labelled.
+    pub fn encode_text(&self, texts: &[&str], max_length: usize, truncation: Truncation) -> Vec<Example> {
+        self.par_map(texts, |tk, text| {
+            let hash = content_hash([*text]);
+            match tk.encode_fast(*text, true) {
+                Ok(enc) => {
+                    let mut ids = enc.get_ids().to_vec();
+                    if let Some(eos) = self.eos_id {
+                        if ids.last() != Some(&eos) {
+                            ids.push(eos);
+                        }
+                    }
+                    let labels = ids.iter().map(|&i| i as i32).collect();
+                    finish(ids, labels, max_length, truncation, hash)
+                }
+                Err(e) => failed(DataError::Tokenizer(e.to_string()), hash),
+            }
+        })
+    }
+
+    fn par_map<T: Sync>(&self, items: &[T], f: impl Fn(&Tokenizer, &T) -> Example + Sync) -> Vec<Example> {
+        let tasks = rayon::current_num_threads() * 8;
+        let chunk = items.len().div_ceil(tasks).max(16);
+        items
+            .par_chunks(chunk)
+            .flat_map_iter(|part| {
+                let tk = self.tokenizer.clone();
+                part.iter().map(|x| f(&tk, x)).collect::<Vec<_>>()
+            })
+            .collect()
+    }
+}
+
+fn completion_labels(ids: &[u32], offsets: &[(usize, usize)], spans: &[(usize, usize)], special: &HashSet<u32>) -> Vec<i32> {
+    let mut labels = vec![IGNORE; ids.len()];
+    let mut t = 0;
+    for &(s, e) in spans {
+        // Tokens ending at or before the span start cannot overlap it.
+        while t < ids.len() && offsets[t].1 <= s {
+            t += 1;
+        }
+        while t < ids.len() && offsets[t].0 < e {
+            labels[t] = ids[t] as i32;
+            t += 1;
+        }
+        if t < ids.len() && special.contains(&ids[t]) {
+            labels[t] = ids[t] as i32;
+            t += 1;
+        }
+    }
+    labels
+}
+
+fn finish(mut ids: Vec<u32>, mut labels: Vec<i32>, max_length: usize, truncation: Truncation, hash: u64) -> Example {
+    let mut status = Status::Ok;
+    if ids.len() > max_length {
+        match truncation {
+            Truncation::Right => {
+                ids.truncate(max_length);
+                labels.truncate(max_length);
+            }
+            Truncation::Left => {
+                let cut = ids.len() - max_length;
+                ids.drain(..cut);
+                labels.drain(..cut);
+            }
+            Truncation::Drop => status = Status::TooLong,
+            Truncation::Keep => {}
+        }
+    }
+    if status == Status::Ok && labels.iter().all(|&l| l == IGNORE) {
+        status = Status::NoLabels;
+    }
+    Example { ids, labels, status, error: None, content_hash: hash }
+}
+
+fn failed(e: DataError, hash: u64) -> Example {
+    Example { ids: vec![], labels: vec![], status: Status::Failed, error: Some(e.to_string()), content_hash: hash }
+}
+
+/// blake3 over the fields with a separator, first 8 bytes little-endian.
+pub fn content_hash<'a>(fields: impl IntoIterator<Item = &'a str>) -> u64 {
+    let mut h = blake3::Hasher::new();
+    for f in fields {
+        h.update(f.as_bytes());
+        h.update(&[0x1f]);
+    }
+    u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completion_labels_cover_span_and_end_of_turn() {
+        // tokens: "<s>" "user" ":" "q" "<eot>" "A" ":" "ans" "wer" "<eot>" "\n"
+        let ids: Vec<u32> = (0..11).collect();
+        let offsets = vec![(0, 3), (3, 7), (7, 8), (8, 9), (9, 14), (14, 15), (15, 16), (16, 19), (19, 22), (22, 27), (27, 28)];
+        let special: HashSet<u32> = [0, 4, 9].into_iter().collect();
+        let labels = completion_labels(&ids, &offsets, &[(16, 22)], &special);
+        assert_eq!(labels, vec![-100, -100, -100, -100, -100, -100, -100, 7, 8, 9, -100]);
+    }
+
+    #[test]
+    fn truncation_modes() {
+        let ids: Vec<u32> = (1..=5).collect();
+        let labels: Vec<i32> = vec![-100, -100, 3, 4, 5];
+        let r = finish(ids.clone(), labels.clone(), 3, Truncation::Right, 0);
+        assert_eq!((r.ids, r.labels, r.status), (vec![1, 2, 3], vec![-100, -100, 3], Status::Ok));
+        let l = finish(ids.clone(), labels.clone(), 3, Truncation::Left, 0);
+        assert_eq!(l.ids, vec![3, 4, 5]);
+        assert_eq!(finish(ids.clone(), labels.clone(), 3, Truncation::Drop, 0).status, Status::TooLong);
+        assert_eq!(finish(ids, labels, 2, Truncation::Right, 0).status, Status::NoLabels);
+    }
+}

@@ -1,0 +1,347 @@
+//! `ftc._data`: the per-record kernels of ftc's data stage. This file only converts between
+//! Arrow (PyCapsule interface) and the kernels, releases the GIL, and maps errors; the work
+//! lives in one module per capability.
+
+mod encode;
+mod error;
+mod lines;
+mod pack;
+mod template;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use arrow_array::builder::{LargeStringBuilder, UInt64Builder};
+use arrow_array::{
+    Array, ArrayRef, Int32Array, LargeListArray, LargeStringArray, ListArray, StructArray, UInt32Array, UInt64Array,
+    UInt8Array,
+};
+use arrow_buffer::{OffsetBuffer, ScalarBuffer};
+use arrow_schema::{DataType, Field};
+use pyo3::create_exception;
+use pyo3::exceptions::PyException;
+use pyo3::prelude::*;
+use pyo3_arrow::PyArray;
+use rayon::ThreadPool;
+
+use crate::encode::{Encoder, Example, Truncation};
+use crate::error::DataError;
+use crate::lines::FieldKind;
+use crate::template::{ChatTemplate, Message};
+
+create_exception!(_data, DataKernelError, PyException, "An error raised by a data kernel.");
+
+impl From<DataError> for PyErr {
+    fn from(e: DataError) -> PyErr {
+        DataKernelError::new_err(e.to_string())
+    }
+}
+
+fn input_err(msg: impl Into<String>) -> PyErr {
+    DataError::Input(msg.into()).into()
+}
+
+/// A rayon pool per thread count, so `threads=1` and `threads=2` are both reproducible.
+fn pool(threads: usize) -> PyResult<Arc<ThreadPool>> {
+    static POOLS: OnceLock<Mutex<HashMap<usize, Arc<ThreadPool>>>> = OnceLock::new();
+    let n = if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
+    let mut pools = POOLS.get_or_init(Default::default).lock().expect("pool lock");
+    if let Some(p) = pools.get(&n) {
+        return Ok(p.clone());
+    }
+    let p = Arc::new(
+        rayon::ThreadPoolBuilder::new().num_threads(n).build().map_err(|e| input_err(e.to_string()))?,
+    );
+    pools.insert(n, p.clone());
+    Ok(p)
+}
+
+fn arr(a: impl Array + 'static) -> PyArray {
+    PyArray::from_array_ref(Arc::new(a) as ArrayRef)
+}
+
+fn downcast<'a, T: 'static>(a: &'a PyArray, what: &str) -> PyResult<&'a T> {
+    a.as_ref()
+        .as_any()
+        .downcast_ref::<T>()
+        .ok_or_else(|| input_err(format!("{what}: unexpected Arrow type {}", a.as_ref().data_type())))
+}
+
+fn list_i32(offsets: Vec<i32>, values: Vec<i32>) -> PyArray {
+    let field = Arc::new(Field::new("item", DataType::Int32, true));
+    arr(ListArray::new(field, OffsetBuffer::new(ScalarBuffer::from(offsets)), Arc::new(Int32Array::from(values)), None))
+}
+
+/// Splits a chunk of a JSON Lines or text file into usable lines and quarantined ones.
+/// `json_fields`: `None` for text, else `[(field, "string"|"messages"|"scalar")]`.
+/// Returns `(lines: large_string, line_numbers: u64, bad_line_numbers: u64, bad_reasons: large_string, n_lines)`.
+#[pyfunction]
+#[pyo3(signature = (buf, first_line, json_fields=None, threads=0))]
+fn scan_lines(
+    py: Python<'_>,
+    buf: &[u8],
+    first_line: u64,
+    json_fields: Option<Vec<(String, String)>>,
+    threads: usize,
+) -> PyResult<(PyArray, PyArray, PyArray, PyArray, u64)> {
+    let fields = json_fields
+        .map(|f| {
+            f.into_iter()
+                .map(|(n, k)| FieldKind::parse(&k).map(|k| (n, k)).ok_or_else(|| input_err(format!("unknown field kind {k}"))))
+                .collect::<PyResult<Vec<_>>>()
+        })
+        .transpose()?;
+    let pool = pool(threads)?;
+    let scan = py.detach(|| pool.install(|| lines::scan_lines(buf, first_line, fields.as_deref())));
+    Ok((
+        arr(LargeStringArray::from_iter_values(scan.good)),
+        arr(UInt64Array::from(scan.good_lines)),
+        arr(UInt64Array::from(scan.bad_lines)),
+        arr(LargeStringArray::from_iter_values(scan.bad_reasons)),
+        scan.n_lines,
+    ))
+}
+
+/// Tokenizer + chat template, loaded once and applied to Arrow batches.
+#[pyclass(frozen, module = "ftc._data")]
+struct DataEncoder {
+    encoder: Encoder,
+    template: Option<ChatTemplate>,
+    pool: Arc<ThreadPool>,
+}
+
+fn parse_truncation(s: &str) -> PyResult<Truncation> {
+    match s {
+        "right" => Ok(Truncation::Right),
+        "left" => Ok(Truncation::Left),
+        "drop" => Ok(Truncation::Drop),
+        "chunk" => Ok(Truncation::Keep),
+        _ => Err(input_err(format!("unknown truncation {s:?}"))),
+    }
+}
+
+/// Owned view of a `large_list<struct<role: large_string, content: large_string>>` column.
+fn conversations(messages: &PyArray) -> PyResult<Vec<Vec<(String, Option<String>)>>> {
+    let list = downcast::<LargeListArray>(messages, "messages")?;
+    let structs = list
+        .values()
+        .as_any()
+        .downcast_ref::<StructArray>()
+        .ok_or_else(|| input_err("messages: expected a list of structs"))?;
+    let col = |name: &str| -> PyResult<&LargeStringArray> {
+        structs
+            .column_by_name(name)
+            .and_then(|c| c.as_any().downcast_ref::<LargeStringArray>())
+            .ok_or_else(|| input_err(format!("messages: expected a large_string field {name:?}")))
+    };
+    let (roles, contents) = (col("role")?, col("content")?);
+    let offsets = list.value_offsets();
+    Ok((0..list.len())
+        .map(|i| {
+            (offsets[i] as usize..offsets[i + 1] as usize)
+                .map(|j| {
+                    let content = (!contents.is_null(j)).then(|| contents.value(j).to_owned());
+                    (roles.value(j).to_owned(), content)
+                })
+                .collect()
+        })
+        .collect())
+}
+
+fn examples_to_arrow(examples: Vec<Example>) -> (PyArray, PyArray, PyArray, PyArray, PyArray) {
+    let mut offsets = Vec::with_capacity(examples.len() + 1);
+    offsets.push(0i32);
+    let total: usize = examples.iter().map(|e| e.ids.len()).sum();
+    let (mut ids, mut labels) = (Vec::with_capacity(total), Vec::with_capacity(total));
+    let mut status = Vec::with_capacity(examples.len());
+    let mut errors = LargeStringBuilder::new();
+    let mut hashes = UInt64Builder::with_capacity(examples.len());
+    for e in examples {
+        ids.extend(e.ids.iter().map(|&i| i as i32));
+        labels.extend(e.labels);
+        offsets.push(ids.len() as i32);
+        status.push(e.status as u8);
+        errors.append_option(e.error);
+        hashes.append_value(e.content_hash);
+    }
+    (
+        list_i32(offsets.clone(), ids),
+        list_i32(offsets, labels),
+        arr(UInt8Array::from(status)),
+        arr(errors.finish()),
+        arr(hashes.finish()),
+    )
+}
+
+#[pymethods]
+impl DataEncoder {
+    /// `special_tokens`: `{bos_token: "<s>", ...}` as the template sees them.
+    #[new]
+    #[pyo3(signature = (tokenizer_json, template=None, special_tokens=HashMap::new(), eos_token=None, threads=0))]
+    fn new(
+        tokenizer_json: &str,
+        template: Option<&str>,
+        special_tokens: HashMap<String, String>,
+        eos_token: Option<&str>,
+        threads: usize,
+    ) -> PyResult<Self> {
+        let mut special: Vec<(String, String)> = special_tokens.into_iter().collect();
+        special.sort();
+        Ok(Self {
+            encoder: Encoder::new(tokenizer_json, eos_token)?,
+            template: template.map(|t| ChatTemplate::new(t, special)).transpose()?,
+            pool: pool(threads)?,
+        })
+    }
+
+    /// Renders each conversation (for inspection and tests); large_string out.
+    fn render(&self, py: Python<'_>, messages: PyArray) -> PyResult<PyArray> {
+        let template = self.template.as_ref().ok_or_else(|| input_err("no chat template configured"))?;
+        let convs = conversations(&messages)?;
+        let out: Vec<std::result::Result<String, DataError>> = py.detach(|| {
+            use rayon::prelude::*;
+            self.pool.install(|| {
+                convs
+                    .par_iter()
+                    .map(|c| template.render(&c.iter().map(|(r, t)| Message { role: r, content: t.as_deref() }).collect::<Vec<_>>()))
+                    .collect()
+            })
+        });
+        Ok(arr(LargeStringArray::from_iter_values(out.into_iter().collect::<Result<Vec<_>, _>>()?)))
+    }
+
+    /// Conversations → `(input_ids, labels, status: u8, error: large_string, content_hash: u64)`.
+    /// Status: 0 ok, 1 too long (truncation "drop"), 2 no labelled token, 3 failed (see error).
+    #[pyo3(signature = (messages, max_length, truncation="right", train_on_all=false))]
+    fn encode_chat(
+        &self,
+        py: Python<'_>,
+        messages: PyArray,
+        max_length: usize,
+        truncation: &str,
+        train_on_all: bool,
+    ) -> PyResult<(PyArray, PyArray, PyArray, PyArray, PyArray)> {
+        let template = self.template.as_ref().ok_or_else(|| input_err("no chat template configured"))?;
+        let truncation = parse_truncation(truncation)?;
+        let convs = conversations(&messages)?;
+        let examples = py.detach(|| {
+            let views: Vec<Vec<Message>> = convs
+                .iter()
+                .map(|c| c.iter().map(|(r, t)| Message { role: r, content: t.as_deref() }).collect())
+                .collect();
+            self.pool.install(|| self.encoder.encode_chat(template, &views, max_length, truncation, train_on_all))
+        });
+        Ok(examples_to_arrow(examples))
+    }
+
+    /// Raw texts → the same five columns; every token labelled, EOS appended.
+    #[pyo3(signature = (texts, max_length, truncation="right"))]
+    fn encode_text(
+        &self,
+        py: Python<'_>,
+        texts: PyArray,
+        max_length: usize,
+        truncation: &str,
+    ) -> PyResult<(PyArray, PyArray, PyArray, PyArray, PyArray)> {
+        let truncation = parse_truncation(truncation)?;
+        let strings = downcast::<LargeStringArray>(&texts, "texts")?;
+        let views: Vec<&str> = (0..strings.len()).map(|i| if strings.is_null(i) { "" } else { strings.value(i) }).collect();
+        let examples = py.detach(|| self.pool.install(|| self.encoder.encode_text(&views, max_length, truncation)));
+        Ok(examples_to_arrow(examples))
+    }
+
+    /// Token ids → text, for `ftc inspect`.
+    #[pyo3(signature = (ids, skip_special_tokens=false))]
+    fn decode(&self, ids: Vec<u32>, skip_special_tokens: bool) -> PyResult<String> {
+        self.encoder
+            .tokenizer()
+            .decode(&ids, skip_special_tokens)
+            .map_err(|e| DataError::Tokenizer(e.to_string()).into())
+    }
+}
+
+/// Best-fit-decreasing packing of `lengths` (u32) into rows of `capacity` tokens.
+/// Returns `(row_offsets: u64, items: u32)`: row `r` holds `items[row_offsets[r]:row_offsets[r+1]]`.
+#[pyfunction]
+fn pack_bfd(py: Python<'_>, lengths: PyArray, capacity: u32) -> PyResult<(PyArray, PyArray)> {
+    let lengths = downcast::<UInt32Array>(&lengths, "lengths")?.values().to_vec();
+    if let Some(too_long) = lengths.iter().position(|&l| l > capacity) {
+        return Err(input_err(format!("example {too_long} has {} tokens, more than {capacity}", lengths[too_long])));
+    }
+    let (offsets, items) = py.detach(|| pack::pack_bfd(&lengths, capacity));
+    Ok((arr(UInt64Array::from(offsets)), arr(UInt32Array::from(items))))
+}
+
+/// Materializes packed rows `start..end` from the spool files.
+/// Returns `(input_ids, labels, position_ids, seq_lengths)`, each `list<int32>`.
+#[pyfunction]
+#[pyo3(signature = (ids_path, labels_path, offsets, lengths, row_offsets, items, start, end, threads=0))]
+#[allow(clippy::too_many_arguments)]
+fn gather_rows(
+    py: Python<'_>,
+    ids_path: &str,
+    labels_path: &str,
+    offsets: PyArray,
+    lengths: PyArray,
+    row_offsets: PyArray,
+    items: PyArray,
+    start: usize,
+    end: usize,
+    threads: usize,
+) -> PyResult<(PyArray, PyArray, PyArray, PyArray)> {
+    let offsets = downcast::<UInt64Array>(&offsets, "offsets")?.values();
+    let lengths = downcast::<UInt32Array>(&lengths, "lengths")?.values();
+    let row_offsets = downcast::<UInt64Array>(&row_offsets, "row_offsets")?.values();
+    let items = downcast::<UInt32Array>(&items, "items")?.values();
+    if end > row_offsets.len().saturating_sub(1) || start > end {
+        return Err(input_err(format!("rows {start}..{end} out of range")));
+    }
+    let pool = pool(threads)?;
+    let p = py.detach(|| {
+        pool.install(|| pack::gather(ids_path, labels_path, offsets, lengths, row_offsets, items, start..end))
+    })?;
+    Ok((
+        list_i32(p.token_offsets.clone(), p.input_ids),
+        list_i32(p.token_offsets.clone(), p.labels),
+        list_i32(p.token_offsets, p.position_ids),
+        list_i32(p.seq_offsets, p.seq_lengths),
+    ))
+}
+
+/// blake3 hex digest of each file (memory-mapped, hashed on every core).
+#[pyfunction]
+#[pyo3(signature = (paths, threads=0))]
+fn hash_files(py: Python<'_>, paths: Vec<String>, threads: usize) -> PyResult<Vec<String>> {
+    let pool = pool(threads)?;
+    py.detach(|| {
+        pool.install(|| {
+            paths
+                .iter()
+                .map(|p| {
+                    let mut h = blake3::Hasher::new();
+                    h.update_mmap_rayon(p).map_err(|e| DataError::Io { path: p.clone(), source: e })?;
+                    Ok(h.finalize().to_hex().to_string())
+                })
+                .collect::<Result<Vec<_>, DataError>>()
+        })
+    })
+    .map_err(Into::into)
+}
+
+/// Built-in chat template source by name (`chatml`, `alpaca`), or None.
+#[pyfunction]
+fn builtin_template(name: &str) -> Option<&'static str> {
+    template::builtin(name)
+}
+
+#[pymodule]
+fn _data(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("DataKernelError", m.py().get_type::<DataKernelError>())?;
+    m.add_class::<DataEncoder>()?;
+    m.add_function(wrap_pyfunction!(scan_lines, m)?)?;
+    m.add_function(wrap_pyfunction!(pack_bfd, m)?)?;
+    m.add_function(wrap_pyfunction!(gather_rows, m)?)?;
+    m.add_function(wrap_pyfunction!(hash_files, m)?)?;
+    m.add_function(wrap_pyfunction!(builtin_template, m)?)?;
+    Ok(())
+}
