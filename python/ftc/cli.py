@@ -1,0 +1,255 @@
+"""The `ftc` command line. stdout carries data (`--json`), stderr carries people's text.
+
+Exit codes: 0 success; 1 a reported error (no traceback, unless `--debug`); 2 usage.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ftc import __version__
+
+err = Console(stderr=True, highlight=False, no_color="NO_COLOR" in os.environ)
+
+
+def reported(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turns `FtcError` (and kernel input errors) into one message on stderr and exit 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from ftc._data import DataKernelError
+        from ftc.errors import FtcError
+
+        debug = click.get_current_context().find_root().params.get("debug", False)
+        try:
+            return fn(*args, **kwargs)
+        except (FtcError, DataKernelError) as e:
+            if debug:
+                raise
+            text = e.render() if isinstance(e, FtcError) else f"error: {e}"
+            err.print(text, markup=False, soft_wrap=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            sys.exit(130)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ftc")
+@click.option("--debug", is_flag=True, help="Show tracebacks for reported errors too.")
+def main(debug: bool) -> None:
+    """ftc — a fine-tuning compiler.
+
+    Write one TOML spec (data, tokenization, model, training, export), then:
+
+    \b
+      ftc validate spec.toml   check the spec, report every problem at once
+      ftc prep spec.toml       build the packed dataset (cached by content)
+      ftc inspect spec.toml    statistics and decoded rows, masked tokens marked
+      ftc cache ls             what the store at $FTC_HOME holds
+    """
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+@reported
+def validate(spec: Path) -> None:
+    """Check SPEC and report every problem with its key path and line."""
+    from ftc.specload import load_spec
+
+    load_spec(spec)
+    err.print(f"{spec}: ok")
+
+
+def _progress_callback(progress: Progress) -> Callable[[str, int, int | None], None]:
+    tasks: dict[str, Any] = {}
+
+    def report(phase: str, advance: int, total: int | None) -> None:
+        if phase == "read":  # bytes, shown in MB
+            phase, advance, total = "read MB", advance / 1e6, None if total is None else total / 1e6
+        if phase not in tasks:
+            tasks[phase] = progress.add_task(phase, total=total)
+        elif total is not None:
+            progress.update(tasks[phase], total=total)
+        progress.advance(tasks[phase], advance)
+
+    return report
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--threads", type=int, default=lambda: int(os.environ.get("FTC_THREADS", "0")),
+              help="Worker threads (default: every core, or $FTC_THREADS). Output is identical for any count.")
+@click.option("--force", is_flag=True, help="Rebuild even if the dataset is cached.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
+@reported
+def prep(spec: Path, threads: int, force: bool, as_json: bool) -> None:
+    """Build the packed dataset of SPEC (the data stage alone) and print its statistics.
+
+    Sources are read, quarantined, templated, tokenized, masked, split and packed into
+    $FTC_HOME/datasets-v1/<key>/. The key hashes every input of the stage, so a second run
+    with unchanged inputs is a cache hit.
+    """
+    from ftc import prep as stage
+    from ftc.specload import load_spec
+
+    s = load_spec(spec)
+    with Progress(TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=err, transient=True, disable=not err.is_terminal) as bars:
+        result = stage.prep(s, threads=threads, progress=_progress_callback(bars), force=force)
+    _print_prep(result)
+    if as_json:
+        click.echo(json.dumps(_prep_json(result), indent=2))
+
+
+def _prep_json(r: Any) -> dict[str, Any]:
+    st = r.manifest["stats"]
+    return {
+        "stage": "data",
+        "key": r.key,
+        "cache": "hit" if r.cache_hit else "miss",
+        "dataset_dir": str(r.path),
+        "files": {k: str(r.path / v) for k, v in r.manifest["files"].items()},
+        "rows_read": st["rows_read"],
+        "kept": st["kept"],
+        "quarantined": st["quarantined"],
+        "dropped": st["dropped"],
+        "tokens": st["tokens"],
+        "packed_rows": st["packed_rows"],
+        "packing_efficiency": st["packing_efficiency"],
+        "splits": st["splits"],
+        "sources": st["sources"],
+        "seconds": round(r.seconds, 3),
+    }
+
+
+def _print_prep(r: Any) -> None:
+    st = r.manifest["stats"]
+    table = Table(title=f"data · {r.manifest['name']}", title_justify="left", box=None, pad_edge=False)
+    for col in ("source", "read", "quarantined", "dropped", "kept", "train", "valid", "test"):
+        table.add_column(col, justify="left" if col == "source" else "right")
+    for s in st["sources"]:
+        ex = s["examples"]
+        table.add_row(s["name"], f"{s['read']:,}", f"{s['quarantined']:,}", f"{sum(s['dropped'].values()):,}",
+                      f"{s['kept']:,}", f"{ex['train']:,}", f"{ex['valid']:,}", f"{ex['test']:,}")
+    err.print(table)
+    for s in st["sources"]:
+        for why, n in s["dropped"].items():
+            err.print(f"  {s['name']}: dropped {n:,}: {why}")
+    eff = st["packing_efficiency"]
+    sp = st["splits"]
+    err.print(
+        f"tokens {st['tokens']:,} · packed rows {st['packed_rows']:,} "
+        f"(train {sp['train']['rows']:,}, valid {sp['valid']['rows']:,}, test {sp['test']['rows']:,}) · "
+        f"packing efficiency {eff:.2%} · " if eff is not None else "no rows · ",
+        end="", markup=False,
+    )
+    cache = "cache hit" if r.cache_hit else "cache miss, built"
+    err.print(f"{r.seconds:.2f}s · {cache}", markup=False)
+    err.print(f"dataset {r.path}", markup=False, soft_wrap=True)
+    if st["quarantined"]:
+        err.print(f"quarantine {r.path / 'quarantine.jsonl'}", markup=False, soft_wrap=True)
+
+
+@main.command()
+@click.argument("target")
+@click.option("--split", type=click.Choice(["train", "valid", "test"]), default="train", show_default=True)
+@click.option("--rows", "n_rows", type=int, default=2, show_default=True, help="Packed rows to decode.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest on stdout.")
+@reported
+def inspect(target: str, split: str, n_rows: int, as_json: bool) -> None:
+    """Statistics and decoded packed rows of a dataset.
+
+    TARGET is a spec (its dataset must be built), a dataset directory, or a key prefix from
+    `ftc cache ls`. Masked tokens (no loss) are shown between ⟦ and ⟧.
+    """
+    from ftc.inspection import decode_rows, find_dataset
+
+    path, manifest = find_dataset(target)
+    if as_json:
+        click.echo(json.dumps(manifest, indent=2))
+    st = manifest["stats"]
+    err.print(f"dataset {path}", markup=False, soft_wrap=True)
+    err.print(f"key {manifest['key']} · task {manifest['task']} · max_length {manifest['max_length']} · "
+              f"template {manifest['template']}", markup=False)
+    table = Table(box=None, pad_edge=False)
+    for col in ("split", "examples", "rows", "tokens", "label tokens", "efficiency"):
+        table.add_column(col, justify="left" if col == "split" else "right")
+    for name, s in st["splits"].items():
+        eff = f"{s['packing_efficiency']:.2%}" if s["packing_efficiency"] is not None else "-"
+        table.add_row(name, f"{s['examples']:,}", f"{s['rows']:,}", f"{s['tokens']:,}", f"{s['label_tokens']:,}", eff)
+    err.print(table)
+    err.print(f"read {st['rows_read']:,} · quarantined {st['quarantined']:,} · dropped {st['dropped']:,} · "
+              f"kept {st['kept']:,}", markup=False)
+    for i, examples in enumerate(decode_rows(path, manifest, split, n_rows)):
+        err.print(f"\n── {split} row {i} · {len(examples)} examples " + "─" * 20, markup=False)
+        for j, text in enumerate(examples):
+            err.print(f"[{j}] {text}", markup=False, soft_wrap=True)
+
+
+@main.group()
+def cache() -> None:
+    """The store at $FTC_HOME (default ~/.cache/ftc)."""
+
+
+@cache.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="Print the entries on stdout.")
+@reported
+def cache_ls(as_json: bool) -> None:
+    """List the store's entries."""
+    from ftc import store
+
+    entries = store.entries()
+    if as_json:
+        click.echo(json.dumps([{"bucket": e.bucket, "key": e.key, "name": e.name, "path": str(e.path),
+                                "bytes": e.size, "created": e.created} for e in entries], indent=2))
+        return
+    table = Table(title=f"store {store.home()}", title_justify="left", box=None, pad_edge=False)
+    for col in ("key", "bucket", "name", "size", "created"):
+        table.add_column(col, justify="right" if col == "size" else "left")
+    for e in entries:
+        table.add_row(e.key[:12], e.bucket, e.name, f"{e.size / 1e6:.1f} MB",
+                      time.strftime("%Y-%m-%d %H:%M", time.localtime(e.created)))
+    err.print(table if entries else f"store {store.home()}: empty")
+
+
+@cache.command("rm")
+@click.argument("keys", nargs=-1, required=True)
+@reported
+def cache_rm(keys: tuple[str, ...]) -> None:
+    """Remove entries by key (a unique prefix is enough)."""
+    from ftc import store
+
+    for k in keys:
+        entry = store.find(k)
+        store.remove(entry)
+        err.print(f"removed {entry.bucket}/{entry.key}")
+
+
+@cache.command("gc")
+@click.option("--older-than", type=float, default=None, metavar="DAYS", help="Also remove entries older than DAYS.")
+@reported
+def cache_gc(older_than: float | None) -> None:
+    """Remove what interrupted builds left behind (and, if asked, old entries)."""
+    from ftc import store
+
+    n, freed = store.gc(older_than)
+    err.print(f"removed {n} director{'y' if n == 1 else 'ies'}, {freed / 1e6:.1f} MB freed")
+
+
+if __name__ == "__main__":
+    main()

