@@ -73,3 +73,27 @@ def wordpiece_model_dir(path: Path, vocab_size: int = 600) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     fast.save_pretrained(path)
     return path
+
+
+def toml_value(v: object) -> str:
+    import json
+
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    return json.dumps(v)
+
+
+def write_spec(path: Path, base: Path | str, sources: list[dict], **tables: dict) -> Path:
+    """A spec file: `[model] base`, one `[[data.sources]]` per dict, then any other tables
+    given as `tokenize={...}`, `data={...}` (scalars of [data]), `data_split={...}` → [data.split]."""
+    lines = ['[project]', 'name = "test"', "", "[model]", f"base = {toml_value(str(base))}", ""]
+    for src in sources:
+        lines += ["[[data.sources]]", *(f"{k} = {toml_value(v)}" for k, v in src.items()), ""]
+    for name, table in tables.items():
+        lines += [f"[{name.replace('_', '.')}]", *(f"{k} = {toml_value(v)}" for k, v in table.items()), ""]
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path

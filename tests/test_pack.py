@@ -1,0 +1,130 @@
+"""Packing: every kept token once, rows within max_length, no example split, position ids
+restarting at each boundary, identical bytes for any thread count; BFD against a reference."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tiny import write_spec
+
+from ftc import _data
+from ftc.model import load_tokenizer_info
+from ftc.prep import prep
+from ftc.specload import load_spec
+
+
+def reference_bfd(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Best-fit decreasing, written plainly: O(n · rows)."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in order:
+        fits = [(room[r], r) for r in range(len(rows)) if room[r] >= lengths[i]]
+        if fits:
+            _, r = min(fits)
+        else:
+            rows.append([])
+            room.append(capacity)
+            r = len(rows) - 1
+        rows[r].append(i)
+        room[r] -= lengths[i]
+    return rows
+
+
+@settings(max_examples=200, deadline=None)
+@given(lengths=st.lists(st.integers(1, 64), max_size=300), capacity=st.integers(64, 200))
+def test_bfd_equals_reference(lengths, capacity):
+    offsets, items = (pa.array(a).to_pylist() for a in _data.pack_bfd(pa.array(lengths, pa.uint32()), capacity))
+    rows = [items[offsets[r]:offsets[r + 1]] for r in range(len(offsets) - 1)]
+    assert rows == reference_bfd(lengths, capacity)
+
+
+def test_example_longer_than_capacity_is_an_error():
+    with pytest.raises(_data.DataKernelError, match="more than 8"):
+        _data.pack_bfd(pa.array([3, 9], pa.uint32()), 8)
+
+
+@pytest.fixture
+def chat_spec(tmp_path: Path, bpe_dir: Path) -> Path:
+    rng = random.Random(0)
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+    with open(tmp_path / "chat.jsonl", "w") as f:
+        for i in range(400):
+            conv = []
+            for _ in range(rng.choice([1, 1, 2, 3])):
+                conv += [{"role": "user", "content": " ".join(rng.choices(words, k=rng.randint(1, 40)))},
+                         {"role": "assistant", "content": f"{i} " + " ".join(rng.choices(words, k=rng.randint(1, 60)))}]
+            f.write(json.dumps({"messages": conv}) + "\n")
+    return write_spec(tmp_path / "spec.toml", bpe_dir, [{"path": "chat.jsonl"}],
+                      tokenize={"max_length": 256}, data_split={"valid": 0.1, "test": 0.1})
+
+
+def read_rows(path: Path) -> dict[str, list]:
+    with pa.memory_map(str(path)) as src:
+        return pa.ipc.open_stream(src).read_all().to_pydict()
+
+
+def test_packed_rows_hold_every_example_once(chat_spec: Path, bpe_dir: Path):
+    spec = load_spec(chat_spec)
+    result = prep(spec, threads=2)
+    info = load_tokenizer_info(bpe_dir)
+    enc = _data.DataEncoder(info.tokenizer_json, info.model_template, info.special_tokens, info.eos_token)
+    from ftc.sources import read_source
+
+    batch = next(read_source(spec.data.sources[0], spec.root))
+    ids, labels, status, _e, _h = (pa.array(a).to_pylist() for a in enc.encode_chat(batch.rows["messages"].to_arrow(), 256))
+    expected = sorted((tuple(i), tuple(lab)) for i, lab, s in zip(ids, labels, status, strict=True) if s == 0)
+    found = []
+    for split in ("train", "valid", "test"):
+        rows = read_rows(result.path / f"{split}.arrow")
+        for row_ids, row_labels, pos, lengths in zip(rows["input_ids"], rows["labels"], rows["position_ids"],
+                                                     rows["seq_lengths"], strict=True):
+            assert len(row_ids) <= 256 and len(row_ids) == len(row_labels) == len(pos) == sum(lengths)
+            start = 0
+            for n in lengths:
+                assert pos[start:start + n] == list(range(n))  # restarts at every example
+                found.append((tuple(row_ids[start:start + n]), tuple(row_labels[start:start + n])))
+                start += n
+    assert sorted(found) == expected  # every kept example exactly once, never split
+    st = result.manifest["stats"]["splits"]
+    assert sum(s["tokens"] for s in st.values()) == sum(len(e[0]) for e in expected)
+    assert st["train"]["packing_efficiency"] > 0.9
+
+
+def test_same_bytes_for_one_and_two_threads(chat_spec: Path, tmp_path: Path, monkeypatch):
+    spec = load_spec(chat_spec)
+    outputs = []
+    for threads in (1, 2):
+        monkeypatch.setenv("FTC_HOME", str(tmp_path / f"home{threads}"))
+        r = prep(spec, threads=threads)
+        outputs.append([(r.path / f"{s}.arrow").read_bytes() for s in ("train", "valid", "test")])
+    assert outputs[0] == outputs[1]
+
+
+def test_unpacked_rows_are_single_examples(chat_spec: Path):
+    text = chat_spec.read_text().replace("max_length = 256", "max_length = 256\npack = false")
+    chat_spec.write_text(text)
+    r = prep(load_spec(chat_spec))
+    rows = read_rows(r.path / "train.arrow")
+    assert all(len(x) == 1 for x in rows["seq_lengths"])
+
+
+def test_chunk_mode_concatenates_raw_text(tmp_path: Path, bpe_dir: Path):
+    (tmp_path / "corpus.txt").write_text("\n".join(f"line {i} " + "word " * (i % 30) for i in range(200)))
+    spec = write_spec(tmp_path / "spec.toml", bpe_dir, [{"path": "corpus.txt"}],
+                      tokenize={"max_length": 64, "truncation": "chunk"}, data_split={"valid": 0.0, "test": 0.0})
+    r = prep(load_spec(spec))
+    rows = read_rows(r.path / "train.arrow")
+    lengths = [n for row in rows["seq_lengths"] for n in row]
+    assert lengths.count(64) == len(lengths) - 1  # all full blocks but the tail
+    flat = [t for row in rows["input_ids"] for t in row]
+    eos = json.loads(load_tokenizer_info(bpe_dir).tokenizer_json)["model"]["vocab"]["<|im_end|>"]
+    assert flat.count(eos) == 200  # one EOS after every document of the stream
+    assert r.manifest["stats"]["tokens"] == len(flat)
+    assert rows["input_ids"] == rows["labels"]
