@@ -248,12 +248,11 @@ def _empty_rows(cols: Columns) -> pl.DataFrame:
 def normalize(frame: pl.DataFrame, cols: Columns) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Maps source columns to `text` or `messages` (+`label`); rows with a missing, null or
     empty field go to `bad` with the reason."""
-    checks: list[tuple[pl.Expr, str]] = []
     required = [c for c in (cols.text, cols.prompt, cols.response, cols.messages, cols.label) if c is not None]
+    if missing := [c for c in required if c not in frame.columns]:
+        return _empty_rows(cols), frame.select("line", reason=pl.lit(f"missing column '{missing[0]}'"))
+    checks: list[tuple[pl.Expr, str]] = []
     for name in required:
-        if name not in frame.columns:
-            checks.append((pl.lit(True), f"missing column '{name}'"))
-            continue
         col = pl.col(name)
         checks.append((col.is_null(), f"null '{name}'"))
         if name == cols.messages:
