@@ -117,7 +117,7 @@ def generate_docs(n_docs: int, seed: int = SEED) -> list[dict]:
         for _ in range(int(rng.integers(2, 4)) if rng.random() < 0.15 else 1):
             prompt = f"{rng.choice(OPENERS)} {text(rng.lognormal(5.2, 0.9)).lower()}"
             messages.append({"role": "user", "content": prompt})
-            messages.append({"role": "assistant", "content": text(rng.lognormal(6.9, 0.8))})
+            messages.append({"role": "assistant", "content": text(rng.lognormal(6.79, 0.8))})
         docs.append({"messages": messages})
     return docs
 

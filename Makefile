@@ -1,0 +1,29 @@
+# `make`       create .venv, build the Rust extension, install everything, run the example
+# `make test`  every test: pytest and cargo test
+# `make bench` the data-stage benchmark (installs TRL for its baselines)
+PY := .venv/bin/python
+export PYO3_PYTHON := $(CURDIR)/$(PY)
+
+.PHONY: all install demo test bench
+
+all: install demo
+
+$(PY):
+	python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+
+install: $(PY)
+	$(PY) -m pip install -q -e ".[test]"
+
+demo:
+	.venv/bin/ftc validate specs/example.toml
+	.venv/bin/ftc prep specs/example.toml
+	.venv/bin/ftc inspect specs/example.toml --rows 1
+
+test:
+	.venv/bin/pytest
+	cargo test --quiet
+
+bench: install
+	$(PY) -m pip install -q -e ".[test,bench]"
+	$(PY) bench/prep.py
