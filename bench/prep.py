@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +69,8 @@ problem piece told knew pass since top whole king space heard best hour better t
 early hold west ground interest reach fast verb sing listen six table travel less morning ten simple several toward war
 model data training function value python error file memory system network result method process request server user
 explain describe summarize compare analyze consider suggest improve performance language question answer code""".split()
-SYLLABLES = "ba be bi bo cal con de di en er fa for ga in ka la le li lo ma me mi mo na ne ni no pa per pro ra re ri ro sa se si so ta te ti to tra ver".split()
+SYLLABLES = ("ba be bi bo cal con de di en er fa for ga in ka la le li lo ma me mi mo na ne ni no pa per pro ra re ri "
+             "ro sa se si so ta te ti to tra ver").split()
 OPENERS = ["Explain", "Describe", "Write a short note on", "Summarize", "How do I", "Why does", "Compare",
            "Give three examples of", "What is the best way to", "Can you help me with"]
 SYSTEM_PROMPTS = ["You are a helpful assistant.", "You are a concise assistant. Answer in plain English.",
@@ -96,7 +98,7 @@ def sentence_pool(rng: np.random.Generator, n: int = 200_000) -> list[str]:
     return pool
 
 
-def generate_docs(n_docs: int, seed: int = SEED) -> list[dict]:
+def generate_docs(n_docs: int, seed: int = SEED) -> Iterator[dict]:
     """`n_docs` conversations (deterministic for a seed): user and assistant contents with lognormal
     character lengths (about 2.2 KB of JSONL per document), 15% with 2–3 exchanges, 10% with a system prompt."""
     rng = np.random.default_rng(seed)
@@ -109,7 +111,6 @@ def generate_docs(n_docs: int, seed: int = SEED) -> list[dict]:
         stop = min(int(np.searchsorted(cum, cum[start] + chars)) + 1, start + max_span)
         return "".join(pool[start:stop]).strip()
 
-    docs = []
     for _ in range(n_docs):
         messages = []
         if rng.random() < 0.10:
@@ -118,8 +119,7 @@ def generate_docs(n_docs: int, seed: int = SEED) -> list[dict]:
             prompt = f"{rng.choice(OPENERS)} {text(rng.lognormal(5.2, 0.9)).lower()}"
             messages.append({"role": "user", "content": prompt})
             messages.append({"role": "assistant", "content": text(rng.lognormal(6.79, 0.8))})
-        docs.append({"messages": messages})
-    return docs
+        yield {"messages": messages}
 
 
 def make_corpus(n_docs: int) -> Path:
@@ -216,7 +216,8 @@ def measure(cmd: list[str], env: dict[str, str]) -> dict:
         stdout = out.read().decode()
     if proc.returncode:
         sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err_path.read_text()[-3000:]}")
-    return {"process_s": wall, "peak_rss_mb": peak / 2**20, "maxrss_mb": usage.ru_maxrss / 1024, "stdout": stdout}
+    return {"process_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mb": peak / 2**20,
+            "maxrss_mb": usage.ru_maxrss / 1024, "stdout": stdout}
 
 
 def worker_sft(corpus: str, tokenizer: str, max_length: int, num_proc: int) -> dict:
@@ -292,14 +293,17 @@ def worker_tokenizers(corpus: str, tokenizer: str, max_length: int, num_proc: in
     fast = Tokenizer.from_file(str(Path(tokenizer) / "tokenizer.json"))
     t0 = time.perf_counter()
     encodings = fast.encode_batch_fast(texts, add_special_tokens=False)
-    return {"seconds": time.perf_counter() - t0, "tokens": sum(len(e.ids) for e in encodings), "rows": None}
+    return {"seconds": time.perf_counter() - t0, "tokens": sum(len(e.ids) for e in encodings), "labelled": None,
+            "rows": None}
 
 
 def packed_stats(ds) -> dict:
-    """Total tokens and rows of a packed `datasets.Dataset`."""
+    """Total tokens, labelled tokens and rows of a packed `datasets.Dataset`."""
     import pyarrow.compute as pc
 
-    return {"tokens": pc.sum(pc.list_value_length(ds.data.column("input_ids"))).as_py(), "rows": len(ds)}
+    labels = pc.list_flatten(ds.data.column("labels"))
+    return {"tokens": pc.sum(pc.list_value_length(ds.data.column("input_ids"))).as_py(),
+            "labelled": pc.sum(pc.not_equal(labels, -100)).as_py(), "rows": len(ds)}
 
 
 WORKERS = {"sft": worker_sft, "datasets": worker_datasets, "tokenizers": worker_tokenizers}
@@ -311,7 +315,7 @@ def run_ftc(spec: Path, threads: int, force: bool, env: dict[str, str]) -> dict:
     m = measure(cmd + ["--force"] * force, env)
     summary = json.loads(m.pop("stdout"))
     return {**m, "seconds": summary["seconds"], "tokens": summary["tokens"], "rows": summary["packed_rows"],
-            "cache": summary["cache"]}
+            "labelled": sum(s["label_tokens"] for s in summary["splits"].values()), "cache": summary["cache"]}
 
 
 def run_worker(name: str, corpus: Path, tokenizer: Path, max_length: int, num_proc: int, env: dict[str, str]) -> dict:
@@ -328,7 +332,10 @@ def run_all(args: argparse.Namespace, corpus: Path, tokenizer: Path) -> dict[str
     """Every selected pipeline, in order, keyed by its row label."""
     env = {**os.environ, "FTC_HOME": str(OUT / "ftc-home"), "HF_HUB_OFFLINE": "1",
            "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error", "RAYON_RS_NUM_CPUS": "2"}
-    wanted = lambda name: (args.only or name) == name and not (args.skip_baselines and name != "ftc")  # noqa: E731
+
+    def wanted(name: str) -> bool:
+        return args.only in (None, name) and (name == "ftc" or not args.skip_baselines)
+
     results = {}
     if wanted("ftc"):
         spec = write_spec(corpus, tokenizer, args.max_length)
@@ -339,7 +346,8 @@ def run_all(args: argparse.Namespace, corpus: Path, tokenizer: Path) -> dict[str
         results["TRL SFTTrainer prep, 2 proc"] = run_worker("sft", corpus, tokenizer, args.max_length, 2, env)
     if wanted("datasets"):
         for n in (1, 2):
-            results[f"datasets map + pack, {n} proc"] = run_worker("datasets", corpus, tokenizer, args.max_length, n, env)
+            results[f"datasets map + pack, {n} proc"] = run_worker("datasets", corpus, tokenizer, args.max_length, n,
+                                                                   env)
     if wanted("tokenizers"):
         results["tokenizers encode_batch_fast"] = run_worker("tokenizers", corpus, tokenizer, args.max_length, 1, env)
     return results
@@ -347,8 +355,9 @@ def run_all(args: argparse.Namespace, corpus: Path, tokenizer: Path) -> dict[str
 
 def report(results: dict[str, dict], docs: int, max_length: int) -> dict[str, float]:
     """Prints the table and the headline ratios; returns the ratios."""
-    header = ("pipeline", "seconds", "process s", "docs/s", "tokens/s", "tokens", "rows", "packing", "peak RSS MB",
-              "maxrss MB")
+    header = ("pipeline", "seconds", "process s", "docs/s", "tokens/s", "tokens", "labelled", "rows", "packing",
+              "peak RSS MB", "maxrss MB")
+    count = lambda n: "-" if n is None else f"{n:,}"  # noqa: E731
     rows = []
     for name, r in results.items():
         r["docs_per_s"] = docs / r["seconds"]
@@ -356,8 +365,8 @@ def report(results: dict[str, dict], docs: int, max_length: int) -> dict[str, fl
         r["packing_efficiency"] = r["tokens"] / (r["rows"] * max_length) if r["rows"] else None
         eff = "-" if r["packing_efficiency"] is None else f"{r['packing_efficiency']:.2%}"
         rows.append((name, f"{r['seconds']:.2f}", f"{r['process_s']:.2f}", f"{r['docs_per_s']:,.0f}",
-                     f"{r['tokens_per_s']:,.0f}", f"{r['tokens']:,}", "-" if r["rows"] is None else f"{r['rows']:,}",
-                     eff, f"{r['peak_rss_mb']:,.0f}", f"{r['maxrss_mb']:,.0f}"))
+                     f"{r['tokens_per_s']:,.0f}", f"{r['tokens']:,}", count(r["labelled"]), count(r["rows"]), eff,
+                     f"{r['peak_rss_mb']:,.0f}", f"{r['maxrss_mb']:,.0f}"))
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
@@ -373,9 +382,10 @@ def report(results: dict[str, dict], docs: int, max_length: int) -> dict[str, fl
     ratios = {k: a / b for k, (a, b) in candidates.items() if a is not None and b is not None}
     if "ftc prep, 2 threads" in results:
         ratios["ftc peak RSS MB (2 threads)"] = results["ftc prep, 2 threads"]["peak_rss_mb"]
-    print()
+    if ratios:
+        print()
     for k, v in ratios.items():
-        print(f"{k:<36} {v:,.2f}" if "RSS" not in k else f"{k:<36} {v:,.0f}")
+        print(f"{k:<36} {v:,.0f}" if "RSS" in k else f"{k:<36} {v:,.2f}")
     return ratios
 
 

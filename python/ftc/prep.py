@@ -327,7 +327,7 @@ def _write_split(path: Path, spool: Spool, offsets: np.ndarray, lengths: np.ndar
             np.arange(len(lengths), dtype=np.uint32))
     n_rows = len(row_offsets) - 1
     schema = pa.schema([pa.field(c, pa.list_(pa.int32())) for c in COLUMNS])
-    per_batch = max(1, (8 << 20) // max_length)
+    per_batch = max(1, (2 << 20) // max_length)  # ~2M tokens per record batch
     off_pa, len_pa = pa.array(offsets, pa.uint64()), pa.array(lengths, pa.uint32())
     label_tokens = 0
     if progress:

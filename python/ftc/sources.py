@@ -27,8 +27,8 @@ from ftc.errors import SourceError
 from ftc.model import resolve_pkg
 from ftc.spec import Columns, Source
 
-CHUNK_BYTES = 32 << 20
-CHUNK_ROWS = 50_000
+CHUNK_BYTES = 8 << 20
+CHUNK_ROWS = 10_000
 MESSAGE = pl.Struct({"role": pl.String, "content": pl.String})
 EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json",
               ".parquet": "parquet", ".pq": "parquet", ".txt": "txt", ".text": "txt"}

@@ -5,8 +5,9 @@
 //! tokens: a token carries a label when it overlaps an assistant content span, and so does the
 //! first special token after that span (the turn's end-of-turn marker, e.g. `<|im_end|>`).
 //!
-//! Each rayon task clones the tokenizer once: a clone has its own BPE cache, so threads do
-//! not contend on one shared cache (huggingface/tokenizers#1900).
+//! All threads share one tokenizer: since tokenizers 0.23 the BPE word cache is thread-local
+//! (no lock to contend on, huggingface/tokenizers#1900), and that cache is keyed by tokenizer
+//! instance, so a clone per task would only leave one more cache behind in every thread.
 
 use std::collections::HashSet;
 
@@ -119,15 +120,7 @@ impl Encoder {
     }
 
     fn par_map<T: Sync>(&self, items: &[T], f: impl Fn(&Tokenizer, &T) -> Example + Sync) -> Vec<Example> {
-        let tasks = rayon::current_num_threads() * 8;
-        let chunk = items.len().div_ceil(tasks).max(16);
-        items
-            .par_chunks(chunk)
-            .flat_map_iter(|part| {
-                let tk = self.tokenizer.clone();
-                part.iter().map(|x| f(&tk, x)).collect::<Vec<_>>()
-            })
-            .collect()
+        items.par_iter().with_min_len(8).map(|x| f(&self.tokenizer, x)).collect()
     }
 }
 

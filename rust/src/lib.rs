@@ -29,6 +29,10 @@ use crate::error::DataError;
 use crate::lines::FieldKind;
 use crate::template::{ChatTemplate, Message};
 
+// The tokenizer allocates a string per token; mimalloc keeps that fast and compact across threads.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 create_exception!(_data, DataKernelError, PyException, "An error raised by a data kernel.");
 
 impl From<DataError> for PyErr {
@@ -120,8 +124,8 @@ fn parse_truncation(s: &str) -> PyResult<Truncation> {
     }
 }
 
-/// Owned view of a `large_list<struct<role: large_string, content: large_string>>` column.
-fn conversations(messages: &PyArray) -> PyResult<Vec<Vec<(String, Option<String>)>>> {
+/// Borrowed view of a `large_list<struct<role: large_string, content: large_string>>` column.
+fn conversations(messages: &PyArray) -> PyResult<Vec<Vec<Message<'_>>>> {
     let list = downcast::<LargeListArray>(messages, "messages")?;
     let structs = list
         .values()
@@ -139,10 +143,7 @@ fn conversations(messages: &PyArray) -> PyResult<Vec<Vec<(String, Option<String>
     Ok((0..list.len())
         .map(|i| {
             (offsets[i] as usize..offsets[i + 1] as usize)
-                .map(|j| {
-                    let content = (!contents.is_null(j)).then(|| contents.value(j).to_owned());
-                    (roles.value(j).to_owned(), content)
-                })
+                .map(|j| Message { role: roles.value(j), content: (!contents.is_null(j)).then(|| contents.value(j)) })
                 .collect()
         })
         .collect())
@@ -200,12 +201,7 @@ impl DataEncoder {
         let convs = conversations(&messages)?;
         let out: Vec<std::result::Result<String, DataError>> = py.detach(|| {
             use rayon::prelude::*;
-            self.pool.install(|| {
-                convs
-                    .par_iter()
-                    .map(|c| template.render(&c.iter().map(|(r, t)| Message { role: r, content: t.as_deref() }).collect::<Vec<_>>()))
-                    .collect()
-            })
+            self.pool.install(|| convs.par_iter().map(|c| template.render(c)).collect())
         });
         Ok(arr(LargeStringArray::from_iter_values(out.into_iter().collect::<Result<Vec<_>, _>>()?)))
     }
@@ -224,13 +220,8 @@ impl DataEncoder {
         let template = self.template.as_ref().ok_or_else(|| input_err("no chat template configured"))?;
         let truncation = parse_truncation(truncation)?;
         let convs = conversations(&messages)?;
-        let examples = py.detach(|| {
-            let views: Vec<Vec<Message>> = convs
-                .iter()
-                .map(|c| c.iter().map(|(r, t)| Message { role: r, content: t.as_deref() }).collect())
-                .collect();
-            self.pool.install(|| self.encoder.encode_chat(template, &views, max_length, truncation, train_on_all))
-        });
+        let examples =
+            py.detach(|| self.pool.install(|| self.encoder.encode_chat(template, &convs, max_length, truncation, train_on_all)));
         Ok(examples_to_arrow(examples))
     }
 
