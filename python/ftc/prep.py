@@ -321,7 +321,7 @@ def _check_bad_fraction(spec: Spec, stats: list[SourceStats], tmp: Path) -> None
 def _write_split(path: Path, spool: Spool, offsets: np.ndarray, lengths: np.ndarray, max_length: int,
                  pack: bool, threads: int, progress: Progress | None) -> dict[str, Any]:
     if pack:
-        row_offsets, items = (pa.array(a) for a in _data.pack_bfd(pa.array(lengths, pa.uint32()), max_length))
+        row_offsets, items = (pa.array(a) for a in _data.pack_rows(pa.array(lengths, pa.uint32()), max_length))
     else:
         row_offsets, items = pa.array(np.arange(len(lengths) + 1, dtype=np.uint64)), pa.array(
             np.arange(len(lengths), dtype=np.uint32))

@@ -251,15 +251,15 @@ impl DataEncoder {
     }
 }
 
-/// Best-fit-decreasing packing of `lengths` (u32) into rows of `capacity` tokens.
+/// Packs `lengths` (u32) into rows of `capacity` tokens (best-fit decreasing, see pack.rs).
 /// Returns `(row_offsets: u64, items: u32)`: row `r` holds `items[row_offsets[r]:row_offsets[r+1]]`.
 #[pyfunction]
-fn pack_bfd(py: Python<'_>, lengths: PyArray, capacity: u32) -> PyResult<(PyArray, PyArray)> {
+fn pack_rows(py: Python<'_>, lengths: PyArray, capacity: u32) -> PyResult<(PyArray, PyArray)> {
     let lengths = downcast::<UInt32Array>(&lengths, "lengths")?.values().to_vec();
     if let Some(too_long) = lengths.iter().position(|&l| l > capacity) {
         return Err(input_err(format!("example {too_long} has {} tokens, more than {capacity}", lengths[too_long])));
     }
-    let (offsets, items) = py.detach(|| pack::pack_bfd(&lengths, capacity));
+    let (offsets, items) = py.detach(|| pack::pack(&lengths, capacity));
     Ok((arr(UInt64Array::from(offsets)), arr(UInt32Array::from(items))))
 }
 
@@ -330,7 +330,7 @@ fn _data(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("DataKernelError", m.py().get_type::<DataKernelError>())?;
     m.add_class::<DataEncoder>()?;
     m.add_function(wrap_pyfunction!(scan_lines, m)?)?;
-    m.add_function(wrap_pyfunction!(pack_bfd, m)?)?;
+    m.add_function(wrap_pyfunction!(pack_rows, m)?)?;
     m.add_function(wrap_pyfunction!(gather_rows, m)?)?;
     m.add_function(wrap_pyfunction!(hash_files, m)?)?;
     m.add_function(wrap_pyfunction!(builtin_template, m)?)?;
