@@ -127,9 +127,9 @@ def test_packed_rows_hold_every_example_once(chat_spec: Path, bpe_dir: Path):
     result = prep(spec, threads=2)
     info = load_tokenizer_info(bpe_dir)
     enc = _data.DataEncoder(info.tokenizer_json, info.model_template, info.special_tokens, info.eos_token)
-    from ftc.sources import read_source
+    from ftc.sources import read_source, source_files
 
-    batch = next(read_source(spec.data.sources[0], spec.root))
+    batch = next(read_source(spec.data.sources[0], source_files(spec.data.sources[0], spec.root)))
     ids, labels, status, _e, _h = (pa.array(a).to_pylist() for a in enc.encode_chat(batch.rows["messages"].to_arrow(), 256))
     expected = sorted((tuple(i), tuple(lab)) for i, lab, s in zip(ids, labels, status, strict=True) if s == 0)
     found = []

@@ -18,14 +18,11 @@ def find_dataset(target: str) -> tuple[Path, dict[str, Any]]:
     """A spec (its built dataset), a dataset directory, or a key prefix."""
     path = Path(target)
     if path.suffix == ".toml" and path.is_file():
-        from ftc.model import load_tokenizer_info, resolve_model, resolve_template
-        from ftc.prep import _needs_template, key_inputs
+        from ftc.prep import resolve_inputs
         from ftc.specload import load_spec
 
         spec = load_spec(path)
-        info = load_tokenizer_info(resolve_model(spec.model.base, spec.root))
-        template = resolve_template(spec.tokenize.template, info, spec.root) if _needs_template(spec) else None
-        key = store.key_of(key_inputs(spec, info, template, 0))
+        key = store.key_of(resolve_inputs(spec)[3])
         found = store.lookup(store.DATASETS, key)
         if found is None:
             raise StoreError(f"{path}: its dataset is not built (key {key[:12]})", hint=f"run `ftc prep {path}`")

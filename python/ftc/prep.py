@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ftc import __version__, _data, store
-from ftc.errors import SourceError, SpecError
+from ftc.errors import BuildError, SourceError
 from ftc.model import TokenizerInfo, load_tokenizer_info, resolve_model, resolve_template
 from ftc.sources import SourceBatch, file_format, read_source, source_files, source_name
 from ftc.spec import Spec
@@ -110,17 +110,12 @@ class Spool:
         return cat(self.offsets, np.uint64), cat(self.lengths, np.uint32)
 
 
-def key_inputs(spec: Spec, info: TokenizerInfo, template: tuple[str, str] | None, threads: int) -> dict[str, Any]:
-    """Exactly what the packed dataset depends on (DESIGN §1)."""
-    files: list[Path] = []
-    per_source = []
-    for src in spec.data.sources:
-        fs = source_files(src, spec.root)
-        files += fs
-        per_source.append(fs)
-    digests = _data.hash_files([str(f) for f in files + info.files], threads)
-    it = iter(digests)
-    sources = [[{"file": _rel(f, spec.root), "blake3": next(it)} for f in fs] for fs in per_source]
+def key_inputs(spec: Spec, files: list[list[Path]], info: TokenizerInfo, template: tuple[str, str] | None,
+               threads: int) -> dict[str, Any]:
+    """Exactly what the packed dataset depends on (DESIGN §1). `files`: each source's files."""
+    flat = [f for fs in files for f in fs]
+    it = iter(_data.hash_files([str(f) for f in flat + info.files], threads))
+    sources = [[{"file": _rel(f, spec.root), "blake3": next(it)} for f in fs] for fs in files]
     return {
         "format": store.DATASETS,
         "task": spec.model.task,
@@ -143,11 +138,9 @@ def _rel(path: Path, root: Path) -> str:
 def prep(spec: Spec, *, threads: int = 0, progress: Progress | None = None, force: bool = False) -> PrepResult:
     t0 = time.perf_counter()
     if spec.model.task == "classification":
-        raise SpecError("model.task", ["`model.task = \"classification\"`: the classification data path is not built yet; "
-                                       "`ftc prep` handles causal-lm"])
-    info = load_tokenizer_info(resolve_model(spec.model.base, spec.root))
-    template = resolve_template(spec.tokenize.template, info, spec.root) if _needs_template(spec) else None
-    inputs = key_inputs(spec, info, template, threads)
+        raise BuildError("`model.task = \"classification\"`: the classification data path is not built yet",
+                         hint="`ftc prep` builds causal-lm datasets (chat, instruction pairs, raw text)")
+    files, info, template, inputs = resolve_inputs(spec, threads)
     key = store.key_of(inputs)
     if not force and (hit := store.lookup(store.DATASETS, key)):
         return PrepResult(key, hit, True, _read_manifest(hit), time.perf_counter() - t0)
@@ -155,25 +148,31 @@ def prep(spec: Spec, *, threads: int = 0, progress: Progress | None = None, forc
         if not force and (hit := store.lookup(store.DATASETS, key)):  # built while we waited
             return PrepResult(key, hit, True, _read_manifest(hit), time.perf_counter() - t0)
         with store.staging(store.DATASETS, key) as tmp:
-            manifest = _build(spec, info, template, inputs, key, tmp, threads, progress)
+            manifest = _build(spec, files, info, template, inputs, key, tmp, threads, progress)
             manifest["seconds"] = round(time.perf_counter() - t0, 3)
             store.write_json(tmp / store.MANIFEST, manifest)
     path = store.entry_dir(store.DATASETS, key)
     return PrepResult(key, path, False, manifest, time.perf_counter() - t0)
 
 
-def _needs_template(spec: Spec) -> bool:
-    return any(s.columns.text is None for s in spec.data.sources) or any(
-        file_format(s, f) != "txt" for s in spec.data.sources for f in source_files(s, spec.root)[:1]
-    )
+def resolve_inputs(spec: Spec, threads: int = 0) -> tuple[list[list[Path]], TokenizerInfo, tuple[str, str] | None,
+                                                          dict[str, Any]]:
+    """Each source's files, the tokenizer, the template (unless every source is raw text) and
+    the key's inputs."""
+    files = [source_files(s, spec.root) for s in spec.data.sources]
+    info = load_tokenizer_info(resolve_model(spec.model.base, spec.root))
+    raw_text = all(s.columns.text is not None or all(file_format(s, f) == "txt" for f in fs)
+                   for s, fs in zip(spec.data.sources, files, strict=True))
+    template = None if raw_text else resolve_template(spec.tokenize.template, info, spec.root)
+    return files, info, template, key_inputs(spec, files, info, template, threads)
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
     return json.loads((path / store.MANIFEST).read_text(encoding="utf-8"))
 
 
-def _build(spec: Spec, info: TokenizerInfo, template: tuple[str, str] | None, inputs: dict[str, Any],
-           key: str, tmp: Path, threads: int, progress: Progress | None) -> dict[str, Any]:
+def _build(spec: Spec, files: list[list[Path]], info: TokenizerInfo, template: tuple[str, str] | None,
+           inputs: dict[str, Any], key: str, tmp: Path, threads: int, progress: Progress | None) -> dict[str, Any]:
     tok = spec.tokenize
     encoder = _data.DataEncoder(info.tokenizer_json, template[1] if template else None,
                                 info.special_tokens, info.eos_token, threads)
@@ -182,15 +181,15 @@ def _build(spec: Spec, info: TokenizerInfo, template: tuple[str, str] | None, in
     block = tok.max_length if tok.truncation == "chunk" else None
     spools = {s: Spool(spool_dir, s, block) for s in SPLITS}
     stats: list[SourceStats] = []
-    total_bytes = sum(f.stat().st_size for s in spec.data.sources for f in source_files(s, spec.root))
+    total_bytes = sum(f.stat().st_size for fs in files for f in fs)
     if progress:
         progress("read", 0, total_bytes)
     with open(tmp / "quarantine.jsonl", "wb") as quarantine:
-        for idx, src in enumerate(spec.data.sources):
-            st = SourceStats(source_name(src), files=len(source_files(src, spec.root)))
+        for idx, (src, fs) in enumerate(zip(spec.data.sources, files, strict=True)):
+            st = SourceStats(source_name(src), files=len(fs))
             stats.append(st)
             on_bytes = (lambda n: progress("read", n, None)) if progress else None
-            for batch in read_source(src, spec.root, threads, on_bytes):
+            for batch in read_source(src, fs, threads, on_bytes):
                 _encode_batch(batch, idx, src.weight, st, spec, encoder, spools, quarantine)
     _check_bad_fraction(spec, stats, tmp)
     splits = {}

@@ -94,11 +94,12 @@ def resolve_columns(cols: Columns, available: list[str], fmt: str, file: Path) -
                       hint="map them on the source, e.g. `columns = { prompt = \"q\", response = \"a\" }`")
 
 
-def read_source(source: Source, root: Path, threads: int = 0,
+def read_source(source: Source, files: list[Path], threads: int = 0,
                 on_bytes: Callable[[int], None] | None = None) -> Iterator[SourceBatch]:
-    """Batches of every file of `source`, `max_rows` honored (usable and quarantined rows count)."""
+    """Batches of `files` (the source's, from `source_files`), `max_rows` honored (usable and
+    quarantined rows count)."""
     left = source.max_rows
-    for file in source_files(source, root):
+    for file in files:
         fmt = file_format(source, file)
         for batch in _read_file(file, fmt, source.columns, threads):
             if left is not None:
