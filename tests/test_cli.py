@@ -28,7 +28,13 @@ def spec(tmp_path: Path, bpe_dir: Path) -> Path:
     return write_spec(tmp_path / "spec.toml", bpe_dir, [{"path": "chat.jsonl"}], tokenize={"max_length": 128})
 
 
-@pytest.mark.parametrize("cmd", [[], ["validate"], ["prep"], ["inspect"], ["cache"], ["cache", "ls"],
+def test_schema_is_json_of_every_table():
+    schema = json.loads(ftc("schema").stdout)
+    assert {"project", "model", "data", "tokenize", "train", "eval", "export"} <= set(schema["properties"])
+    assert "learning_rate" in schema["$defs"]["Train"]["properties"]
+
+
+@pytest.mark.parametrize("cmd", [[], ["validate"], ["prep"], ["inspect"], ["schema"], ["cache"], ["cache", "ls"],
                                  ["cache", "rm"], ["cache", "gc"]])
 def test_help_everywhere(cmd):
     out = ftc(*cmd, "--help")

@@ -61,6 +61,7 @@ def main(debug: bool) -> None:
       ftc prep spec.toml       build the packed dataset (cached by content)
       ftc inspect spec.toml    statistics and decoded rows, masked tokens marked
       ftc cache ls             what the store at $FTC_HOME holds
+      ftc schema               the spec's JSON schema, for editors
     """
 
 
@@ -73,6 +74,14 @@ def validate(spec: Path) -> None:
 
     load_spec(spec)
     err.print(f"{spec}: ok")
+
+
+@main.command()
+def schema() -> None:
+    """Print the spec's JSON schema (for editors: taplo, VS Code "Even Better TOML")."""
+    from ftc.spec import Spec
+
+    click.echo(json.dumps(Spec.model_json_schema(by_alias=True), indent=2))
 
 
 def _progress_callback(progress: Progress) -> Callable[[str, int, int | None], None]:

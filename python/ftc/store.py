@@ -29,7 +29,7 @@ MANIFEST = "manifest.json"
 
 
 def home() -> Path:
-    return Path(os.environ.get("FTC_HOME") or Path.home() / ".cache" / "ftc").expanduser()
+    return Path(os.environ.get("FTC_HOME") or Path.home() / ".cache" / "ftc").expanduser().absolute()
 
 
 def key_of(inputs: Any) -> str:
