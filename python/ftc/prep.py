@@ -334,9 +334,10 @@ def _write_split(path: Path, spool: Spool, offsets: np.ndarray, lengths: np.ndar
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
         for start in range(0, n_rows, per_batch):
             end = min(n_rows, start + per_batch)
-            cols = [pa.array(a) for a in _data.gather_rows(str(spool.ids_path), str(spool.labels_path), off_pa,
-                                                            len_pa, row_offsets, items, start, end, threads)]
-            label_tokens += int(pc.sum(pc.not_equal(cols[1].flatten(), -100)).as_py() or 0)
+            *arrays, labelled = _data.gather_rows(str(spool.ids_path), str(spool.labels_path), off_pa, len_pa,
+                                                  row_offsets, items, start, end, threads)
+            cols = [pa.array(a) for a in arrays]
+            label_tokens += labelled
             writer.write_batch(pa.record_batch(cols, schema=schema))
             if progress:
                 progress(f"pack {path.stem}", end - start, None)

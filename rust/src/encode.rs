@@ -18,6 +18,8 @@ use crate::error::{DataError, Result};
 use crate::template::{ChatTemplate, Message};
 
 pub const IGNORE: i32 = -100;
+/// Words per thread in the BPE cache (~100 bytes each).
+const WORD_CACHE: usize = 1 << 18;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Truncation {
@@ -56,8 +58,17 @@ pub struct Encoder {
 
 impl Encoder {
     pub fn new(tokenizer_json: &str, eos_token: Option<&str>) -> Result<Self> {
-        let tokenizer: Tokenizer =
+        let mut tokenizer: Tokenizer =
             tokenizer_json.parse().map_err(|e: tokenizers::Error| DataError::Tokenizer(e.to_string()))?;
+        // transformers ignores the truncation and padding saved in tokenizer.json unless asked;
+        // ftc truncates by its own rules, after labelling.
+        tokenizer.with_truncation(None).map_err(|e| DataError::Tokenizer(e.to_string()))?;
+        tokenizer.with_padding(None);
+        // The BPE word cache stops inserting when full (no eviction); 10k words (the default)
+        // fill within the first documents of a corpus, and every later rare word is re-merged.
+        let mut model = tokenizer.get_model().clone();
+        model.resize_cache(WORD_CACHE);
+        tokenizer.with_model(model);
         let special_ids =
             tokenizer.get_added_tokens_decoder().into_iter().filter(|(_, t)| t.special).map(|(id, _)| id).collect();
         let eos_id = eos_token.and_then(|t| tokenizer.token_to_id(t));

@@ -264,7 +264,8 @@ fn pack_rows(py: Python<'_>, lengths: PyArray, capacity: u32) -> PyResult<(PyArr
 }
 
 /// Materializes packed rows `start..end` from the spool files.
-/// Returns `(input_ids, labels, position_ids, seq_lengths)`, each `list<int32>`.
+/// Returns `(input_ids, labels, position_ids, seq_lengths)`, each `list<int32>`, and the number
+/// of labelled tokens.
 #[pyfunction]
 #[pyo3(signature = (ids_path, labels_path, offsets, lengths, row_offsets, items, start, end, threads=0))]
 #[allow(clippy::too_many_arguments)]
@@ -279,7 +280,7 @@ fn gather_rows(
     start: usize,
     end: usize,
     threads: usize,
-) -> PyResult<(PyArray, PyArray, PyArray, PyArray)> {
+) -> PyResult<(PyArray, PyArray, PyArray, PyArray, u64)> {
     let offsets = downcast::<UInt64Array>(&offsets, "offsets")?.values();
     let lengths = downcast::<UInt32Array>(&lengths, "lengths")?.values();
     let row_offsets = downcast::<UInt64Array>(&row_offsets, "row_offsets")?.values();
@@ -291,11 +292,13 @@ fn gather_rows(
     let p = py.detach(|| {
         pool.install(|| pack::gather(ids_path, labels_path, offsets, lengths, row_offsets, items, start..end))
     })?;
+    let labelled = p.labels.iter().filter(|&&l| l != encode::IGNORE).count() as u64;
     Ok((
         list_i32(p.token_offsets.clone(), p.input_ids),
         list_i32(p.token_offsets.clone(), p.labels),
         list_i32(p.token_offsets, p.position_ids),
         list_i32(p.seq_offsets, p.seq_lengths),
+        labelled,
     ))
 }
 
