@@ -96,3 +96,10 @@ def test_cache_ls_rm_gc(spec: Path):
     assert json.loads(ftc("cache", "ls", "--json").stdout) == []
     assert ftc("cache", "rm", "feedface").returncode == 1
     assert "removed 0" in ftc("cache", "gc").stderr
+
+
+def test_rules_of_unbuilt_stages_are_refused_not_ignored(tmp_path: Path, bpe_dir: Path):
+    (tmp_path / "d.jsonl").write_text('{"prompt": "p", "response": "r"}\n')
+    s = write_spec(tmp_path / "spec.toml", bpe_dir, [{"path": "d.jsonl"}], data_clean={"dedup": "near"})
+    out = ftc("prep", str(s))
+    assert out.returncode == 1 and "`data.clean`" in out.stderr and "Traceback" not in out.stderr

@@ -60,3 +60,20 @@ def test_thread_count_does_not_change_ids(bpe_dir):
     one = ftc_ids(_data.DataEncoder(tj, threads=1), texts)
     two = ftc_ids(_data.DataEncoder(tj, threads=2), texts)
     assert one == two
+
+
+def test_truncation_and_padding_saved_in_tokenizer_json_are_ignored(tmp_path, wordpiece_dir):
+    import json
+    import shutil
+
+    d = tmp_path / "saved-truncation"
+    shutil.copytree(wordpiece_dir, d)
+    data = json.loads((d / "tokenizer.json").read_text())
+    data["truncation"] = {"direction": "Right", "max_length": 8, "strategy": "LongestFirst", "stride": 0}
+    data["padding"] = {"strategy": {"Fixed": 64}, "direction": "Right", "pad_to_multiple_of": None, "pad_id": 0,
+                       "pad_type_id": 0, "pad_token": "[PAD]"}
+    (d / "tokenizer.json").write_text(json.dumps(data))
+    text = "the quick brown fox jumps over the lazy dog and keeps running far away"
+    ids = ftc_ids(_data.DataEncoder((d / "tokenizer.json").read_text()), [text])
+    assert ids == [AutoTokenizer.from_pretrained(d)(text)["input_ids"]]
+    assert len(ids[0]) > 8

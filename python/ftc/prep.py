@@ -137,9 +137,7 @@ def _rel(path: Path, root: Path) -> str:
 
 def prep(spec: Spec, *, threads: int = 0, progress: Progress | None = None, force: bool = False) -> PrepResult:
     t0 = time.perf_counter()
-    if spec.model.task == "classification":
-        raise BuildError("`model.task = \"classification\"`: the classification data path is not built yet",
-                         hint="`ftc prep` builds causal-lm datasets (chat, instruction pairs, raw text)")
+    _check_supported(spec)
     files, info, template, inputs = resolve_inputs(spec, threads)
     key = store.key_of(inputs)
     if not force and (hit := store.lookup(store.DATASETS, key)):
@@ -153,6 +151,21 @@ def prep(spec: Spec, *, threads: int = 0, progress: Progress | None = None, forc
             store.write_json(tmp / store.MANIFEST, manifest)
     path = store.entry_dir(store.DATASETS, key)
     return PrepResult(key, path, False, manifest, time.perf_counter() - t0)
+
+
+def _check_supported(spec: Spec) -> None:
+    """Tables that validate but whose stage is not built yet: refuse rather than ignore them."""
+    if spec.model.task == "classification":
+        raise BuildError("`model.task = \"classification\"`: the classification data path is not built yet",
+                         hint="`ftc prep` builds causal-lm datasets (chat, instruction pairs, raw text)")
+    unbuilt = [name for name, table in (("data.clean", spec.data.clean), ("data.augment", spec.data.augment),
+                                        ("data.balance", spec.data.balance)) if table != type(table)()]
+    if spec.data.split.column is not None:
+        unbuilt.append("data.split.column")
+    if unbuilt:
+        raise BuildError(f"{', '.join(f'`{u}`' for u in unbuilt)}: cleaning, dedup, augmentation, balancing and "
+                         "split columns are not applied yet, and ftc does not ignore a rule silently",
+                         hint="remove these settings to build the dataset without them")
 
 
 def resolve_inputs(spec: Spec, threads: int = 0) -> tuple[list[list[Path]], TokenizerInfo, tuple[str, str] | None,
