@@ -103,3 +103,10 @@ def test_rules_of_unbuilt_stages_are_refused_not_ignored(tmp_path: Path, bpe_dir
     s = write_spec(tmp_path / "spec.toml", bpe_dir, [{"path": "d.jsonl"}], data_clean={"dedup": "near"})
     out = ftc("prep", str(s))
     assert out.returncode == 1 and "`data.clean`" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_chunking_chat_data_is_refused(tmp_path: Path, bpe_dir: Path):
+    (tmp_path / "d.jsonl").write_text('{"prompt": "p", "response": "r"}\n')
+    s = write_spec(tmp_path / "spec.toml", bpe_dir, [{"path": "d.jsonl"}], tokenize={"truncation": "chunk"})
+    out = ftc("prep", str(s))
+    assert out.returncode == 1 and "raw text" in out.stderr

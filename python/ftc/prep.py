@@ -176,6 +176,10 @@ def resolve_inputs(spec: Spec, threads: int = 0) -> tuple[list[list[Path]], Toke
     info = load_tokenizer_info(resolve_model(spec.model.base, spec.root))
     raw_text = all(s.columns.text is not None or all(file_format(s, f) == "txt" for f in fs)
                    for s, fs in zip(spec.data.sources, files, strict=True))
+    if spec.tokenize.truncation == "chunk" and not raw_text:
+        raise BuildError("`tokenize.truncation = \"chunk\"` concatenates raw text into blocks; these sources "
+                         "hold conversations or prompt/response pairs", hint="use `right`, `left` or `drop` for "
+                         "chat data, or map a `text` column for continued pre-training")
     template = None if raw_text else resolve_template(spec.tokenize.template, info, spec.root)
     return files, info, template, key_inputs(spec, files, info, template, threads)
 
