@@ -159,16 +159,12 @@ def _print_prep(r: Any) -> None:
     for s in st["sources"]:
         for why, n in s["dropped"].items():
             err.print(f"  {s['name']}: dropped {n:,}: {why}")
-    eff = st["packing_efficiency"]
-    sp = st["splits"]
-    err.print(
-        f"tokens {st['tokens']:,} · packed rows {st['packed_rows']:,} "
-        f"(train {sp['train']['rows']:,}, valid {sp['valid']['rows']:,}, test {sp['test']['rows']:,}) · "
-        f"packing efficiency {eff:.2%} · " if eff is not None else "no rows · ",
-        end="", markup=False,
-    )
+    sp, eff = st["splits"], st["packing_efficiency"]
+    rows = ", ".join(f"{name} {split['rows']:,}" for name, split in sp.items())
+    packing = f"packing efficiency {eff:.2%}" if eff is not None else "no rows"
     cache = "cache hit" if r.cache_hit else "cache miss, built"
-    err.print(f"{r.seconds:.2f}s · {cache}", markup=False)
+    err.print(f"tokens {st['tokens']:,} · packed rows {st['packed_rows']:,} ({rows}) · {packing} · "
+              f"{r.seconds:.2f}s · {cache}", markup=False, soft_wrap=True)
     err.print(f"dataset {r.path}", markup=False, soft_wrap=True)
     if st["quarantined"]:
         err.print(f"quarantine {r.path / 'quarantine.jsonl'}", markup=False, soft_wrap=True)
