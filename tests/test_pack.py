@@ -180,3 +180,13 @@ def test_chunk_mode_concatenates_raw_text(tmp_path: Path, bpe_dir: Path):
     assert flat.count(eos) == 200  # one EOS after every document of the stream
     assert r.manifest["stats"]["tokens"] == len(flat)
     assert rows["input_ids"] == rows["labels"]
+
+
+def test_chunk_mode_honours_source_weight(tmp_path: Path, bpe_dir: Path):
+    (tmp_path / "corpus.txt").write_text("\n".join(f"line {i} " + "word " * (i % 30) for i in range(200)))
+    tokens = {}
+    for weight in (1.0, 2.0):
+        spec = write_spec(tmp_path / "spec.toml", bpe_dir, [{"path": "corpus.txt", "weight": weight}],
+                          tokenize={"max_length": 64, "truncation": "chunk"}, data_split={"valid": 0.0, "test": 0.0})
+        tokens[weight] = prep(load_spec(spec)).manifest["stats"]["tokens"]
+    assert tokens[2.0] == 2 * tokens[1.0]

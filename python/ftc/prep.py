@@ -70,9 +70,10 @@ class Spool:
         self.carry = np.empty(0, dtype=np.int32)
 
     def append(self, ids: pa.ListArray, labels: pa.ListArray, repeats: np.ndarray) -> None:
+        if self.block is not None:  # the stream holds each document `repeats` times
+            ids = ids.take(pa.array(np.repeat(np.arange(len(ids)), repeats)))
+            return self._append_stream(np.asarray(ids.flatten(), dtype=np.int32))
         flat_ids = np.asarray(ids.flatten(), dtype=np.int32)
-        if self.block is not None:
-            return self._append_stream(flat_ids)
         lengths = np.asarray(pc.list_value_length(ids), dtype=np.uint32)
         starts = self.tokens + np.concatenate([[0], np.cumsum(lengths[:-1], dtype=np.uint64)]).astype(np.uint64)
         self._write(flat_ids, np.asarray(labels.flatten(), dtype=np.int32))
@@ -264,14 +265,16 @@ def _encode_batch(batch: SourceBatch, idx: int, weight: float, st: SourceStats, 
                 st.dropped[why] = st.dropped.get(why, 0) + n
         ok = status_np == 0
         st.kept += int(ok.sum())
-        split = _assign_split(np.asarray(hashes), rows["line"].to_numpy(), idx, spec)
+        hashes_np = np.asarray(hashes)
+        split = _assign_split(hashes_np, rows["line"].to_numpy(), idx, spec)
         for s_i, s_name in enumerate(SPLITS):
             sel = ok & (split == s_i)
             if not sel.any():
                 continue
             sel_pa = pa.array(sel)
-            repeats = _repeats(np.asarray(hashes)[sel], weight, spec.project.seed) if s_name == "train" else \
-                np.ones(int(sel.sum()), dtype=np.int64)
+            # Mixing weights apply to training rows only; held-out splits keep the data as it is.
+            weight_here = weight if s_name == "train" else 1.0
+            repeats = _repeats(hashes_np[sel], weight_here, spec.project.seed)
             st.examples[s_name] += int(repeats.sum())
             spools[s_name].append(pc.filter(ids, sel_pa), pc.filter(labels, sel_pa), repeats)
     st.quarantined += failures.height
