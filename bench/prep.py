@@ -1,10 +1,11 @@
 """Benchmark `ftc prep` against the data-preparation pipelines users run today.
 
-    .venv/bin/python bench/prep.py [--docs 200000] [--only ftc|sft|datasets|tokenizers] [--skip-baselines]
+    .venv/bin/python bench/prep.py [--case prep|dedup|all] [--docs N] [--only ftc|sft|datasets|tokenizers]
+                                   [--skip-baselines]
 
-One synthetic chat corpus (JSONL, a `messages` column) and one locally trained byte-level BPE
-tokenizer with SmolLM2's chat template feed every pipeline; both are cached in bench/out/.
-Each pipeline runs in a fresh process, so its peak memory is its own:
+Case `prep` (the default; 200k documents): one synthetic chat corpus (JSONL, a `messages` column)
+and one locally trained byte-level BPE tokenizer with SmolLM2's chat template feed every
+pipeline; both are cached in bench/out/. Results go to bench/out/prep.json.
 
   ftc         `ftc prep SPEC --json --force` with 1 and 2 threads, then a warm re-run (cache hit)
   sft         TRL `SFTTrainer` construction: assistant-only loss, BFD packing, 2 processes
@@ -12,22 +13,42 @@ Each pipeline runs in a fresh process, so its peak memory is its own:
               `pack_dataset(strategy="bfd")`, with 1 and 2 processes
   tokenizers  `Tokenizer.encode_batch_fast` on pre-rendered texts: the floor (no labels, no packing)
 
-"seconds" is the pipeline itself as each reports or times it (imports and model construction
-excluded); "process" is the whole process. Peak RSS is the largest sum of RSS over the process
-tree (polled every 0.2 s) and, separately, the kernel's ru_maxrss of the largest single process.
-Results go to bench/out/prep.json.
+Case `dedup` (100k documents): a synthetic web-like corpus (JSONL, a `text` column; HTML,
+stray whitespace, fullwidth characters, 5% exact and 18% near copies) is cleaned (strip HTML,
+NFKC, collapse whitespace) and near-deduplicated (Jaccard 0.8 of 5-char shingles, 128
+permutations, first occurrence kept). Results go to bench/out/dedup.json.
+
+  ftc kernels  polars read → `_data.TextCleaner` → `_data.Deduper("near")` in batches of 10k,
+               with 1 and 2 threads
+  datasketch   json.loads → re/html/unicodedata cleaning → datasketch `MinHash.update_batch` per
+               text → `MinHashLSH` query-then-insert; 1 process, and a 2-process `Pool` for the
+               cleaning and MinHash (the LSH loop stays sequential)
+  ftc prep     the same cleaning and dedup in `ftc prep`, then tokenize + pack (once `[data.clean]`
+               is built; skipped with its error until then)
+
+It then compares the removed sets and, as ground truth, the exact Jaccard of each removal with
+its match, and the share of the injected copies each tool removes by their true similarity.
+
+Each pipeline runs in a fresh process, so its peak memory is its own. "seconds" is the pipeline
+itself as each reports or times it (imports and model construction excluded); "process" is the
+whole process. Peak RSS is the largest sum of RSS over the process tree (polled every 0.2 s) and,
+separately, the kernel's ru_maxrss of the largest single process.
 """
 
 from __future__ import annotations
 
 import argparse
+import html
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
+import unicodedata
 from collections.abc import Iterator
+from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
@@ -195,10 +216,11 @@ def tree_rss(proc: psutil.Process) -> int:
     return total
 
 
-def measure(cmd: list[str], env: dict[str, str]) -> dict:
+def measure(cmd: list[str], env: dict[str, str], check: bool = True) -> dict:
     """Runs `cmd` in a fresh process. Returns its wall time, stdout, the peak of the process tree's
     summed RSS (polled every 0.2 s) and ru_maxrss from `wait4` (the largest single process among it
-    and its reaped descendants)."""
+    and its reaped descendants). A failure exits, unless `check` is false: then `error` holds the
+    end of its stderr."""
     err_path = OUT / "last-stderr.txt"
     with open(OUT / "last-stdout.txt", "w+b") as out, open(err_path, "wb") as err:
         t0 = time.perf_counter()
@@ -215,7 +237,9 @@ def measure(cmd: list[str], env: dict[str, str]) -> dict:
         out.seek(0)
         stdout = out.read().decode()
     if proc.returncode:
-        sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err_path.read_text()[-3000:]}")
+        if check:
+            sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err_path.read_text()[-3000:]}")
+        return {"error": err_path.read_text()[-3000:]}
     return {"process_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mb": peak / 2**20,
             "maxrss_mb": usage.ru_maxrss / 1024, "stdout": stdout}
 
@@ -318,20 +342,26 @@ def run_ftc(spec: Path, threads: int, force: bool, env: dict[str, str]) -> dict:
             "labelled": sum(s["label_tokens"] for s in summary["splits"].values()), "cache": summary["cache"]}
 
 
-def run_worker(name: str, corpus: Path, tokenizer: Path, max_length: int, num_proc: int, env: dict[str, str]) -> dict:
-    """One baseline in a fresh process (this script with --worker) and an empty datasets cache."""
+def run_worker(name: str, corpus: Path, tokenizer: Path | None, max_length: int, num_proc: int,
+               env: dict[str, str]) -> dict:
+    """One pipeline in a fresh process (this script with --worker) and an empty datasets cache."""
     cache = OUT / "hf-cache"
     shutil.rmtree(cache, ignore_errors=True)
-    cmd = [sys.executable, __file__, "--worker", name, "--corpus", str(corpus), "--tokenizer", str(tokenizer),
-           "--max-length", str(max_length), "--num-proc", str(num_proc)]
+    cmd = [sys.executable, __file__, "--worker", name, "--corpus", str(corpus), "--max-length", str(max_length),
+           "--num-proc", str(num_proc)] + ["--tokenizer", str(tokenizer)] * (tokenizer is not None)
     m = measure(cmd, {**env, "HF_DATASETS_CACHE": str(cache)})
     return {**m, **json.loads(m.pop("stdout").strip().splitlines()[-1])}
 
 
+def bench_env() -> dict[str, str]:
+    """The environment of every measured process."""
+    return {**os.environ, "FTC_HOME": str(OUT / "ftc-home"), "HF_HUB_OFFLINE": "1",
+            "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error", "RAYON_RS_NUM_CPUS": "2"}
+
+
 def run_all(args: argparse.Namespace, corpus: Path, tokenizer: Path) -> dict[str, dict]:
     """Every selected pipeline, in order, keyed by its row label."""
-    env = {**os.environ, "FTC_HOME": str(OUT / "ftc-home"), "HF_HUB_OFFLINE": "1",
-           "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error", "RAYON_RS_NUM_CPUS": "2"}
+    env = bench_env()
 
     def wanted(name: str) -> bool:
         return args.only in (None, name) and (name == "ftc" or not args.skip_baselines)
@@ -391,22 +421,324 @@ def report(results: dict[str, dict], docs: int, max_length: int) -> dict[str, fl
     return ratios
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--docs", type=int, default=200_000, help="documents in the synthetic corpus")
-    p.add_argument("--max-length", type=int, default=2048, help="packed row length")
-    p.add_argument("--only", choices=["ftc", *WORKERS], help="run a single pipeline")
-    p.add_argument("--skip-baselines", action="store_true", help="run ftc alone")
-    p.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
-    p.add_argument("--corpus", help=argparse.SUPPRESS)
-    p.add_argument("--tokenizer", help=argparse.SUPPRESS)
-    p.add_argument("--num-proc", type=int, default=1, help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args.worker:
-        print(json.dumps(WORKERS[args.worker](args.corpus, args.tokenizer, args.max_length, args.num_proc)))
-        return
+# Case `dedup`: cleaning + near-duplicate removal on web-like text ---------------------------
 
-    OUT.mkdir(parents=True, exist_ok=True)
+SHINGLE, NUM_PERM, THRESHOLD, BATCH = 5, 128, 0.8, 10_000
+FULLWIDTH = str.maketrans({chr(c): chr(c + 0xFEE0) for c in range(0x21, 0x7F)})
+TAILS = ["Thanks for reading.", "Read more.", "Share this post!", "Posted in General."]
+# Share of words edited in a near copy, by band, and how often each band is drawn: light copies
+# stay well above 0.8 Jaccard of 5-char shingles, medium ones straddle it, heavy ones fall below.
+EDIT_RATES = [(0.0, 0.02), (0.02, 0.06), (0.06, 0.12), (0.12, 0.25)]
+EDIT_BANDS = [0.35, 0.30, 0.20, 0.15]
+TAG = re.compile(r"<[^>]+>")
+
+
+def web_docs(n_docs: int, seed: int = SEED) -> tuple[list[str], np.ndarray]:
+    """`n_docs` web-like texts (deterministic for a seed) and, per text, the index of the earlier
+    text it copies (-1 for an original). 5% are exact copies, 18% near copies (words substituted,
+    deleted or inserted at a rate drawn from EDIT_RATES, 20% re-cased, 30% with a short tail), the
+    rest 300–1500 characters of random sentences. Any non-exact text is then dressed: 12% as HTML
+    (paragraphs, inline tags, entities), 10% with stray whitespace, 6% with fullwidth words."""
+    rng = np.random.default_rng(seed)
+    pool = sentence_pool(rng, 100_000)
+    words = lambda k: [COMMON_WORDS[i] for i in rng.integers(0, len(COMMON_WORDS), size=k)]  # noqa: E731
+
+    def original() -> str:
+        target, out = int(rng.integers(300, 1500)), []
+        for i in rng.integers(0, len(pool), size=40).tolist():
+            out.append(pool[i])
+            if sum(map(len, out)) >= target:
+                break
+        return "".join(out).strip()
+
+    def near_copy(text: str) -> str:
+        ws = text.split(" ")
+        lo, hi = EDIT_RATES[rng.choice(len(EDIT_RATES), p=EDIT_BANDS)]
+        for _ in range(max(1, round(rng.uniform(lo, hi) * len(ws)))):
+            at, op = int(rng.integers(0, len(ws))), rng.random()
+            if op < 0.5:
+                ws[at] = words(1)[0]
+            elif op < 0.8 and len(ws) > 5:
+                del ws[at]
+            else:
+                ws.insert(at, words(1)[0])
+        text = " ".join(ws)
+        if rng.random() < 0.2:
+            text = text.lower() if rng.random() < 0.5 else text.upper()
+        return text + " " + TAILS[int(rng.integers(0, len(TAILS)))] if rng.random() < 0.3 else text
+
+    def dress(text: str) -> str:
+        r = rng.random()
+        if r < 0.12:  # block tags sit next to whitespace, so "\n" (ftc) and "" (re.sub) collapse alike
+            ws = text.split(" ")
+            for at in rng.integers(0, len(ws), size=int(rng.integers(1, 4))).tolist():
+                ws[at] = f"<b>{ws[at]}</b>" if rng.random() < 0.5 else f'<a href="https://example.com/{at}">{ws[at]}</a>'
+            text = " ".join(ws).replace(" and ", " &amp; ", 1).replace(", ", ",&nbsp;", 2)
+            return "".join(f"<p>{p.strip()}</p>\n" for p in text.split("\n\n") if p.strip())
+        if r < 0.22:
+            return "\n  " + text.replace(". ", ".  ", 3).replace(" ", "\t", 2) + "  \n"
+        if r < 0.28:
+            ws = text.split(" ")
+            for at in rng.integers(0, len(ws), size=int(rng.integers(2, 12))).tolist():
+                ws[at] = ws[at].translate(FULLWIDTH)
+            return " ".join(ws)
+        return text
+
+    plain, texts, sources = [], [], np.full(n_docs, -1, dtype=np.int64)
+    for i in range(n_docs):
+        r = rng.random()
+        if i and r < 0.23:
+            sources[i] = j = int(rng.integers(0, i))
+        if i and r < 0.05:
+            plain.append(plain[j])
+            texts.append(texts[j])
+            continue
+        plain.append(near_copy(plain[j]) if sources[i] >= 0 else original())
+        texts.append(dress(plain[-1]))
+    return texts, sources
+
+
+def make_web_corpus(n_docs: int) -> tuple[Path, np.ndarray]:
+    """The JSONL corpus (a `text` column) of `n_docs` web-like texts and the copy sources,
+    generated once and cached."""
+    path, src_path = OUT / f"web-{n_docs}.jsonl", OUT / f"web-{n_docs}.sources.npy"
+    if not (path.exists() and src_path.exists()):
+        texts, sources = web_docs(n_docs)
+        np.save(src_path, sources)
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts)
+        tmp.rename(path)
+    return path, np.load(src_path)
+
+
+def clean_py(text: str) -> str:
+    """The cleaning a user writes: tags out, entities decoded, NFKC, whitespace collapsed."""
+    return " ".join(unicodedata.normalize("NFKC", html.unescape(TAG.sub("", text))).split())
+
+
+def shingles(text: str) -> set[str]:
+    """Character 5-shingles of a cleaned text's dedup key (lowercased; whitespace is collapsed)."""
+    key = text.lower()
+    return {key[i:i + SHINGLE] for i in range(max(1, len(key) - SHINGLE + 1))}
+
+
+def minhash(text: str):
+    from datasketch import MinHash
+
+    m = MinHash(num_perm=NUM_PERM)
+    m.update_batch([s.encode() for s in shingles(text)])
+    return m
+
+
+def worker_dedup_ftc(corpus: str, num_proc: int) -> dict:
+    """ftc's kernels: polars reads, `TextCleaner` cleans, `Deduper` checks batches of 10k in order."""
+    import polars as pl
+    import pyarrow as pa
+    from ftc import _data
+
+    t0 = time.perf_counter()
+    texts = pl.read_ndjson(corpus, schema={"text": pl.String})["text"].to_arrow()
+    t1 = time.perf_counter()
+    cleaner = _data.TextCleaner(strip_html=True, normalize="NFKC", collapse_whitespace=True, threads=num_proc)
+    cleaned = pa.array(cleaner.clean(texts)[0])
+    t2 = time.perf_counter()
+    deduper = _data.Deduper("near", threshold=THRESHOLD, shingle=SHINGLE, num_perm=NUM_PERM, threads=num_proc)
+    matches = np.concatenate([np.asarray(pa.array(deduper.check(cleaned.slice(i, BATCH))))
+                              for i in range(0, len(cleaned), BATCH)])
+    t3 = time.perf_counter()
+    return {"seconds": t3 - t0, "read_s": t1 - t0, "clean_s": t2 - t1, "dedup_s": t3 - t2,
+            "removed": {int(i): [int(matches[i])] for i in np.flatnonzero(matches >= 0)}}
+
+
+def worker_dedup_datasketch(corpus: str, num_proc: int) -> dict:
+    """The Python a user writes: json.loads, `clean_py`, a datasketch MinHash per text (in a
+    `Pool` of `num_proc` when above 1), then `MinHashLSH`: a text with any hit is removed (its
+    hits are the candidates), else inserted."""
+    from datasketch import MinHashLSH
+
+    t0 = time.perf_counter()
+    with open(corpus, encoding="utf-8") as f:
+        texts = [json.loads(line)["text"] for line in f]
+    t1 = time.perf_counter()
+    if num_proc == 1:
+        cleaned = [clean_py(t) for t in texts]
+        t2 = time.perf_counter()
+        sigs = [minhash(t) for t in cleaned]
+    else:
+        with Pool(num_proc) as pool:
+            cleaned = pool.map(clean_py, texts, chunksize=1000)
+            t2 = time.perf_counter()
+            sigs = pool.map(minhash, cleaned, chunksize=256)
+    lsh, removed = MinHashLSH(threshold=THRESHOLD, num_perm=NUM_PERM), {}
+    for i, m in enumerate(sigs):
+        if hits := lsh.query(m):
+            removed[i] = hits
+        else:
+            lsh.insert(i, m)
+    t3 = time.perf_counter()
+    return {"seconds": t3 - t0, "read_s": t1 - t0, "clean_s": t2 - t1, "dedup_s": t3 - t2, "removed": removed}
+
+
+DEDUP_WORKERS = {"dedup-ftc": worker_dedup_ftc, "dedup-datasketch": worker_dedup_datasketch}
+FTC_ROW = "ftc kernels: read + clean + near dedup, {} thread(s)"
+SKETCH_ROW = "Python clean + datasketch MinHashLSH, {} proc"
+PREP_ROW = "ftc prep: clean + near dedup + tokenize + pack, 2 threads"
+
+
+def write_dedup_spec(corpus: Path, tokenizer: Path, max_length: int) -> Path:
+    """The ftc spec: the same cleaning and near dedup, then tokenize and pack the raw text."""
+    path = OUT / f"{corpus.stem}.toml"
+    path.write_text(f'''[project]
+name = "bench-dedup"
+
+[model]
+base = "{tokenizer}"
+
+[[data.sources]]
+path = "{corpus}"
+
+[data.split]
+valid = 0
+test = 0
+
+[data.clean]
+normalize = "NFKC"
+strip_html = true
+collapse_whitespace = true
+dedup = "near"
+
+[tokenize]
+max_length = {max_length}
+pack = true
+''', encoding="utf-8")
+    return path
+
+
+def run_dedup(args: argparse.Namespace, corpus: Path) -> dict[str, dict]:
+    """Every dedup pipeline, in order, keyed by its row label; a worker's `removed` maps each
+    removed text to its candidate originals."""
+    env, results = bench_env(), {}
+    for n in (1, 2):
+        results[FTC_ROW.format(n)] = run_worker("dedup-ftc", corpus, None, 0, n, env)
+    for n in (1, 2) if not args.skip_baselines else ():
+        results[SKETCH_ROW.format(n)] = run_worker("dedup-datasketch", corpus, None, 0, n, env)
+    # The whole `ftc prep` with the same cleaning and dedup, while `[data.clean]` is being wired.
+    spec = write_dedup_spec(corpus, make_tokenizer(), args.max_length)
+    cmd = [str(Path(sys.executable).parent / "ftc"), "prep", str(spec), "--json", "--threads", "2", "--force"]
+    m = measure(cmd, env, check=False)
+    if "error" in m:
+        print(f"skipped `ftc prep` with [data.clean]: {m['error'].strip().splitlines()[-1]}\n")
+    else:
+        summary = json.loads(m.pop("stdout"))
+        results[PREP_ROW] = {
+            **m, "seconds": summary["seconds"], "removed_count": summary["rows_read"] - summary["kept"],
+            "tokens": summary["tokens"]}
+    return results
+
+
+def dedup_agreement(corpus: Path, sources: np.ndarray, results: dict[str, dict]) -> dict:
+    """How ftc's and datasketch's removals compare, and how similar each removed text truly is to
+    its match: the exact Jaccard of 5-char shingle sets of the cleaned keys (ftc's cleaning). For
+    datasketch the match is its best candidate by that Jaccard. Recall is measured on the injected
+    copies, by their true Jaccard to the text they copy."""
+    import pyarrow as pa
+    from ftc import _data
+
+    with open(corpus, encoding="utf-8") as f:
+        texts = [json.loads(line)["text"] for line in f]
+    cleaner = _data.TextCleaner(strip_html=True, normalize="NFKC", collapse_whitespace=True, threads=2)
+    cleaned = pa.array(cleaner.clean(pa.array(texts, pa.large_string()))[0]).to_pylist()
+    same_clean = sum(a == clean_py(b) for a, b in zip(cleaned, texts))
+    cache: dict[int, set[str]] = {}
+
+    def jaccard(i: int, j: int) -> float:
+        a, b = (cache.setdefault(k, shingles(cleaned[k])) for k in (i, j))
+        return len(a & b) / len(a | b)
+
+    ftc, sketch = results[FTC_ROW.format(2)]["removed"], results.get(SKETCH_ROW.format(1), {}).get("removed")
+    sets = {"ftc": ftc} if sketch is None else {"ftc": ftc, "datasketch": sketch}
+    out = {"docs": len(texts), "cleaned_identical": same_clean, "removed": {k: len(v) for k, v in sets.items()}}
+    for name, removed in sets.items():
+        true = [max(jaccard(int(i), c) for c in cands) for i, cands in removed.items()]
+        out.setdefault("precision", {})[name] = float(np.mean(np.array(true) >= THRESHOLD)) if true else None
+        out.setdefault("originals_removed", {})[name] = int(sum(sources[int(i)] < 0 for i in removed))
+    if sketch is not None:
+        a, b = set(ftc), set(sketch)
+        out["both"], out["sets_jaccard"] = len(a & b), len(a & b) / len(a | b) if a | b else 1.0
+        out["datasketch_1_2_proc_identical"] = set(results[SKETCH_ROW.format(2)]["removed"]) == b
+    bands = {"J = 1": (1.0, 1.01), "0.9 <= J < 1": (0.9, 1.0), "0.8 <= J < 0.9": (0.8, 0.9),
+             "0.7 <= J < 0.8": (0.7, 0.8), "J < 0.7": (0.0, 0.7)}
+    copies = np.flatnonzero(sources >= 0)
+    true = np.array([jaccard(int(i), int(sources[i])) for i in copies])
+    out["recall"] = {}
+    for band, (lo, hi) in bands.items():
+        members = copies[(true >= lo) & (true < hi)]
+        out["recall"][band] = {"copies": len(members), **{name: float(np.mean([str(i) in removed for i in members]))
+                                                          if len(members) else None for name, removed in sets.items()}}
+    return out
+
+
+def report_dedup(results: dict[str, dict], agree: dict) -> dict[str, float]:
+    """Prints the table, the speed ratios and the agreement; returns the ratios."""
+    header = ("pipeline", "seconds", "read s", "clean s", "dedup s", "process s", "docs/s", "removed", "peak RSS MB")
+    secs = lambda r, k: f"{r[k]:.2f}" if k in r else "-"  # noqa: E731
+    rows = []
+    for name, r in results.items():
+        r["docs_per_s"] = agree["docs"] / r["seconds"]
+        r["removed_count"] = r.get("removed_count", len(r.get("removed", ())))
+        rows.append((name, secs(r, "seconds"), secs(r, "read_s"), secs(r, "clean_s"), secs(r, "dedup_s"),
+                     secs(r, "process_s"), f"{r['docs_per_s']:,.0f}", f"{r['removed_count']:,}",
+                     f"{r['peak_rss_mb']:,.0f}"))
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+
+    s = {name: r["seconds"] for name, r in results.items()}
+    candidates = {f"ftc vs datasketch, {n} proc (x faster)": (s.get(SKETCH_ROW.format(n)), s.get(FTC_ROW.format(n)))
+                  for n in (1, 2)}
+    candidates["ftc speed-up, 1 -> 2 threads"] = (s.get(FTC_ROW.format(1)), s.get(FTC_ROW.format(2)))
+    ratios = {k: a / b for k, (a, b) in candidates.items() if a is not None and b is not None}
+    print()
+    for k, v in ratios.items():
+        print(f"{k:<40} {v:,.2f}")
+    print(f"{'cleaned texts identical (ftc, Python)':<40} {agree['cleaned_identical']:,} / {agree['docs']:,}")
+    names = list(agree["removed"])
+    print(f"{'removed':<40} " + "  ".join(f"{n} {agree['removed'][n]:,}" for n in names)
+          + (f"  both {agree['both']:,}  Jaccard of the sets {agree['sets_jaccard']:.4f}" if "both" in agree else ""))
+    print(f"{'removals with true J >= 0.8':<40} " + "  ".join(f"{n} {agree['precision'][n]:.2%}" for n in names))
+    print(f"{'originals removed':<40} " + "  ".join(f"{n} {agree['originals_removed'][n]:,}" for n in names))
+    print("\ninjected copies removed, by true Jaccard to the text they copy:")
+    print(f"  {'band':<16}{'copies':>8}" + "".join(f"{n:>12}" for n in names))
+    for band, r in agree["recall"].items():
+        print(f"  {band:<16}{r['copies']:>8,}" + "".join(f"{'-' if r[n] is None else f'{r[n]:.2%}':>12}" for n in names))
+    return ratios
+
+
+def bench_dedup(args: argparse.Namespace) -> None:
+    """Case `dedup`: the same cleaning (strip HTML, NFKC, collapse whitespace) and near dedup
+    (0.8 Jaccard, 5-char shingles, 128 permutations, first occurrence kept) by ftc's kernels and by
+    the Python + datasketch a user writes, each in a fresh process; the table, the ratios, the
+    agreement of the removed sets and bench/out/dedup.json."""
+    t0 = time.perf_counter()
+    corpus, sources = make_web_corpus(args.docs)
+    size = corpus.stat().st_size
+    print(f"corpus {corpus} ({args.docs:,} docs, {size / 1e6:,.0f} MB, {np.mean(sources >= 0):.0%} copies; "
+          f"ready in {time.perf_counter() - t0:.0f}s); {os.cpu_count()} CPUs\n")
+    results = run_dedup(args, corpus)
+    agree = dedup_agreement(corpus, sources, results)
+    ratios = report_dedup(results, agree)
+    for r in results.values():
+        r.pop("removed", None)
+        r.pop("stdout", None)
+    summary = {"docs": args.docs, "corpus_bytes": size, "cpus": os.cpu_count(), "threshold": THRESHOLD,
+               "shingle": SHINGLE, "num_perm": NUM_PERM, "results": results, "ratios": ratios, "agreement": agree}
+    (OUT / "dedup.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    print(f"\nwrote {OUT / 'dedup.json'}")
+
+
+def bench_prep(args: argparse.Namespace) -> None:
+    """Case `prep`: tokenize + pack chat data; the table, the ratios and bench/out/prep.json."""
     t0 = time.perf_counter()
     corpus, tokenizer = make_corpus(args.docs), make_tokenizer()
     size = corpus.stat().st_size
@@ -418,6 +750,32 @@ def main() -> None:
                "results": results, "ratios": ratios}
     (OUT / "prep.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     print(f"\nwrote {OUT / 'prep.json'}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--case", choices=["prep", "dedup", "all"], default="prep", help="which benchmark to run")
+    p.add_argument("--docs", type=int, help="documents in the synthetic corpus (prep: 200000, dedup: 100000)")
+    p.add_argument("--max-length", type=int, default=2048, help="packed row length")
+    p.add_argument("--only", choices=["ftc", *WORKERS], help="prep: run a single pipeline")
+    p.add_argument("--skip-baselines", action="store_true", help="run ftc alone")
+    p.add_argument("--worker", choices=[*WORKERS, *DEDUP_WORKERS], help=argparse.SUPPRESS)
+    p.add_argument("--corpus", help=argparse.SUPPRESS)
+    p.add_argument("--tokenizer", help=argparse.SUPPRESS)
+    p.add_argument("--num-proc", type=int, default=1, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker in DEDUP_WORKERS:
+        print(json.dumps(DEDUP_WORKERS[args.worker](args.corpus, args.num_proc)))
+        return
+    if args.worker:
+        print(json.dumps(WORKERS[args.worker](args.corpus, args.tokenizer, args.max_length, args.num_proc)))
+        return
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    for case, bench, docs in (("prep", bench_prep, 200_000), ("dedup", bench_dedup, 100_000)):
+        if args.case in (case, "all"):
+            bench(argparse.Namespace(**{**vars(args), "docs": args.docs or docs}))
+            print()
 
 
 if __name__ == "__main__":

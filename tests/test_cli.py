@@ -98,11 +98,20 @@ def test_cache_ls_rm_gc(spec: Path):
     assert "removed 0" in ftc("cache", "gc").stderr
 
 
-def test_rules_of_unbuilt_stages_are_refused_not_ignored(tmp_path: Path, bpe_dir: Path):
-    (tmp_path / "d.jsonl").write_text('{"prompt": "p", "response": "r"}\n')
-    s = write_spec(tmp_path / "spec.toml", bpe_dir, [{"path": "d.jsonl"}], data_clean={"dedup": "near"})
-    out = ftc("prep", str(s))
-    assert out.returncode == 1 and "`data.clean`" in out.stderr and "Traceback" not in out.stderr
+def test_prep_and_inspect_show_the_funnel_with_examples(tmp_path: Path, bpe_dir: Path):
+    rows = [{"prompt": f"question {i}", "response": f"answer number {i}"} for i in range(30)]
+    rows += [{"prompt": "QUESTION 3", "response": "answer  number 3"}, {"prompt": "lorem ipsum", "response": "x y"}]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    s = write_spec(tmp_path / "spec.toml", bpe_dir, [{"path": "d.jsonl"}],
+                   data_clean={"dedup": "exact", "drop_if_matches": ["(?i)lorem"]})
+    out = ftc("prep", str(s), "--json")
+    assert out.returncode == 0, out.stderr
+    assert "funnel: read 32 → quarantined −0 → cleaned −1 → deduped −1 → split 30" in out.stderr
+    funnel = {f["stage"]: f for f in json.loads(out.stdout)["funnel"]}
+    assert funnel["cleaned"]["rules"] == {"drop_if_matches[0]: (?i)lorem": 1}
+    assert funnel["deduped"]["rules"] == {"exact": 1}
+    shown = ftc("inspect", str(s)).stderr
+    assert "deduped: exact: 1" in shown and "(duplicate of d:4)" in shown and "'user: QUESTION 3" in shown
 
 
 def test_chunking_chat_data_is_refused(tmp_path: Path, bpe_dir: Path):

@@ -130,7 +130,7 @@ def test_packed_rows_hold_every_example_once(chat_spec: Path, bpe_dir: Path):
     from ftc.sources import read_source, source_files
 
     batch = next(read_source(spec.data.sources[0], source_files(spec.data.sources[0], spec.root)))
-    ids, labels, status, _e, _h = (pa.array(a).to_pylist() for a in enc.encode_chat(batch.rows["messages"].to_arrow(), 256))
+    ids, labels, status, _e, _h, _n = (pa.array(a).to_pylist() for a in enc.encode_chat(batch.rows["messages"].to_arrow(), 256))
     expected = sorted((tuple(i), tuple(lab)) for i, lab, s in zip(ids, labels, status, strict=True) if s == 0)
     found = []
     for split in ("train", "valid", "test"):

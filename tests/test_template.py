@@ -43,7 +43,7 @@ def setup(request, tmp_path_factory):
 def assert_matches(enc, ref, convs):
     rendered = pa.array(enc.render(as_arrow(convs))).to_pylist()
     assert rendered == [ref.apply_chat_template(c, tokenize=False) for c in convs]
-    ids, labels, status, _e, _h = (pa.array(a).to_pylist() for a in enc.encode_chat(as_arrow(convs), 1 << 20))
+    ids, labels, status, _e, _h, _n = (pa.array(a).to_pylist() for a in enc.encode_chat(as_arrow(convs), 1 << 20))
     for conv, i, lab, s in zip(convs, ids, labels, status, strict=True):
         assert i == list(ref.apply_chat_template(conv, tokenize=True, return_dict=True)["input_ids"])
         answers = [m["content"] for m in conv if m["role"] == "assistant"]
@@ -105,7 +105,7 @@ def test_template_errors_are_per_row(bpe_dir):
     enc = _data.DataEncoder(info.tokenizer_json, strict, info.special_tokens, info.eos_token)
     convs = [[{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
              [{"role": "tool", "content": "x"}, {"role": "assistant", "content": "b"}]]
-    _ids, _labels, status, errors, _h = (pa.array(a).to_pylist() for a in enc.encode_chat(as_arrow(convs), 64))
+    _ids, _labels, status, errors, _h, _n = (pa.array(a).to_pylist() for a in enc.encode_chat(as_arrow(convs), 64))
     assert status == [0, 3]
     assert errors[0] is None and "no tools" in errors[1]
 

@@ -22,7 +22,7 @@ unicode_text = st.text(
 
 
 def ftc_ids(enc: _data.DataEncoder, texts: list[str]) -> list[list[int]]:
-    ids, _labels, status, _err, _h = enc.encode_text(pa.array(texts, pa.large_string()), 1 << 20, "chunk")
+    ids, _labels, status, _err, _h, _n = enc.encode_text(pa.array(texts, pa.large_string()), 1 << 20, "chunk")
     assert set(pa.array(status).to_pylist()) <= {0, 2}
     return pa.array(ids).to_pylist()
 

@@ -133,13 +133,17 @@ def _prep_json(r: Any) -> dict[str, Any]:
         "cache": "hit" if r.cache_hit else "miss",
         "dataset_dir": str(r.path),
         "files": {k: str(r.path / v) for k, v in r.manifest["files"].items()},
+        "task": r.manifest["task"],
         "rows_read": st["rows_read"],
         "kept": st["kept"],
         "quarantined": st["quarantined"],
-        "dropped": st["dropped"],
+        "removed": st["removed"],
         "tokens": st["tokens"],
-        "packed_rows": st["packed_rows"],
-        "packing_efficiency": st["packing_efficiency"],
+        **({"examples": st["examples"]} if "examples" in st and isinstance(st["examples"], int) else {}),
+        "packed_rows": st.get("packed_rows"),
+        "packing_efficiency": st.get("packing_efficiency"),
+        "labels": r.manifest.get("labels"),
+        "funnel": st["funnel"],
         "splits": st["splits"],
         "sources": st["sources"],
         "seconds": round(r.seconds, 3),
@@ -147,42 +151,99 @@ def _prep_json(r: Any) -> dict[str, Any]:
 
 
 def _print_prep(r: Any) -> None:
-    st = r.manifest["stats"]
-    table = Table(title=f"data · {r.manifest['name']}", title_justify="left", box=None, pad_edge=False)
-    for col in ("source", "read", "quarantined", "dropped", "kept", "train", "valid", "test"):
+    m = r.manifest
+    st = m["stats"]
+    table = Table(title=f"data · {m['name']}", title_justify="left", box=None, pad_edge=False)
+    for col in ("source", "read", "quarantined", "removed", "kept", "train", "valid", "test"):
         table.add_column(col, justify="left" if col == "source" else "right")
     for s in st["sources"]:
         ex = s["examples"]
-        table.add_row(s["name"], f"{s['read']:,}", f"{s['quarantined']:,}", f"{sum(s['dropped'].values()):,}",
+        table.add_row(s["name"], f"{s['read']:,}", f"{s['quarantined']:,}", f"{sum(s['removed'].values()):,}",
                       f"{s['kept']:,}", f"{ex['train']:,}", f"{ex['valid']:,}", f"{ex['test']:,}")
     err.print(table)
-    for s in st["sources"]:
-        for why, n in s["dropped"].items():
-            err.print(f"  {s['name']}: dropped {n:,}: {why}")
-    sp, eff = st["splits"], st["packing_efficiency"]
-    rows = ", ".join(f"{name} {split['rows']:,}" for name, split in sp.items())
-    packing = f"packing efficiency {eff:.2%}" if eff is not None else "no rows"
+    _print_funnel(m, examples=False)
+    sp = st["splits"]
     cache = "cache hit" if r.cache_hit else "cache miss, built"
-    err.print(f"tokens {st['tokens']:,} · packed rows {st['packed_rows']:,} ({rows}) · {packing} · "
-              f"{r.seconds:.2f}s · {cache}", markup=False, soft_wrap=True)
+    if m["task"] == "classification":
+        train = sp["train"]
+        pad = (f"padding {train['padding_ratio']:.1%} shuffled → {train['padding_ratio_bucketed']:.1%} length-bucketed"
+               if train["padding_ratio"] is not None else "no training rows")
+        rows = ", ".join(f"{name} {split['examples']:,}" for name, split in sp.items())
+        err.print(f"tokens {st['tokens']:,} · examples {st['examples']:,} ({rows}) · {len(m['labels'])} labels · {pad} · "
+                  f"{r.seconds:.2f}s · {cache}", markup=False, soft_wrap=True)
+    else:
+        eff = st["packing_efficiency"]
+        rows = ", ".join(f"{name} {split['rows']:,}" for name, split in sp.items())
+        packing = f"packing efficiency {eff:.2%}" if eff is not None else "no rows"
+        err.print(f"tokens {st['tokens']:,} · packed rows {st['packed_rows']:,} ({rows}) · {packing} · "
+                  f"{r.seconds:.2f}s · {cache}", markup=False, soft_wrap=True)
     err.print(f"dataset {r.path}", markup=False, soft_wrap=True)
     if st["quarantined"]:
         err.print(f"quarantine {r.path / 'quarantine.jsonl'}", markup=False, soft_wrap=True)
+    if st["removed"]:
+        err.print(f"removed rows {r.path / 'removed.jsonl'}", markup=False, soft_wrap=True)
+
+
+def _print_funnel(m: dict[str, Any], examples: bool) -> None:
+    """read → quarantined → cleaned → deduped → split → (weighted) → augmented → balanced, with
+    the count of every rule and, if asked, examples of what it did."""
+    st = m["stats"]
+    steps = []
+    for f in st["funnel"]:
+        stage = f["stage"]
+        if stage == "read":
+            steps.append(f"read {f['rows']:,}")
+        elif stage in ("quarantined", "cleaned", "deduped"):
+            steps.append(f"{stage} −{f['removed']:,}")
+        elif stage == "split":
+            sp = f["splits"]
+            steps.append(f"split {f['rows']:,} (train {sp['train']:,} · valid {sp['valid']:,} · test {sp['test']:,})")
+        elif stage in ("weighted", "augmented"):
+            steps.append(f"{stage} +{f['added']:,} (train {f['train']:,})")
+        elif stage == "balanced":
+            steps.append(f"balanced +{f['added']:,} −{f['removed']:,} (train {f['train']:,})")
+    err.print("funnel: " + " → ".join(steps), markup=False, soft_wrap=True)
+    shown = st.get("examples", {}) if examples else {}
+    for f in st["funnel"]:
+        counts = {**f.get("reasons", {}), **f.get("rules", {})}
+        for rule, n in sorted(counts.items(), key=lambda kv: -kv[1]):
+            err.print(f"  {f['stage']}: {rule}: {n:,}", markup=False, soft_wrap=True)
+            for ex in shown.get(rule, []):
+                dup = ex.get("duplicate_of")
+                of = f" (duplicate of {dup['source']}:{dup['line']})" if dup else ""
+                err.print(f"      {ex['source']}:{ex['line']}{of}: {ex['text']!r}", markup=False, soft_wrap=True)
+        for rule, n in f.get("rewritten", {}).items():
+            err.print(f"  rewritten: {rule}: {n:,} rows", markup=False, soft_wrap=True)
+            for ex in shown.get(rule, []):
+                err.print(f"      line {ex['line']}: {ex['before']!r} → {ex['after']!r}", markup=False, soft_wrap=True)
+        if f["stage"] == "augmented" and (f["unchanged_copies"] or f["dropped_copies"]):
+            err.print(f"  augmented: not added: {f['unchanged_copies']:,} copies equal to their row, "
+                      f"{f['dropped_copies']:,} removed by a token rule", markup=False, soft_wrap=True)
+        if f["stage"] == "balanced":
+            err.print(f"  labels before balancing: {_dist(f['before'])}", markup=False, soft_wrap=True)
+            err.print(f"  labels after balancing:  {_dist(f['after'])}", markup=False, soft_wrap=True)
+    if m.get("class_weights"):
+        weights = ", ".join(f"{n} {w:g}" for n, w in zip(m["labels"], m["class_weights"], strict=True))
+        err.print(f"  class weights (for the loss): {weights}", markup=False, soft_wrap=True)
+
+
+def _dist(d: dict[str, int]) -> str:
+    return " · ".join(f"{k} {v:,}" for k, v in d.items())
 
 
 @main.command()
 @click.argument("target")
 @click.option("--split", type=click.Choice(["train", "valid", "test"]), default="train", show_default=True)
-@click.option("--rows", "n_rows", type=int, default=2, show_default=True, help="Packed rows to decode.")
+@click.option("--rows", "n_rows", type=int, default=2, show_default=True, help="Rows to decode.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest on stdout.")
 @reported
 def inspect(target: str, split: str, n_rows: int, as_json: bool) -> None:
-    """Statistics and decoded packed rows of a dataset.
+    """Statistics, the data funnel with examples of what each rule removed, and decoded rows.
 
     TARGET is a spec (its dataset must be built), a dataset directory, or a key prefix from
     `ftc cache ls`. Masked tokens (no loss) are shown between ⟦ and ⟧.
     """
-    from ftc.inspection import decode_rows, find_dataset
+    from ftc.inspection import decode_classification, decode_rows, find_dataset
 
     path, manifest = find_dataset(target)
     if as_json:
@@ -191,15 +252,29 @@ def inspect(target: str, split: str, n_rows: int, as_json: bool) -> None:
     err.print(f"dataset {path}", markup=False, soft_wrap=True)
     err.print(f"key {manifest['key']} · task {manifest['task']} · max_length {manifest['max_length']} · "
               f"template {manifest['template']}", markup=False)
+    classify = manifest["task"] == "classification"
     table = Table(box=None, pad_edge=False)
-    for col in ("split", "examples", "rows", "tokens", "label tokens", "efficiency"):
-        table.add_column(col, justify="left" if col == "split" else "right")
+    cols = ("split", "examples", "tokens", "padding", "bucketed", "labels") if classify else (
+        "split", "examples", "rows", "tokens", "label tokens", "efficiency")
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("split", "labels") else "right")
     for name, s in st["splits"].items():
-        eff = f"{s['packing_efficiency']:.2%}" if s["packing_efficiency"] is not None else "-"
-        table.add_row(name, f"{s['examples']:,}", f"{s['rows']:,}", f"{s['tokens']:,}", f"{s['label_tokens']:,}", eff)
+        if classify:
+            pad = [f"{s[k]:.1%}" if s[k] is not None else "-" for k in ("padding_ratio", "padding_ratio_bucketed")]
+            table.add_row(name, f"{s['examples']:,}", f"{s['tokens']:,}", *pad, _dist(s["labels"]))
+        else:
+            eff = f"{s['packing_efficiency']:.2%}" if s["packing_efficiency"] is not None else "-"
+            table.add_row(name, f"{s['examples']:,}", f"{s['rows']:,}", f"{s['tokens']:,}", f"{s['label_tokens']:,}",
+                          eff)
     err.print(table)
-    err.print(f"read {st['rows_read']:,} · quarantined {st['quarantined']:,} · dropped {st['dropped']:,} · "
+    err.print(f"read {st['rows_read']:,} · quarantined {st['quarantined']:,} · removed {st['removed']:,} · "
               f"kept {st['kept']:,}", markup=False)
+    _print_funnel(manifest, examples=True)
+    if classify:
+        for i, (label, text) in enumerate(decode_classification(path, manifest, split, n_rows)):
+            err.print(f"\n── {split} row {i} · label {label} " + "─" * 20, markup=False)
+            err.print(text, markup=False, soft_wrap=True)
+        return
     for i, examples in enumerate(decode_rows(path, manifest, split, n_rows)):
         err.print(f"\n── {split} row {i} · {len(examples)} examples " + "─" * 20, markup=False)
         for j, text in enumerate(examples):

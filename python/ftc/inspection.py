@@ -52,6 +52,16 @@ def decode_rows(path: Path, manifest: dict[str, Any], split: str, n: int) -> lis
     return rows
 
 
+def decode_classification(path: Path, manifest: dict[str, Any], split: str, n: int) -> list[tuple[str, str]]:
+    """The first `n` rows of a classification split: (label name, decoded text)."""
+    enc = _data.DataEncoder((path / "tokenizer.json").read_text(encoding="utf-8"))
+    with pa.memory_map(str(path / manifest["files"][split])) as source:
+        table = pa.ipc.open_stream(source).read_all().slice(0, n)
+    names = manifest["labels"]
+    return [(names[y], enc.decode(ids)) for ids, y in zip(table.column("input_ids").to_pylist(),
+                                                          table.column("label").to_pylist(), strict=True)]
+
+
 def _split_examples(enc: Any, ids: list[int], labels: list[int], lengths: list[int]) -> list[str]:
     out, start = [], 0
     for length in lengths:

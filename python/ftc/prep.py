@@ -1,12 +1,13 @@
-"""The data stage: spec → packed dataset in the store (DESIGN §1).
+"""The data stage: spec → dataset in the store (DESIGN §1).
 
-    sources ─► normalize ─► quarantine ─► template+tokenize+mask (Rust) ─► split ─► weight
-            ─► spool (per split, on disk) ─► BFD over the whole split (Rust) ─► gather ─► Arrow IPC
+    sources ─► quarantine ─► clean ─► template+tokenize+mask ─► token rules ─► dedup ─► split
+      causal-lm:      ─► weight ─► augment (train) ─► spool per split ─► BFD packing ─► Arrow IPC
+      classification: ─► (all rows) split ─► weight ─► augment (train) ─► balance ─► Arrow IPC
 
-Streaming: batches of a source are encoded and appended to a per-split spool file as they
-come; only per-example offsets and lengths stay in memory. Packing needs every length, not
-every token, and the gather reads the spool with positioned reads. Peak memory is bounded by
-the batch size, not the corpus.
+Causal-LM streams: batches are encoded and appended to a per-split spool file as they come;
+only per-example offsets and lengths stay in memory, and packing needs lengths, not tokens.
+Classification keeps its rows (short texts) in memory: a stratified split and balancing need
+every label first. The rules themselves live in `ftc.quality`; per-record work is Rust.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import os
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,15 +27,16 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ftc import __version__, _data, store
+from ftc import __version__, _data, quality, store
 from ftc.errors import BuildError, SourceError
 from ftc.model import TokenizerInfo, load_tokenizer_info, resolve_model, resolve_template
+from ftc.quality import Funnel
 from ftc.sources import SourceBatch, file_format, read_source, source_files, source_name
 from ftc.spec import Spec
 
 SPLITS = ("train", "valid", "test")
 COLUMNS = ("input_ids", "labels", "position_ids", "seq_lengths")
-STATUS_REASONS = {1: "longer than max_length (truncation = drop)", 2: "no token left to train on"}
+STATUS_REASONS = {1: "too long (truncation = drop)", 2: "no token left to train on"}
 Progress = Callable[[str, int, int | None], None]  # (phase, advance, total)
 
 
@@ -52,7 +55,7 @@ class SourceStats:
     files: int = 0
     read: int = 0
     quarantined: int = 0
-    dropped: dict[str, int] = field(default_factory=dict)
+    removed: dict[str, int] = field(default_factory=dict)
     kept: int = 0
     examples: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
 
@@ -111,21 +114,62 @@ class Spool:
         return cat(self.offsets, np.uint64), cat(self.lengths, np.uint32)
 
 
+@dataclass
+class Classified:
+    """Classification rows kept in memory until every label is known."""
+
+    texts: list[pl.DataFrame] = field(default_factory=list)  # text (+ text_pair), cleaned
+    ids: list[pa.Array] = field(default_factory=list)
+    type_ids: list[pa.Array] = field(default_factory=list)
+    lengths: list[np.ndarray] = field(default_factory=list)
+    hashes: list[np.ndarray] = field(default_factory=list)
+    labels: list[pl.Series] = field(default_factory=list)
+    splits: list[np.ndarray] = field(default_factory=list)  # from a split column, -1 if none
+    source: list[np.ndarray] = field(default_factory=list)
+    lines: list[np.ndarray] = field(default_factory=list)
+
+
+@dataclass
+class Run:
+    """What the per-batch work of one build shares."""
+
+    spec: Spec
+    encoder: Any
+    cleaner: Any | None
+    deduper: Any | None
+    augment: quality.Augmentation | None
+    label_names: list[str] | None
+    funnel: Funnel
+    removed: quality.Removed
+    quarantine: Any
+    spools: dict[str, Spool] | None
+    classified: Classified | None
+    seq: list[tuple[int, np.ndarray]] = field(default_factory=list)  # dedup sequence → (source, line)
+    names: list[str] = field(default_factory=list)
+
+
 def key_inputs(spec: Spec, files: list[list[Path]], info: TokenizerInfo, template: tuple[str, str] | None,
                threads: int) -> dict[str, Any]:
-    """Exactly what the packed dataset depends on (DESIGN §1). `files`: each source's files."""
+    """Exactly what the dataset depends on (DESIGN §1). `files`: each source's files."""
+    a = spec.data.augment
+    extra = [spec.resolve(a.synonyms)] if a.synonyms else []
     flat = [f for fs in files for f in fs]
-    it = iter(_data.hash_files([str(f) for f in flat + info.files], threads))
+    it = iter(_data.hash_files([str(f) for f in flat + info.files + extra], threads))
     sources = [[{"file": _rel(f, spec.root), "blake3": next(it)} for f in fs] for fs in files]
     return {
         "format": store.DATASETS,
         "task": spec.model.task,
+        "labels": spec.model.labels,
         "seed": spec.project.seed,
         "data": spec.data.model_dump(mode="json", by_alias=True),
         "tokenize": spec.tokenize.model_dump(mode="json"),
         "sources": sources,
         "tokenizer": {f.name: next(it) for f in info.files},
         "template": None if template is None else {"name": template[0], "sha256": store.key_of(template[1])},
+        "synonyms": next(it) if extra else None,
+        "hook": quality.hook_fingerprint(spec),
+        # classification reports padding with the training batch size
+        "batch_size": spec.train.batch_size if spec.model.task == "classification" else None,
     }
 
 
@@ -138,7 +182,6 @@ def _rel(path: Path, root: Path) -> str:
 
 def prep(spec: Spec, *, threads: int = 0, progress: Progress | None = None, force: bool = False) -> PrepResult:
     t0 = time.perf_counter()
-    _check_supported(spec)
     files, info, template, inputs = resolve_inputs(spec, threads)
     key = store.key_of(inputs)
     if not force and (hit := store.lookup(store.DATASETS, key)):
@@ -154,33 +197,22 @@ def prep(spec: Spec, *, threads: int = 0, progress: Progress | None = None, forc
     return PrepResult(key, path, False, manifest, time.perf_counter() - t0)
 
 
-def _check_supported(spec: Spec) -> None:
-    """Tables that validate but whose stage is not built yet: refuse rather than ignore them."""
-    if spec.model.task == "classification":
-        raise BuildError("`model.task = \"classification\"`: the classification data path is not built yet",
-                         hint="`ftc prep` builds causal-lm datasets (chat, instruction pairs, raw text)")
-    unbuilt = [name for name, table in (("data.clean", spec.data.clean), ("data.augment", spec.data.augment),
-                                        ("data.balance", spec.data.balance)) if table != type(table)()]
-    if spec.data.split.column is not None:
-        unbuilt.append("data.split.column")
-    if unbuilt:
-        raise BuildError(f"{', '.join(f'`{u}`' for u in unbuilt)}: cleaning, dedup, augmentation, balancing and "
-                         "split columns are not applied yet, and ftc does not ignore a rule silently",
-                         hint="remove these settings to build the dataset without them")
-
-
 def resolve_inputs(spec: Spec, threads: int = 0) -> tuple[list[list[Path]], TokenizerInfo, tuple[str, str] | None,
                                                           dict[str, Any]]:
-    """Each source's files, the tokenizer, the template (unless every source is raw text) and
-    the key's inputs."""
+    """Each source's files, the tokenizer, the template (unless no source is a conversation)
+    and the key's inputs."""
     files = [source_files(s, spec.root) for s in spec.data.sources]
     info = load_tokenizer_info(resolve_model(spec.model.base, spec.root))
-    raw_text = all(s.columns.text is not None or all(file_format(s, f) == "txt" for f in fs)
-                   for s, fs in zip(spec.data.sources, files, strict=True))
+    raw_text = spec.model.task == "classification" or all(
+        s.columns.text is not None or all(file_format(s, f) == "txt" for f in fs)
+        for s, fs in zip(spec.data.sources, files, strict=True))
     if spec.tokenize.truncation == "chunk" and not raw_text:
         raise BuildError("`tokenize.truncation = \"chunk\"` concatenates raw text into blocks; these sources "
                          "hold conversations or prompt/response pairs", hint="use `right`, `left` or `drop` for "
                          "chat data, or map a `text` column for continued pre-training")
+    if spec.data.augment.copies and spec.tokenize.truncation == "chunk":
+        raise BuildError("`data.augment` with `tokenize.truncation = \"chunk\"`: augmenting a stream of "
+                         "concatenated text is not supported", hint="augment with `right`, `left` or `drop`")
     template = None if raw_text else resolve_template(spec.tokenize.template, info, spec.root)
     return files, info, template, key_inputs(spec, files, info, template, threads)
 
@@ -191,34 +223,58 @@ def _read_manifest(path: Path) -> dict[str, Any]:
 
 def _build(spec: Spec, files: list[list[Path]], info: TokenizerInfo, template: tuple[str, str] | None,
            inputs: dict[str, Any], key: str, tmp: Path, threads: int, progress: Progress | None) -> dict[str, Any]:
-    tok = spec.tokenize
-    encoder = _data.DataEncoder(info.tokenizer_json, template[1] if template else None,
-                                info.special_tokens, info.eos_token, threads)
+    tok, clean = spec.tokenize, spec.data.clean
+    classify = spec.model.task == "classification"
     spool_dir = tmp / ".spool"
     spool_dir.mkdir()
     block = tok.max_length if tok.truncation == "chunk" else None
-    spools = {s: Spool(spool_dir, s, block) for s in SPLITS}
+    deduper = None if clean.dedup == "none" else _data.Deduper(
+        clean.dedup, threshold=clean.near.threshold, shingle=clean.near.shingle, num_perm=clean.near.num_perm,
+        threads=threads)
+    run = Run(
+        spec=spec,
+        encoder=_data.DataEncoder(info.tokenizer_json, template[1] if template else None, info.special_tokens,
+                                  info.eos_token, threads),
+        cleaner=quality.make_cleaner(spec, threads),
+        deduper=deduper,
+        augment=quality.Augmentation(spec, threads) if spec.data.augment.copies else None,
+        label_names=spec.model.labels,
+        funnel=Funnel(),
+        removed=quality.Removed(tmp / "removed.jsonl"),
+        quarantine=open(tmp / "quarantine.jsonl", "wb"),  # noqa: SIM115 (closed below)
+        spools=None if classify else {s: Spool(spool_dir, s, block) for s in SPLITS},
+        classified=Classified() if classify else None,
+    )
     stats: list[SourceStats] = []
     total_bytes = sum(f.stat().st_size for fs in files for f in fs)
     if progress:
         progress("read", 0, total_bytes)
-    with open(tmp / "quarantine.jsonl", "wb") as quarantine:
+    try:
         for idx, (src, fs) in enumerate(zip(spec.data.sources, files, strict=True)):
             st = SourceStats(source_name(src), files=len(fs))
             stats.append(st)
+            run.names.append(st.name)
             on_bytes = (lambda n: progress("read", n, None)) if progress else None
-            for batch in read_source(src, fs, threads, on_bytes):
-                _encode_batch(batch, idx, src.weight, st, spec, encoder, spools, quarantine)
+            for batch in read_source(src, fs, threads, on_bytes, spec.data.split.column):
+                _process_batch(run, batch, idx, src.weight, st)
+    finally:
+        run.quarantine.close()
+        run.removed.close()
     _check_bad_fraction(spec, stats, tmp)
-    splits = {}
-    for name, spool in spools.items():
-        offsets, lengths = spool.close()
-        splits[name] = _write_split(tmp / f"{name}.arrow", spool, offsets, lengths, tok.max_length,
-                                    tok.pack, threads, progress)
+    extra: dict[str, Any] = {}
+    if classify:
+        splits, extra = _finish_classification(run, stats, tmp, threads)
+        columns = ["input_ids", "label", "length"] + (["token_type_ids"] if extra.pop("pairs") else [])
+    else:
+        splits = {}
+        for name, spool in (run.spools or {}).items():
+            offsets, lengths = spool.close()
+            splits[name] = _write_split(tmp / f"{name}.arrow", spool, offsets, lengths, tok.max_length,
+                                        tok.pack, threads, progress)
+        columns = list(COLUMNS)
     shutil.copyfile(info.dir / "tokenizer.json", tmp / "tokenizer.json")  # inspect decodes without the model
-    for p in spool_dir.iterdir():
-        p.unlink()
-    spool_dir.rmdir()
+    shutil.rmtree(spool_dir)
+    final_train = splits["train"]["examples"]
     return {
         "key": key,
         "name": spec.project.name,
@@ -230,93 +286,299 @@ def _build(spec: Spec, files: list[list[Path]], info: TokenizerInfo, template: t
         "template": template[0] if template else None,
         "tokenizer_dir": str(info.dir),
         "files": {s: f"{s}.arrow" for s in SPLITS},
-        "columns": list(COLUMNS),
+        "columns": columns,
+        **extra,
         "inputs": inputs,
         "stats": {
             "sources": [st.__dict__ for st in stats],
+            "funnel": run.funnel.to_dict(final_train),
+            "examples": run.funnel.examples,
             "splits": splits,
-            **_totals(stats, splits, tok.max_length),
+            **_totals(stats, splits, tok.max_length, classify),
         },
     }
 
 
-def _encode_batch(batch: SourceBatch, idx: int, weight: float, st: SourceStats, spec: Spec,
-                  encoder: Any, spools: dict[str, Spool], quarantine: Any) -> None:
-    tok = spec.tokenize
+def _process_batch(run: Run, batch: SourceBatch, idx: int, weight: float, st: SourceStats) -> None:
+    """One batch of one source through quarantine, cleaning, tokenization, the token rules and
+    dedup; the survivors go on to the splits."""
+    spec, funnel = run.spec, run.funnel
     rows, bad = batch.rows, batch.bad
     st.read += rows.height + bad.height
-    failures = bad
-    if rows.height:
-        if "messages" in rows.columns:
-            arrays = encoder.encode_chat(rows["messages"].to_arrow(), tok.max_length, tok.truncation,
-                                         tok.train_on == "all")
-        else:
-            arrays = encoder.encode_text(rows["text"].to_arrow(), tok.max_length, tok.truncation)
-        ids, labels, status, errors, hashes = (pa.array(a) for a in arrays)
-        status_np = np.asarray(status)
-        failed = status_np == 3
-        if failed.any():
-            fmask = pl.Series(failed)
-            why = pl.Series("reason", pa.array(errors)).filter(fmask)
-            failures = pl.concat([bad, rows.filter(fmask).select("line").with_columns(
-                reason=pl.concat_str(pl.lit("template: "), why))])
-        for code, why in STATUS_REASONS.items():
-            if n := int((status_np == code).sum()):
-                st.dropped[why] = st.dropped.get(why, 0) + n
-        ok = status_np == 0
-        st.kept += int(ok.sum())
-        hashes_np = np.asarray(hashes)
-        split = _assign_split(hashes_np, rows["line"].to_numpy(), idx, spec)
-        for s_i, s_name in enumerate(SPLITS):
-            sel = ok & (split == s_i)
-            if not sel.any():
-                continue
-            sel_pa = pa.array(sel)
-            # Mixing weights apply to training rows only; held-out splits keep the data as it is.
-            weight_here = weight if s_name == "train" else 1.0
-            repeats = _repeats(hashes_np[sel], weight_here, spec.project.seed)
-            st.examples[s_name] += int(repeats.sum())
-            spools[s_name].append(pc.filter(ids, sel_pa), pc.filter(labels, sel_pa), repeats)
+    funnel.read += rows.height + bad.height
+    bad_parts = [bad]
+    if spec.model.task == "classification":
+        rows, more = _check_labels(run, rows)
+        bad_parts.append(more)
+    codes = np.full(rows.height, -1, dtype=np.int8)
+    if "split" in rows.columns:
+        codes, unknown = quality.column_split(rows["split"])
+        if unknown.any():
+            col = spec.data.split.column
+            bad_parts.append(rows.filter(pl.Series(unknown)).select(
+                "line", reason=pl.format("unknown split: '{}' in column '{}' (train, valid or test)", "split",
+                                         pl.lit(col))))
+            rows, codes = rows.filter(pl.Series(~unknown)), codes[~unknown]
+    rows, reason = quality.clean_rows(run.cleaner, spec, rows, funnel)
+    keep = _remove(run, st, batch, rows, reason, "cleaned")
+    rows, codes = rows.filter(pl.Series(keep)), codes[keep]
+    ids, second, lengths, hashes, failed, reason = _encode(run, rows)
+    if failed.any():
+        bad_parts.append(rows.filter(pl.Series(failed)).select("line", reason=pl.Series(reason[failed].tolist(), dtype=pl.String)))
+        reason[failed] = None
+    keep = _remove(run, st, batch, rows, pl.Series("reason", reason.tolist(), dtype=pl.String), "cleaned") & ~failed
+    rows, codes, ids, second, lengths, hashes = _take(keep, rows, codes, ids, second, lengths, hashes)
+    if run.deduper is not None and rows.height:
+        keep = _dedup(run, st, batch, idx, rows)
+        rows, codes, ids, second, lengths, hashes = _take(keep, rows, codes, ids, second, lengths, hashes)
+    failures = pl.concat(bad_parts)
     st.quarantined += failures.height
+    for why, n in failures["reason"].str.extract(r"^([^:(]+)").str.strip_chars().value_counts().iter_rows():
+        funnel.quarantined[why] += n
     if failures.height:
         failures.sort("line").select(source=pl.lit(st.name), file=pl.lit(str(batch.file)), line="line",
-                                     reason="reason").write_ndjson(quarantine)
+                                     reason="reason").write_ndjson(run.quarantine)
+    st.kept += rows.height
+    if run.classified is not None:
+        c = run.classified
+        c.texts.append(rows.select([k for k in ("text", "text_pair") if k in rows.columns]))
+        c.ids.append(ids)
+        c.type_ids.append(second)
+        c.lengths.append(lengths)
+        c.hashes.append(hashes)
+        c.labels.append(rows["label"])
+        c.splits.append(codes)
+        c.source.append(np.full(rows.height, idx, dtype=np.int32))
+        c.lines.append(rows["line"].to_numpy())
+        return
+    split = np.where(codes >= 0, codes, quality.assign_split(hashes, rows["line"].to_numpy(), idx, spec))
+    for s_i, s_name in enumerate(SPLITS):
+        sel = split == s_i
+        funnel.splits[s_name] += int(sel.sum())
+        if not sel.any():
+            continue
+        # Mixing weights and augmentation apply to training rows only; held-out splits stay as they are.
+        reps = quality.repeats(hashes[sel], weight, spec.project.seed) if s_name == "train" else np.ones(
+            int(sel.sum()), np.int64)
+        st.examples[s_name] += int(reps.sum())
+        sel_pa = pa.array(sel)
+        run.spools[s_name].append(pc.filter(ids, sel_pa), pc.filter(second, sel_pa), reps)  # type: ignore[index]
+        if s_name == "train":
+            funnel.train_weighted = (funnel.train_weighted or 0) + int(reps.sum())
+            if run.augment is not None:
+                _augment_causal(run, st, rows.filter(pl.Series(sel)), hashes[sel], reps)
 
 
-def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64 finalizer: a stable, well-spread 64-bit hash, vectorized."""
-    x = x.astype(np.uint64, copy=True)
-    with np.errstate(over="ignore"):
-        x ^= x >> np.uint64(30)
-        x *= np.uint64(0xBF58476D1CE4E5B9)
-        x ^= x >> np.uint64(27)
-        x *= np.uint64(0x94D049BB133111EB)
-        x ^= x >> np.uint64(31)
-    return x
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
-
-
-def _assign_split(hashes: np.ndarray, lines: np.ndarray, source_idx: int, spec: Spec) -> np.ndarray:
-    """0 train, 1 valid, 2 test. `hash`: by content, so a row keeps its split as data grows."""
+def _finish_classification(run: Run, stats: list[SourceStats], tmp: Path,
+                            threads: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Labels to indices, the split, weights, augmentation and balancing over all rows, then
+    one Arrow file per split: `input_ids`, `label`, `length` (+ `token_type_ids` for pairs)."""
+    spec, c, funnel = run.spec, run.classified, run.funnel
+    assert c is not None
+    labels = pl.concat(c.labels) if c.labels else pl.Series("label", [], pl.String)
+    names = run.label_names or quality.infer_label_names(set(labels.to_list()))
+    if not names:
+        raise SourceError("no labelled row survived the data stage: nothing to classify")
+    y = quality.label_index(labels, names)
+    hashes = np.concatenate(c.hashes) if c.hashes else np.zeros(0, np.uint64)
+    codes = np.concatenate(c.splits) if c.splits else np.zeros(0, np.int8)
+    source = np.concatenate(c.source) if c.source else np.zeros(0, np.int32)
+    lines = np.concatenate(c.lines) if c.lines else np.zeros(0, np.uint64)
+    lengths = np.concatenate(c.lengths).astype(np.int32) if c.lengths else np.zeros(0, np.int32)
+    ids = pa.concat_arrays(c.ids) if c.ids else pa.array([], pa.list_(pa.int32()))
+    type_ids = pa.concat_arrays(c.type_ids) if c.type_ids else pa.array([], pa.list_(pa.int32()))
+    texts = pl.concat(c.texts) if c.texts else pl.DataFrame({"text": []}, schema={"text": pl.String})
+    pairs = "text_pair" in texts.columns
+    free = codes < 0
     sp = spec.data.split
-    if sp.by == "hash":
-        u = _unit(hashes)
+    split = codes.copy()
+    if sp.by == "random" and sp.stratify:
+        split[free] = quality.stratified_split(y[free], hashes[free], spec)
     else:
-        with np.errstate(over="ignore"):
-            seed = np.uint64(spec.project.seed) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(source_idx)
-            u = _unit(_mix(lines.astype(np.uint64) ^ _mix(np.array([seed]))[0]))
-    return np.where(u < sp.test, 2, np.where(u < sp.test + sp.valid, 1, 0)).astype(np.int8)
+        for i in range(len(spec.data.sources)):
+            m = free & (source == i)
+            split[m] = quality.assign_split(hashes[m], lines[m], i, spec)
+    for s_i, s_name in enumerate(SPLITS):
+        funnel.splits[s_name] = int((split == s_i).sum())
+    # training rows: weights, then augmented copies, then balancing
+    train = np.flatnonzero(split == 0)
+    weights = np.array([s.weight for s in spec.data.sources])
+    reps = np.concatenate([quality.repeats(hashes[train][source[train] == i], w, spec.project.seed)
+                           for i, w in enumerate(weights)]) if len(train) else np.zeros(0, np.int64)
+    train = np.concatenate([train[source[train] == i] for i in range(len(weights))]) if len(train) else train
+    order = np.repeat(train, reps)
+    funnel.train_weighted = len(order)
+    parts_ids, parts_types, parts_len = [ids.take(pa.array(order))], [type_ids.take(pa.array(order))], [lengths[order]]
+    parts_y, parts_h, parts_src = [y[order]], [hashes[order]], [source[order]]
+    if run.augment is not None and len(train):
+        originals = texts[train.tolist()]
+        for copy in range(1, run.augment.copies + 1):
+            new, changed = run.augment.copy(originals, hashes[train], copy)
+            funnel.augmented["unchanged"] += int((~changed).sum())
+            new, rows = new.filter(pl.Series(changed)), train[changed]
+            a_ids, a_types, a_len, a_hash, _, reason = _encode(run, new.with_columns(line=pl.lit(0, pl.UInt64)))
+            ok = np.equal(reason, None)
+            funnel.augmented["dropped"] += int((~ok).sum())
+            k = pa.array(ok)
+            parts_ids.append(pc.filter(a_ids, k))
+            parts_types.append(pc.filter(a_types, k))
+            parts_len.append(a_len[ok].astype(np.int32))
+            parts_y.append(y[rows][ok])
+            parts_h.append(a_hash[ok])
+            parts_src.append(source[rows][ok])
+            funnel.augmented["added"] += int(ok.sum())
+    t_ids, t_types = pa.concat_arrays(parts_ids), pa.concat_arrays(parts_types)
+    t_len, t_y, t_h, t_src = (np.concatenate(p) for p in (parts_len, parts_y, parts_h, parts_src))
+    before = quality.distribution(t_y, names)
+    keep, class_weights = quality.balance(t_y, t_h, len(names), spec)
+    if spec.data.balance.strategy != "none":
+        after = quality.distribution(t_y[keep], names)
+        distinct = len(np.unique(keep))
+        funnel.balance = {"strategy": spec.data.balance.strategy, "before": before, "after": after,
+                          "added": len(keep) - distinct, "removed": len(t_y) - distinct}
+    k = pa.array(keep)
+    out = {"train": (t_ids.take(k), t_types.take(k), t_len[keep], t_y[keep], t_src[keep])}
+    for s_i, s_name in ((1, "valid"), (2, "test")):
+        sel = np.flatnonzero(split == s_i)
+        out[s_name] = (ids.take(pa.array(sel)), type_ids.take(pa.array(sel)), lengths[sel], y[sel], source[sel])
+    splits = {}
+    for name, (s_ids, s_types, s_len, s_y, s_src) in out.items():
+        for i, st in enumerate(stats):
+            st.examples[name] = int((s_src == i).sum())
+        cols = {"input_ids": s_ids, "label": pa.array(s_y, pa.int32()), "length": pa.array(s_len, pa.int32())}
+        if pairs:
+            cols["token_type_ids"] = s_types
+        table = pa.table(cols)
+        with pa.OSFile(str(tmp / f"{name}.arrow"), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as w:
+            w.write_table(table, max_chunksize=8192)
+        bs = spec.train.batch_size
+        splits[name] = {
+            "examples": len(s_y),
+            "rows": len(s_y),
+            "tokens": int(s_len.sum()),
+            "labels": quality.distribution(s_y, names),
+            "max_example_tokens": int(s_len.max()) if len(s_len) else 0,
+            "padding_ratio": quality.padding_ratio(s_len, bs, spec.project.seed, bucketed=False),
+            "padding_ratio_bucketed": quality.padding_ratio(s_len, bs, spec.project.seed, bucketed=True),
+        }
+    extra = {"labels": names, "class_weights": class_weights, "pairs": pairs,
+             "label_distribution": {"train_before_balance": before, "train": splits["train"]["labels"]}}
+    return splits, extra
 
 
-def _repeats(hashes: np.ndarray, weight: float, seed: int) -> np.ndarray:
-    """Mixing weight → how many times each training example is used: ⌊w⌋, plus one for a
-    seeded fraction frac(w) of the examples."""
-    whole, frac = int(weight), weight - int(weight)
-    extra = _unit(_mix(hashes ^ np.uint64(seed & 0xFFFFFFFFFFFFFFFF))) < frac
-    return whole + extra.astype(np.int64)
+def _take(keep: np.ndarray, rows: pl.DataFrame, codes: np.ndarray, ids: pa.Array, second: pa.Array,
+          lengths: np.ndarray, hashes: np.ndarray) -> tuple[Any, ...]:
+    if keep.all():
+        return rows, codes, ids, second, lengths, hashes
+    k = pa.array(keep)
+    return (rows.filter(pl.Series(keep)), codes[keep], pc.filter(ids, k), pc.filter(second, k), lengths[keep],
+            hashes[keep])
+
+
+def _check_labels(run: Run, rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Classification rows need a label; with `model.labels` given, an unknown one is quarantined."""
+    if "label" not in rows.columns:
+        raise BuildError("classification needs a label for every row; this source maps none",
+                         hint="map a label column (`columns = { text = \"...\", label = \"...\" }`) or give the "
+                         "source one `label`")
+    rows = rows.with_columns(quality.canonical_labels(rows["label"]))
+    if run.label_names is None:
+        return rows, pl.DataFrame(schema={"line": pl.UInt64, "reason": pl.String})
+    known = quality.label_index(rows["label"], run.label_names) >= 0
+    names = ", ".join(run.label_names)
+    bad = rows.filter(pl.Series(~known)).select(
+        "line", reason=pl.format("unknown label: '{}' (labels: {})", "label", pl.lit(names)))
+    return rows.filter(pl.Series(known)), bad
+
+
+def _encode(run: Run, rows: pl.DataFrame) -> tuple[pa.Array, pa.Array, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Rows → (input_ids, labels or token_type_ids, lengths before truncation, content hashes,
+    failed, reason): reason names the rule that removes a row (template failures: `failed`)."""
+    spec, enc = run.spec, run.encoder
+    tok, clean = spec.tokenize, spec.data.clean
+    if not rows.height:
+        empty = pa.array([], pa.list_(pa.int32()))
+        return empty, empty, np.zeros(0, np.uint32), np.zeros(0, np.uint64), np.zeros(0, bool), np.zeros(0, object)
+    if spec.model.task == "classification":
+        pairs = quality._strings(rows["text_pair"]) if "text_pair" in rows.columns else None
+        arrays = enc.encode_pairs(quality._strings(rows["text"]), pairs, tok.max_length, tok.truncation)
+    elif "messages" in rows.columns:
+        arrays = enc.encode_chat(rows["messages"].to_arrow(), tok.max_length, tok.truncation, tok.train_on == "all")
+    else:
+        arrays = enc.encode_text(quality._strings(rows["text"]), tok.max_length, tok.truncation)
+    ids, second, status, errors, hashes, lengths = (pa.array(a) for a in arrays)
+    status_np, lengths_np = np.asarray(status), np.asarray(lengths)
+    reason = np.full(rows.height, None, dtype=object)
+    failed = status_np == 3
+    if failed.any():
+        reason[failed] = [f"template: {e}" for e in pa.array(errors).filter(pa.array(failed)).to_pylist()]
+    for cond, why in ((lengths_np < clean.min_tokens, f"min_tokens: fewer than {clean.min_tokens}"),
+                      (lengths_np > (clean.max_tokens or np.iinfo(np.int64).max), f"max_tokens: more than "
+                       f"{clean.max_tokens}")):
+        reason[cond & ~failed & (reason == None)] = why  # noqa: E711
+    for code, why in STATUS_REASONS.items():
+        reason[(status_np == code) & (reason == None)] = why  # noqa: E711
+    return ids, second, lengths_np, np.asarray(hashes), failed, reason
+
+
+def _remove(run: Run, st: SourceStats, batch: SourceBatch, rows: pl.DataFrame, reason: pl.Series,
+            stage: str, duplicate_of: pl.DataFrame | None = None) -> np.ndarray:
+    """Records the rows `reason` names (removed.jsonl, counts, examples); returns the mask of
+    the rows kept."""
+    gone = reason.is_not_null().to_numpy()
+    if not gone.any():
+        return ~gone
+    mask = pl.Series(gone)
+    out = rows.filter(mask).select("line").with_columns(
+        source=pl.lit(st.name), file=pl.lit(str(batch.file)), stage=pl.lit(stage), rule=reason.filter(mask),
+        text=quality.row_text(rows.filter(mask)).str.slice(0, quality.EXAMPLE_CHARS))
+    if duplicate_of is not None:
+        out = out.with_columns(duplicate_of=pl.struct(duplicate_of.filter(mask)))
+    run.removed.write(out.select("source", "file", "line", "stage", "rule", "text",
+                                 *(["duplicate_of"] if duplicate_of is not None else [])))
+    for rule, n in out["rule"].value_counts().iter_rows():
+        st.removed[rule] = st.removed.get(rule, 0) + n
+        run.funnel.removed[stage][rule] += n
+    for row in out.head(quality.EXAMPLES_PER_RULE * 4).iter_rows(named=True):
+        item = {"source": row["source"], "line": row["line"], "text": quality.preview(row["text"])}
+        if row.get("duplicate_of"):
+            item["duplicate_of"] = row["duplicate_of"]
+        run.funnel.example(row["rule"], item)
+    return ~gone
+
+
+def _dedup(run: Run, st: SourceStats, batch: SourceBatch, idx: int, rows: pl.DataFrame) -> np.ndarray:
+    run.seq.append((idx, rows["line"].to_numpy()))
+    dup = np.asarray(run.deduper.check(quality._strings(quality.row_text(rows))))
+    if not (dup >= 0).any():
+        return np.ones(rows.height, bool)
+    # sequence numbers → (source, line) of the kept original
+    bounds = np.cumsum([0] + [len(lines) for _, lines in run.seq])
+    where = np.clip(dup, 0, None)
+    chunk = np.searchsorted(bounds, where, side="right") - 1
+    src = [run.names[run.seq[c][0]] if d >= 0 else None for c, d in zip(chunk, dup, strict=True)]
+    line = [int(run.seq[c][1][w - bounds[c]]) if d >= 0 else None for c, w, d in zip(chunk, where, dup, strict=True)]
+    reason = pl.Series("reason", [run.spec.data.clean.dedup if d >= 0 else None for d in dup], dtype=pl.String)
+    original = pl.DataFrame({"source": src, "line": line}, schema={"source": pl.String, "line": pl.UInt64})
+    return _remove(run, st, batch, rows, reason, "deduped", original)
+
+
+def _augment_causal(run: Run, st: SourceStats, rows: pl.DataFrame, hashes: np.ndarray, reps: np.ndarray) -> None:
+    """Augmented copies of training rows, encoded and spooled like their originals."""
+    aug = run.augment
+    assert aug is not None and run.spools is not None
+    for copy in range(1, aug.copies + 1):
+        new, changed = aug.copy(rows, hashes, copy)
+        run.funnel.augmented["unchanged"] += int((~changed).sum())
+        new, r = new.filter(pl.Series(changed)), reps[changed]
+        ids, labels, _, _, _, reason = _encode(run, new)
+        ok = np.equal(reason, None)
+        run.funnel.augmented["dropped"] += int((~ok).sum())
+        if ok.any():
+            k = pa.array(ok)
+            run.spools["train"].append(pc.filter(ids, k), pc.filter(labels, k), r[ok])
+            st.examples["train"] += int(r[ok].sum())
+            run.funnel.augmented["added"] += int(r[ok].sum())
 
 
 def _check_bad_fraction(spec: Spec, stats: list[SourceStats], tmp: Path) -> None:
@@ -372,15 +634,17 @@ def _write_split(path: Path, spool: Spool, offsets: np.ndarray, lengths: np.ndar
     }
 
 
-def _totals(stats: list[SourceStats], splits: dict[str, dict[str, Any]], max_length: int) -> dict[str, Any]:
+def _totals(stats: list[SourceStats], splits: dict[str, dict[str, Any]], max_length: int,
+            classify: bool) -> dict[str, Any]:
     tokens = sum(s["tokens"] for s in splits.values())
     rows = sum(s["rows"] for s in splits.values())
-    return {
+    out = {
         "rows_read": sum(s.read for s in stats),
         "quarantined": sum(s.quarantined for s in stats),
-        "dropped": sum(sum(s.dropped.values()) for s in stats),
+        "removed": sum(sum(s.removed.values()) for s in stats),
         "kept": sum(s.kept for s in stats),
         "tokens": tokens,
-        "packed_rows": rows,
-        "packing_efficiency": round(tokens / (rows * max_length), 6) if rows else None,
     }
+    if classify:
+        return {**out, "examples": rows}
+    return {**out, "packed_rows": rows, "packing_efficiency": round(tokens / (rows * max_length), 6) if rows else None}

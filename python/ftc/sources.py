@@ -2,7 +2,8 @@
 
 Every batch has `line` (1-based line of JSON Lines/text files, data row of CSV/TSV counting
 the header as line 1, row number for Parquet/JSON) and one shape of content:
-`text` (str) or `messages` (list<struct<role, content>>), plus `label` (str) when mapped.
+`text` (str, + `text_pair`) or `messages` (list<struct<role, content>>), plus `label` (str)
+when mapped or given on the source, and `split` (str or null) when a split column is named.
 `prompt`/`response`/`system` become `messages`. Unusable rows come back in `bad` with a reason;
 nothing is dropped silently and no source file is modified.
 
@@ -95,13 +96,15 @@ def resolve_columns(cols: Columns, available: list[str], fmt: str, file: Path) -
 
 
 def read_source(source: Source, files: list[Path], threads: int = 0,
-                on_bytes: Callable[[int], None] | None = None) -> Iterator[SourceBatch]:
+                on_bytes: Callable[[int], None] | None = None, split_column: str | None = None) -> Iterator[SourceBatch]:
     """Batches of `files` (the source's, from `source_files`), `max_rows` honored (usable and
-    quarantined rows count)."""
+    quarantined rows count). `split_column`: a column naming each row's split, where present."""
     left = source.max_rows
     for file in files:
         fmt = file_format(source, file)
-        for batch in _read_file(file, fmt, source.columns, threads):
+        for batch in _read_file(file, fmt, source.columns, threads, split_column):
+            if source.label is not None:
+                batch.rows = batch.rows.with_columns(label=pl.lit(source.label, dtype=pl.String))
             if left is not None:
                 n = batch.rows.height + batch.bad.height
                 if n >= left:
@@ -121,22 +124,22 @@ def _nth_line(batch: SourceBatch, n: int) -> int:
     return int(lines["line"][n - 1])
 
 
-def _read_file(file: Path, fmt: str, cols: Columns, threads: int) -> Iterator[SourceBatch]:
+def _read_file(file: Path, fmt: str, cols: Columns, threads: int, split: str | None) -> Iterator[SourceBatch]:
     try:
         if fmt in ("jsonl", "txt"):
-            yield from _read_lines(file, fmt, cols, threads)
+            yield from _read_lines(file, fmt, cols, threads, split)
         elif fmt in ("csv", "tsv"):
-            yield from _read_csv(file, "\t" if fmt == "tsv" else ",", cols)
+            yield from _read_csv(file, "\t" if fmt == "tsv" else ",", cols, split)
         elif fmt == "parquet":
             lf = pl.scan_parquet(file)
-            yield from _read_frames(file, lf, cols, file.stat().st_size)
+            yield from _read_frames(file, lf, cols, file.stat().st_size, split)
         else:
-            yield from _read_frames(file, pl.read_json(file).lazy(), cols, file.stat().st_size)
+            yield from _read_frames(file, pl.read_json(file).lazy(), cols, file.stat().st_size, split)
     except (pl.exceptions.PolarsError, OSError) as e:
         raise SourceError(f"{file}: cannot read as {fmt}: {str(e).splitlines()[0]}") from None
 
 
-def _read_lines(file: Path, fmt: str, cols: Columns, threads: int) -> Iterator[SourceBatch]:
+def _read_lines(file: Path, fmt: str, cols: Columns, threads: int, split: str | None) -> Iterator[SourceBatch]:
     resolved: Columns | None = Columns(text="text") if fmt == "txt" else None
     line = 1
     with file.open("rb") as f:
@@ -153,7 +156,7 @@ def _read_lines(file: Path, fmt: str, cols: Columns, threads: int) -> Iterator[S
             chunk, carry = buf[:cut], buf[cut:]
             if resolved is None:
                 resolved = resolve_columns(cols, _first_keys(chunk), fmt, file)
-            fields = None if fmt == "txt" else _json_fields(resolved)
+            fields = None if fmt == "txt" else _json_fields(resolved) + ([(split, "scalar")] if split else [])
             good, good_lines, bad_lines, reasons, n_lines = _data.scan_lines(chunk, line, fields, threads)
             line += n_lines
             bad = pl.DataFrame({"line": pl.Series(pa.array(bad_lines)), "reason": pl.Series(pa.array(reasons))})
@@ -163,7 +166,7 @@ def _read_lines(file: Path, fmt: str, cols: Columns, threads: int) -> Iterator[S
             else:
                 dtype = pl.Struct({name: _field_dtype(kind) for name, kind in fields})
                 frame = texts.str.json_decode(dtype).struct.unnest().with_columns(line=pl.Series(pa.array(good_lines)))
-            rows, more_bad = normalize(frame, resolved)
+            rows, more_bad = normalize(frame, resolved, split)
             yield SourceBatch(file, rows, pl.concat([bad, more_bad]), len(chunk))
 
 
@@ -188,13 +191,13 @@ def _field_dtype(kind: str) -> pl.DataType:
     return pl.List(MESSAGE) if kind == "messages" else pl.String()
 
 
-def _read_csv(file: Path, sep: str, cols: Columns) -> Iterator[SourceBatch]:
+def _read_csv(file: Path, sep: str, cols: Columns, split: str | None) -> Iterator[SourceBatch]:
     # polars cannot say which row held invalid UTF-8; read lossily and flag the rows whose
     # fields gained a replacement character, but only for a file that is not valid UTF-8.
     lossy = not _valid_utf8(file)
     encoding = "utf8-lossy" if lossy else "utf8"
     lf = pl.scan_csv(file, separator=sep, infer_schema=False, encoding=encoding)
-    for batch in _read_frames(file, lf, cols, file.stat().st_size, first_line=2):
+    for batch in _read_frames(file, lf, cols, file.stat().st_size, split, first_line=2):
         if lossy and batch.rows.height:
             broken = _has_replacement_char(batch.rows)
             bad = batch.rows.filter(broken).select("line", reason=pl.lit("undecodable bytes: invalid UTF-8"))
@@ -216,40 +219,48 @@ def _valid_utf8(file: Path) -> bool:
 
 
 def _has_replacement_char(rows: pl.DataFrame) -> pl.Expr:
-    found = [pl.col(c).str.contains("\ufffd", literal=True) for c in ("text", "label") if c in rows.columns]
+    found = [pl.col(c).str.contains("\ufffd", literal=True) for c in ("text", "text_pair", "label")
+             if c in rows.columns]
     if "messages" in rows.columns:
         found.append(pl.col("messages").list.eval(
             pl.element().struct.field("content").str.contains("\ufffd", literal=True)).list.any())
     return pl.any_horizontal(found).fill_null(False)
 
 
-def _read_frames(file: Path, lf: pl.LazyFrame, cols: Columns, size: int, first_line: int = 1) -> Iterator[SourceBatch]:
+def _read_frames(file: Path, lf: pl.LazyFrame, cols: Columns, size: int, split: str | None,
+                 first_line: int = 1) -> Iterator[SourceBatch]:
     names = lf.collect_schema().names()
     resolved = resolve_columns(cols, names, "frame", file)
     lf = lf.with_row_index("line", offset=first_line).with_columns(pl.col("line").cast(pl.UInt64))
     for frame in lf.collect_batches(chunk_size=CHUNK_ROWS):
-        rows, bad = normalize(frame, resolved)
+        rows, bad = normalize(frame, resolved, split)
         yield SourceBatch(file, rows, bad, 0)
     # Columnar readers do not report bytes; a last empty batch moves progress past the file.
-    yield SourceBatch(file, _empty_rows(resolved), _empty_bad(), size)
+    yield SourceBatch(file, _empty_rows(resolved, split), _empty_bad(), size)
 
 
 def _empty_bad() -> pl.DataFrame:
     return pl.DataFrame(schema={"line": pl.UInt64, "reason": pl.String})
 
 
-def _empty_rows(cols: Columns) -> pl.DataFrame:
+def _empty_rows(cols: Columns, split: str | None = None) -> pl.DataFrame:
     schema: dict[str, pl.DataType] = {"line": pl.UInt64()}
     schema["text" if cols.text else "messages"] = pl.String() if cols.text else pl.List(MESSAGE)
+    if cols.text_pair:
+        schema["text_pair"] = pl.String()
     if cols.label:
         schema["label"] = pl.String()
+    if split:
+        schema["split"] = pl.String()
     return pl.DataFrame(schema=schema)
 
 
-def normalize(frame: pl.DataFrame, cols: Columns) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Maps source columns to `text` or `messages` (+`label`); rows with a missing, null or
-    empty field go to `bad` with the reason."""
-    required = [c for c in (cols.text, cols.prompt, cols.response, cols.messages, cols.label) if c is not None]
+def normalize(frame: pl.DataFrame, cols: Columns, split: str | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Maps source columns to `text` (+`text_pair`) or `messages`, `label` and `split`; rows
+    with a missing, null or empty field go to `bad` with the reason. The split column is
+    optional: a file without it, or a null, leaves the row to `[data.split]`."""
+    required = [c for c in (cols.text, cols.text_pair, cols.prompt, cols.response, cols.messages, cols.label)
+                if c is not None]
     if missing := [c for c in required if c not in frame.columns]:
         return _empty_rows(cols), frame.select("line", reason=pl.lit(f"missing column '{missing[0]}'"))
     checks: list[tuple[pl.Expr, str]] = []
@@ -282,6 +293,10 @@ def normalize(frame: pl.DataFrame, cols: Columns) -> tuple[pl.DataFrame, pl.Data
         el = pl.element().struct.field("content")
         content = pl.concat_list(turns).list.eval(pl.element().filter(el.is_not_null() & (el != ""))).alias("messages")
     out = [pl.col("line").cast(pl.UInt64), content]
+    if cols.text_pair is not None:
+        out.append(pl.col(cols.text_pair).cast(pl.String).alias("text_pair"))
     if cols.label is not None:
         out.append(pl.col(cols.label).cast(pl.String).alias("label"))
+    if split is not None:
+        out.append((pl.col(split).cast(pl.String) if split in frame.columns else pl.lit(None, pl.String)).alias("split"))
     return good.select(out), bad

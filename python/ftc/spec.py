@@ -68,11 +68,19 @@ class Source(Table):
     weight: float = Field(1.0, gt=0.0, description="Mixing weight: each training row is used `weight` times "
                           "on average (2.0 doubles the source, 0.5 keeps a seeded half).")
     max_rows: Positive | None = Field(None, description="Read at most this many rows (in file order).")
+    label: str | None = Field(None, description="Classification: the label of every row of this source "
+                              "(e.g. one file per class), instead of a label column.")
+
+    @model_validator(mode="after")
+    def _one_label(self) -> Source:
+        if self.label is not None and self.columns.label is not None:
+            raise ValueError("give either `label` (one label for the whole source) or `columns.label`, not both")
+        return self
 
 
 class Replace(Table):
-    pattern: str
-    with_: str = Field("", alias="with")
+    pattern: str = Field(description="Regex (Rust `regex` syntax: no look-around or back-references).")
+    with_: str = Field("", alias="with", description="Replacement; `$1` or `${name}` insert a group, `$$` a dollar.")
 
     @field_validator("pattern")
     @classmethod
@@ -88,18 +96,31 @@ class NearDedup(Table):
 
 
 class Clean(Table):
-    normalize: Literal["none", "NFC", "NFKC"] = "none"
-    strip_html: bool = False
-    collapse_whitespace: bool = False
-    remove_control: bool = False
-    min_chars: Annotated[int, Field(ge=0)] = 0
-    max_chars: Positive | None = None
-    min_tokens: Annotated[int, Field(ge=0)] = 0
-    max_tokens: Positive | None = None
-    drop_if_matches: list[str] = Field(default_factory=list, description="Regexes; a matching row is dropped.")
+    """Opt-in rules, applied in this order: strip_html, normalize, remove_control, replace,
+    collapse_whitespace; then the drop rules see the result."""
+
+    normalize: Literal["none", "NFC", "NFKC"] = Field("none", description="Unicode normalization form.")
+    strip_html: bool = Field(False, description="Remove tags (block tags become line breaks), decode entities.")
+    collapse_whitespace: bool = Field(False, description="Runs of whitespace become one space; ends trimmed.")
+    remove_control: bool = Field(False, description="Remove control characters (Unicode Cc) but tab and newlines.")
+    min_chars: Annotated[int, Field(ge=0)] = Field(0, description="Drop rows with fewer characters (after cleaning).")
+    max_chars: Positive | None = Field(None, description="Drop rows with more characters (after cleaning).")
+    min_tokens: Annotated[int, Field(ge=0)] = Field(0, description="Drop rows with fewer tokens (before truncation).")
+    max_tokens: Positive | None = Field(None, description="Drop rows with more tokens (before truncation).")
+    drop_if_matches: list[str] = Field(default_factory=list, description="Regexes (Rust `regex` syntax); a row "
+                                       "with a match is dropped.")
     replace: list[Replace] = Field(default_factory=list, description="Regex replacements, in order.")
-    dedup: Literal["none", "exact", "near"] = "none"
+    dedup: Literal["none", "exact", "near"] = Field("none", description="`exact`: same text once lowercased and "
+                                                    "whitespace-collapsed; `near`: MinHash LSH. First occurrence kept.")
     near: NearDedup = Field(default_factory=NearDedup)
+
+    @model_validator(mode="after")
+    def _limits_ordered(self) -> Clean:
+        for lo, hi in (("min_chars", "max_chars"), ("min_tokens", "max_tokens")):
+            if getattr(self, hi) is not None and getattr(self, lo) > getattr(self, hi):
+                raise ValueError(f"`{lo}` = {getattr(self, lo)} is above `{hi}` = {getattr(self, hi)}: every row "
+                                 "would be dropped")
+        return self
 
     @field_validator("drop_if_matches")
     @classmethod
@@ -124,18 +145,45 @@ class SplitSpec(Table):
 
 
 class Augment(Table):
+    """Training rows only. Each copy applies synonym replacement, insertion, swap and deletion
+    (those with a rate above 0, in that order), then the hook; chat data changes user turns only."""
+
     copies: Annotated[int, Field(ge=0)] = Field(0, description="Augmented copies per training row.")
-    swap: Fraction = 0.0
-    delete: Fraction = 0.0
-    insert: Fraction = 0.0
-    synonym: Fraction = 0.0
-    synonyms: str | None = Field(None, description="Synonym table (TSV or JSON), relative to the spec.")
-    hook: str | None = Field(None, description="`module:function` called with batches of texts.")
+    swap: Fraction = Field(0.0, description="Swaps: this fraction of the words (at least one).")
+    delete: Fraction = Field(0.0, description="Each word is deleted with this probability (one always stays).")
+    insert: Fraction = Field(0.0, description="Insertions of a synonym of a word (of a word when no synonym).")
+    synonym: Fraction = Field(0.0, description="Fraction of the words replaced by a synonym from `synonyms`.")
+    synonyms: str | None = Field(None, description="Synonym table relative to the spec: TSV (word, then its "
+                                 "synonyms, tab-separated) or JSON ({\"word\": [\"synonym\", ...]}).")
+    hook: str | None = Field(None, description="`module:function` taking a list of texts and returning as many "
+                             "(e.g. back-translation); the module may sit next to the spec.")
+
+    @field_validator("hook")
+    @classmethod
+    def _hook_form(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", v):
+            raise ValueError(f"expected `module:function`, found {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Augment:
+        ops = self.swap or self.delete or self.insert or self.synonym or self.hook
+        if self.copies and not ops:
+            raise ValueError(f"`copies` = {self.copies} but no operation is enabled: set `swap`, `delete`, "
+                             "`insert`, `synonym` or `hook`")
+        if ops and not self.copies:
+            raise ValueError("augmentation operations are set but `copies` = 0: set how many copies per row")
+        if self.synonym and self.synonyms is None:
+            raise ValueError("`synonym` replacement needs a `synonyms` table")
+        return self
 
 
 class Balance(Table):
-    strategy: Literal["none", "oversample", "undersample", "class-weights"] = "none"
-    target_ratio: Annotated[float, Field(gt=0.0, le=1.0)] = Field(1.0, description="Minority/majority ratio to reach.")
+    strategy: Literal["none", "oversample", "undersample", "class-weights"] = Field(
+        "none", description="Training split, classification: repeat minority rows, drop majority rows, or keep "
+        "the rows and record class weights for the loss.")
+    target_ratio: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
+        1.0, description="Smallest class / largest class to reach (1.0: all equal).")
 
 
 class Data(Table):
@@ -228,6 +276,18 @@ class Spec(Table):
 
     _root: Path = PrivateAttr(default_factory=Path.cwd)
 
+    @model_validator(mode="after")
+    def _task_fits_data(self) -> Spec:
+        if self.model.task != "classification":
+            if self.data.balance.strategy != "none":
+                raise ValueError("`data.balance` needs class labels: it applies to `model.task = \"classification\"`")
+            if any(s.label is not None for s in self.data.sources):
+                raise ValueError("a source `label` applies to `model.task = \"classification\"`")
+        elif self.tokenize.truncation == "chunk":
+            raise ValueError("`tokenize.truncation = \"chunk\"` is for raw text; classification truncates "
+                             "`right`, `left` or drops (`drop`)")
+        return self
+
     @property
     def root(self) -> Path:
         """Directory that relative paths in the spec are relative to."""
@@ -238,7 +298,7 @@ class Spec(Table):
 
 
 def _check_regex(pattern: str) -> None:
-    try:
-        re.compile(pattern)
-    except re.error as e:
-        raise ValueError(f"invalid regex {pattern!r}: {e}") from None
+    from ftc._data import check_regex  # the engine that will run it decides
+
+    if (problem := check_regex(pattern)) is not None:
+        raise ValueError(f"invalid regex {pattern!r}: {problem.splitlines()[-1].strip()}")

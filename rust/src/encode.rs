@@ -12,7 +12,9 @@
 use std::collections::HashSet;
 
 use rayon::prelude::*;
-use tokenizers::Tokenizer;
+use tokenizers::{
+    truncate_encodings, Encoding, PostProcessor, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
+};
 
 use crate::error::{DataError, Result};
 use crate::template::{ChatTemplate, Message};
@@ -45,6 +47,10 @@ pub struct Example {
     pub labels: Vec<i32>,
     pub status: Status,
     pub error: Option<String>,
+    /// Tokens before truncation, for the `min_tokens`/`max_tokens` rules.
+    pub length: u32,
+    /// Token type ids (classification with a text pair), else empty.
+    pub type_ids: Vec<u32>,
     /// Hash of the source content (not of the rendering), so a row keeps its split when the
     /// template or tokenizer changes.
     pub content_hash: u64,
@@ -130,6 +136,66 @@ impl Encoder {
         })
     }
 
+    /// Text (and optional text pair) → a sequence-classification input, as a transformers
+    /// tokenizer called with `truncation=True, max_length=...` builds it: special tokens from
+    /// the post-processor, the longest sequence of a pair cut first. No labels: the class
+    /// label travels beside.
+    pub fn encode_pairs(
+        &self,
+        texts: &[&str],
+        pairs: Option<&[&str]>,
+        max_length: usize,
+        truncation: Truncation,
+    ) -> Vec<Example> {
+        let idx: Vec<usize> = (0..texts.len()).collect();
+        self.par_map(&idx, |tk, &i| {
+            let pair = pairs.map(|p| p[i]);
+            let hash = content_hash([texts[i]].into_iter().chain(pair));
+            match self.encode_pair(tk, texts[i], pair, max_length, truncation) {
+                Ok(ex) => Example { content_hash: hash, ..ex },
+                Err(e) => failed(e, hash),
+            }
+        })
+    }
+
+    fn encode_pair(&self, tk: &Tokenizer, text: &str, pair: Option<&str>, max_length: usize,
+                   truncation: Truncation) -> Result<Example> {
+        let err = |e: tokenizers::Error| DataError::Tokenizer(e.to_string());
+        let first = tk.encode_fast(text, false).map_err(err)?;
+        let second = pair
+            .map(|p| {
+                let mut e = tk.encode_fast(p, false).map_err(err)?;
+                e.set_type_ids(vec![1; e.len()]);
+                Ok::<Encoding, DataError>(e)
+            })
+            .transpose()?;
+        let added = tk.get_post_processor().map_or(0, |p| p.added_tokens(second.is_some()));
+        let length = first.len() + second.as_ref().map_or(0, Encoding::len) + added;
+        let status = if length > max_length && truncation == Truncation::Drop { Status::TooLong } else { Status::Ok };
+        let (first, second) = if length > max_length && status == Status::Ok {
+            let params = TruncationParams {
+                direction: if truncation == Truncation::Left { TruncationDirection::Left } else { TruncationDirection::Right },
+                max_length: max_length.saturating_sub(added),
+                strategy: TruncationStrategy::LongestFirst,
+                stride: 0,
+            };
+            truncate_encodings(first, second, &params).map_err(err)?
+        } else {
+            (first, second)
+        };
+        let enc = tk.post_process(first, second, true).map_err(err)?;
+        let type_ids = if pair.is_some() { enc.get_type_ids().to_vec() } else { Vec::new() };
+        Ok(Example {
+            ids: enc.get_ids().to_vec(),
+            labels: Vec::new(),
+            status,
+            error: None,
+            length: length as u32,
+            type_ids,
+            content_hash: 0,
+        })
+    }
+
     fn par_map<T: Sync>(&self, items: &[T], f: impl Fn(&Tokenizer, &T) -> Example + Sync) -> Vec<Example> {
         items.par_iter().with_min_len(8).map(|x| f(&self.tokenizer, x)).collect()
     }
@@ -157,6 +223,7 @@ fn completion_labels(ids: &[u32], offsets: &[(usize, usize)], spans: &[(usize, u
 
 fn finish(mut ids: Vec<u32>, mut labels: Vec<i32>, max_length: usize, truncation: Truncation, hash: u64) -> Example {
     let mut status = Status::Ok;
+    let length = ids.len() as u32;
     if ids.len() > max_length {
         match truncation {
             Truncation::Right => {
@@ -175,11 +242,19 @@ fn finish(mut ids: Vec<u32>, mut labels: Vec<i32>, max_length: usize, truncation
     if status == Status::Ok && labels.iter().all(|&l| l == IGNORE) {
         status = Status::NoLabels;
     }
-    Example { ids, labels, status, error: None, content_hash: hash }
+    Example { ids, labels, status, error: None, length, type_ids: Vec::new(), content_hash: hash }
 }
 
 fn failed(e: DataError, hash: u64) -> Example {
-    Example { ids: vec![], labels: vec![], status: Status::Failed, error: Some(e.to_string()), content_hash: hash }
+    Example {
+        ids: vec![],
+        labels: vec![],
+        status: Status::Failed,
+        error: Some(e.to_string()),
+        length: 0,
+        type_ids: vec![],
+        content_hash: hash,
+    }
 }
 
 /// blake3 over the fields with a separator, first 8 bytes little-endian.

@@ -2,6 +2,9 @@
 //! Arrow (PyCapsule interface) and the kernels, releases the GIL, and maps errors; the work
 //! lives in one module per capability.
 
+mod augment;
+mod clean;
+mod dedup;
 mod encode;
 mod error;
 mod lines;
@@ -13,8 +16,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use arrow_array::builder::{LargeStringBuilder, UInt64Builder};
 use arrow_array::{
-    Array, ArrayRef, Int32Array, LargeListArray, LargeStringArray, ListArray, StructArray, UInt32Array, UInt64Array,
-    UInt8Array,
+    Array, ArrayRef, Int32Array, Int64Array, LargeListArray, LargeStringArray, ListArray, StringArray, StringViewArray,
+    StructArray, UInt32Array, UInt64Array, UInt8Array,
 };
 use arrow_buffer::{OffsetBuffer, ScalarBuffer};
 use arrow_schema::{DataType, Field};
@@ -69,6 +72,23 @@ fn downcast<'a, T: 'static>(a: &'a PyArray, what: &str) -> PyResult<&'a T> {
         .as_any()
         .downcast_ref::<T>()
         .ok_or_else(|| input_err(format!("{what}: unexpected Arrow type {}", a.as_ref().data_type())))
+}
+
+/// Borrowed `&str`s of a string column (utf8, large_utf8 or utf8_view); null reads as "".
+fn strs<'a>(a: &'a PyArray, what: &str) -> PyResult<Vec<&'a str>> {
+    let any = a.as_ref().as_any();
+    let get = |n: usize, null: &dyn Fn(usize) -> bool, val: &dyn Fn(usize) -> &'a str| {
+        (0..n).map(|i| if null(i) { "" } else { val(i) }).collect()
+    };
+    if let Some(s) = any.downcast_ref::<LargeStringArray>() {
+        Ok(get(s.len(), &|i| s.is_null(i), &|i| s.value(i)))
+    } else if let Some(s) = any.downcast_ref::<StringArray>() {
+        Ok(get(s.len(), &|i| s.is_null(i), &|i| s.value(i)))
+    } else if let Some(s) = any.downcast_ref::<StringViewArray>() {
+        Ok(get(s.len(), &|i| s.is_null(i), &|i| s.value(i)))
+    } else {
+        Err(input_err(format!("{what}: expected strings, found Arrow type {}", a.as_ref().data_type())))
+    }
 }
 
 fn list_i32(offsets: Vec<i32>, values: Vec<i32>) -> PyArray {
@@ -149,7 +169,10 @@ fn conversations(messages: &PyArray) -> PyResult<Vec<Vec<Message<'_>>>> {
         .collect())
 }
 
-fn examples_to_arrow(examples: Vec<Example>) -> (PyArray, PyArray, PyArray, PyArray, PyArray) {
+type Encoded = (PyArray, PyArray, PyArray, PyArray, PyArray, PyArray);
+
+/// `(input_ids, labels or token_type_ids, status: u8, error, content_hash: u64, length: u32)`.
+fn examples_to_arrow(examples: Vec<Example>, type_ids: bool) -> Encoded {
     let mut offsets = Vec::with_capacity(examples.len() + 1);
     offsets.push(0i32);
     let total: usize = examples.iter().map(|e| e.ids.len()).sum();
@@ -157,9 +180,15 @@ fn examples_to_arrow(examples: Vec<Example>) -> (PyArray, PyArray, PyArray, PyAr
     let mut status = Vec::with_capacity(examples.len());
     let mut errors = LargeStringBuilder::new();
     let mut hashes = UInt64Builder::with_capacity(examples.len());
+    let mut lengths = Vec::with_capacity(examples.len());
     for e in examples {
         ids.extend(e.ids.iter().map(|&i| i as i32));
-        labels.extend(e.labels);
+        if type_ids {
+            labels.extend(e.type_ids.iter().map(|&t| t as i32));
+        } else {
+            labels.extend(e.labels);
+        }
+        lengths.push(e.length);
         offsets.push(ids.len() as i32);
         status.push(e.status as u8);
         errors.append_option(e.error);
@@ -171,6 +200,7 @@ fn examples_to_arrow(examples: Vec<Example>) -> (PyArray, PyArray, PyArray, PyAr
         arr(UInt8Array::from(status)),
         arr(errors.finish()),
         arr(hashes.finish()),
+        arr(UInt32Array::from(lengths)),
     )
 }
 
@@ -206,7 +236,8 @@ impl DataEncoder {
         Ok(arr(LargeStringArray::from_iter_values(out.into_iter().collect::<Result<Vec<_>, _>>()?)))
     }
 
-    /// Conversations → `(input_ids, labels, status: u8, error: large_string, content_hash: u64)`.
+    /// Conversations → `(input_ids, labels, status: u8, error: large_string, content_hash: u64,
+    /// length: u32)`, length counted before truncation.
     /// Status: 0 ok, 1 too long (truncation "drop"), 2 no labelled token, 3 failed (see error).
     #[pyo3(signature = (messages, max_length, truncation="right", train_on_all=false))]
     fn encode_chat(
@@ -216,29 +247,45 @@ impl DataEncoder {
         max_length: usize,
         truncation: &str,
         train_on_all: bool,
-    ) -> PyResult<(PyArray, PyArray, PyArray, PyArray, PyArray)> {
+    ) -> PyResult<Encoded> {
         let template = self.template.as_ref().ok_or_else(|| input_err("no chat template configured"))?;
         let truncation = parse_truncation(truncation)?;
         let convs = conversations(&messages)?;
         let examples =
             py.detach(|| self.pool.install(|| self.encoder.encode_chat(template, &convs, max_length, truncation, train_on_all)));
-        Ok(examples_to_arrow(examples))
+        Ok(examples_to_arrow(examples, false))
     }
 
-    /// Raw texts → the same five columns; every token labelled, EOS appended.
+    /// Raw texts → the same six columns; every token labelled, EOS appended.
     #[pyo3(signature = (texts, max_length, truncation="right"))]
-    fn encode_text(
+    fn encode_text(&self, py: Python<'_>, texts: PyArray, max_length: usize, truncation: &str) -> PyResult<Encoded> {
+        let truncation = parse_truncation(truncation)?;
+        let views = strs(&texts, "texts")?;
+        let examples = py.detach(|| self.pool.install(|| self.encoder.encode_text(&views, max_length, truncation)));
+        Ok(examples_to_arrow(examples, false))
+    }
+
+    /// Classification inputs: text (+ text pair) → `(input_ids, token_type_ids, status, error,
+    /// content_hash, length)`; token_type_ids are empty lists without pairs.
+    #[pyo3(signature = (texts, pairs=None, max_length=512, truncation="right"))]
+    fn encode_pairs(
         &self,
         py: Python<'_>,
         texts: PyArray,
+        pairs: Option<PyArray>,
         max_length: usize,
         truncation: &str,
-    ) -> PyResult<(PyArray, PyArray, PyArray, PyArray, PyArray)> {
+    ) -> PyResult<Encoded> {
         let truncation = parse_truncation(truncation)?;
-        let strings = downcast::<LargeStringArray>(&texts, "texts")?;
-        let views: Vec<&str> = (0..strings.len()).map(|i| if strings.is_null(i) { "" } else { strings.value(i) }).collect();
-        let examples = py.detach(|| self.pool.install(|| self.encoder.encode_text(&views, max_length, truncation)));
-        Ok(examples_to_arrow(examples))
+        let views = strs(&texts, "texts")?;
+        let pair_views = pairs.as_ref().map(|p| strs(p, "pairs")).transpose()?;
+        if pair_views.as_ref().is_some_and(|p| p.len() != views.len()) {
+            return Err(input_err("texts and pairs differ in length"));
+        }
+        let examples = py.detach(|| {
+            self.pool.install(|| self.encoder.encode_pairs(&views, pair_views.as_deref(), max_length, truncation))
+        });
+        Ok(examples_to_arrow(examples, true))
     }
 
     /// Token ids → text, for `ftc inspect`.
@@ -248,6 +295,123 @@ impl DataEncoder {
             .tokenizer()
             .decode(&ids, skip_special_tokens)
             .map_err(|e| DataError::Tokenizer(e.to_string()).into())
+    }
+}
+
+/// The rules of `[data.clean]` that rewrite or drop a text (see clean.rs).
+#[pyclass(frozen, module = "ftc._data")]
+struct TextCleaner {
+    cleaner: clean::Cleaner,
+    pool: Arc<ThreadPool>,
+}
+
+#[pymethods]
+impl TextCleaner {
+    #[new]
+    #[pyo3(signature = (strip_html=false, normalize=None, remove_control=false, replace=vec![],
+                        collapse_whitespace=false, drop_if_matches=vec![], threads=0))]
+    fn new(
+        strip_html: bool,
+        normalize: Option<&str>,
+        remove_control: bool,
+        replace: Vec<(String, String)>,
+        collapse_whitespace: bool,
+        drop_if_matches: Vec<String>,
+        threads: usize,
+    ) -> PyResult<Self> {
+        let normalize = match normalize {
+            None | Some("none") => None,
+            Some("NFC") => Some(clean::Form::Nfc),
+            Some("NFKC") => Some(clean::Form::Nfkc),
+            Some(other) => return Err(input_err(format!("unknown normalization {other:?}"))),
+        };
+        let rules = clean::Rules { strip_html, normalize, remove_control, replace, collapse_whitespace, drop_if_matches };
+        Ok(Self { cleaner: clean::Cleaner::new(rules)?, pool: pool(threads)? })
+    }
+
+    /// Texts → `(cleaned: large_string, changed: u8 bitmask, dropped_by: i32 (-1 = kept))`.
+    /// Bits: 1 html, 2 normalize, 4 control characters, 8 replace, 16 whitespace.
+    fn clean(&self, py: Python<'_>, texts: PyArray) -> PyResult<(PyArray, PyArray, PyArray)> {
+        let views = strs(&texts, "texts")?;
+        let out = py.detach(|| self.pool.install(|| self.cleaner.clean_all(&views)));
+        let changed = UInt8Array::from_iter_values(out.iter().map(|c| c.changed));
+        let dropped = Int32Array::from_iter_values(out.iter().map(|c| c.dropped_by.map_or(-1, |i| i as i32)));
+        let texts = LargeStringArray::from_iter_values(out.into_iter().map(|c| c.text));
+        Ok((arr(texts), arr(changed), arr(dropped)))
+    }
+}
+
+/// The error message of an invalid regex (Rust `regex` syntax), or None.
+#[pyfunction]
+fn check_regex(pattern: &str) -> Option<String> {
+    clean::compile(pattern).err().map(|e| e.to_string())
+}
+
+/// Exact or near-duplicate detection over a stream of batches (see dedup.rs).
+#[pyclass(module = "ftc._data")]
+struct Deduper {
+    dedup: dedup::Dedup,
+    pool: Arc<ThreadPool>,
+}
+
+#[pymethods]
+impl Deduper {
+    #[new]
+    #[pyo3(signature = (mode, threshold=0.8, shingle=5, num_perm=128, threads=0))]
+    fn new(mode: &str, threshold: f64, shingle: usize, num_perm: usize, threads: usize) -> PyResult<Self> {
+        let dedup = match mode {
+            "exact" => dedup::Dedup::exact(),
+            "near" if shingle > 0 && num_perm > 0 && (0.0..=1.0).contains(&threshold) => {
+                dedup::Dedup::near(dedup::Near { threshold, shingle, num_perm })
+            }
+            _ => return Err(input_err(format!("bad dedup settings: {mode} {threshold} {shingle} {num_perm}"))),
+        };
+        Ok(Self { dedup, pool: pool(threads)? })
+    }
+
+    /// For each text, -1 when kept, else the sequence number (counting every text passed in
+    /// so far, from 0) of the earlier kept text it duplicates.
+    fn check(&mut self, py: Python<'_>, texts: PyArray) -> PyResult<PyArray> {
+        let views = strs(&texts, "texts")?;
+        let (dedup, pool) = (&mut self.dedup, &self.pool);
+        let out = py.detach(|| pool.install(|| dedup.check(&views)));
+        Ok(arr(Int64Array::from_iter_values(out.into_iter().map(|o| o.map_or(-1, |s| s as i64)))))
+    }
+}
+
+/// EDA-style augmentation (see augment.rs).
+#[pyclass(frozen, module = "ftc._data")]
+struct Augmenter {
+    augmenter: augment::Augmenter,
+    pool: Arc<ThreadPool>,
+}
+
+#[pymethods]
+impl Augmenter {
+    #[new]
+    #[pyo3(signature = (synonym=0.0, insert=0.0, swap=0.0, delete=0.0, synonyms=vec![], seed=0, threads=0))]
+    fn new(
+        synonym: f64,
+        insert: f64,
+        swap: f64,
+        delete: f64,
+        synonyms: Vec<(String, Vec<String>)>,
+        seed: u64,
+        threads: usize,
+    ) -> PyResult<Self> {
+        let rates = augment::Rates { synonym, insert, swap, delete };
+        Ok(Self { augmenter: augment::Augmenter::new(rates, synonyms, seed), pool: pool(threads)? })
+    }
+
+    /// Copy number `copy` of each text; `keys` (u64, one per text) seed each text's randomness.
+    fn augment(&self, py: Python<'_>, texts: PyArray, keys: PyArray, copy: u32) -> PyResult<PyArray> {
+        let views = strs(&texts, "texts")?;
+        let keys = downcast::<UInt64Array>(&keys, "keys")?.values();
+        if keys.len() != views.len() {
+            return Err(input_err("texts and keys differ in length"));
+        }
+        let out = py.detach(|| self.pool.install(|| self.augmenter.augment_all(&views, keys, copy)));
+        Ok(arr(LargeStringArray::from_iter_values(out)))
     }
 }
 
@@ -332,6 +496,10 @@ fn builtin_template(name: &str) -> Option<&'static str> {
 fn _data(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("DataKernelError", m.py().get_type::<DataKernelError>())?;
     m.add_class::<DataEncoder>()?;
+    m.add_class::<TextCleaner>()?;
+    m.add_class::<Deduper>()?;
+    m.add_class::<Augmenter>()?;
+    m.add_function(wrap_pyfunction!(check_regex, m)?)?;
     m.add_function(wrap_pyfunction!(scan_lines, m)?)?;
     m.add_function(wrap_pyfunction!(pack_rows, m)?)?;
     m.add_function(wrap_pyfunction!(gather_rows, m)?)?;
