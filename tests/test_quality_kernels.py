@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import collections
 import html
+import math
 import random
 import re
 import string
@@ -10,7 +12,7 @@ import unicodedata
 
 import pyarrow as pa
 import pytest
-from hypothesis import assume, example, given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ftc import _data
@@ -20,7 +22,8 @@ HTML, NORMALIZE, CONTROL, REPLACE, WHITESPACE = 1, 2, 4, 8, 16
 # Characters Python's unicodedata knows (no unassigned Cn, no surrogates), so the reference
 # and the Rust tables agree whatever their Unicode versions.
 known_text = st.text(st.characters(codec="utf-8", exclude_categories=["Cn", "Cs"]), max_size=60) | st.sampled_from([
-    "", "e\u0301", "\u1e9b\u0323", "ﬁ ligature ＡＢＣ", "\u1100\u1161\u11a8", "Å Å Å", "x²³ ½ ㎏", "\x00\x1f\x7f\x85\x9f",
+    "", "e\u0301", "\u1e9b\u0323", "ﬁ ligature ＡＢＣ", "\u1100\u1161\u11a8", "Å Å Å", "x²³ ½ ㎏",
+    "\x00\x1f\x7f\x85\x9f",
     " \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\xa0\u1680\u2000\u200a\u2028\u2029\u202f\u205f\u3000 ", "\u200b\ufeff\u180e",
 ])
 spacey_text = st.text(st.sampled_from(list("ab \t\n\r\x0b\x0c\x1c\x1f\x85\xa0\u2003\u3000\u200bé")), max_size=40)
@@ -50,7 +53,7 @@ html_piece = st.sampled_from([
 ]) | st.text(st.sampled_from(string.ascii_letters + string.digits + " ;#&/=\"'é"), max_size=10)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(texts=st.lists(st.lists(html_piece, max_size=10).map("".join), min_size=1, max_size=6))
 def test_strip_inline_html_like_python(texts):
     ref = [html.unescape(INLINE_TAG.sub("", t)) for t in texts]
@@ -137,7 +140,8 @@ def test_drop_if_matches_like_re_search_on_final_text(texts):
     patterns = [r"(?i)foo", r"^\d", r"@\w+\.com$", r"a{3}"]
     final = [" ".join(t.split()) for t in texts]
     ref = [next((i for i, p in enumerate(patterns) if re.search(p, t)), -1) for t in final]
-    assert clean(texts, collapse_whitespace=True, drop_if_matches=patterns) == (final, bits(texts, final, WHITESPACE), ref)
+    out = clean(texts, collapse_whitespace=True, drop_if_matches=patterns)
+    assert out == (final, bits(texts, final, WHITESPACE), ref)
 
 
 def test_changed_bits_for_every_rule():
@@ -206,7 +210,7 @@ variant_text = st.lists(st.sampled_from(["a", "b", "ab", "A", "B", "aB", "é", "
     .map(lambda gaps: "".join(g + w for g, w in zip(gaps, [*words, ""]))))
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(texts=st.lists(variant_text, max_size=30), data=st.data())
 def test_exact_dedup_like_first_key(texts, data):
     ref = ref_exact(texts)
@@ -307,7 +311,8 @@ def augment(texts: list[str], keys: list[int], copy: int = 1, **kw) -> list[str]
 
 SENTENCES = [f"sentence {i}: the quick brown fox, number {i}, jumps over {i % 7} lazy dogs again" for i in range(300)]
 SENTENCES += [f"我们喜欢第{i}个例子，因为它很好。" for i in range(100)]
-RATES = dict(synonym=0.3, insert=0.2, swap=0.2, delete=0.2, synonyms=[("quick", ["fast", "rapid"]), ("喜欢", ["喜爱"])])
+RATES = dict(synonym=0.3, insert=0.2, swap=0.2, delete=0.2,
+             synonyms=[("quick", ["fast", "rapid"]), ("喜欢", ["喜爱"])])
 
 
 def test_augment_is_a_function_of_seed_key_and_copy():
@@ -315,7 +320,8 @@ def test_augment_is_a_function_of_seed_key_and_copy():
     one = augment(SENTENCES, keys, seed=3, threads=1, **RATES)
     assert one == augment(SENTENCES, keys, seed=3, threads=2, **RATES)
     cut = 137
-    assert one == augment(SENTENCES[:cut], keys[:cut], seed=3, **RATES) + augment(SENTENCES[cut:], keys[cut:], seed=3, **RATES)
+    assert one == [*augment(SENTENCES[:cut], keys[:cut], seed=3, **RATES),
+                   *augment(SENTENCES[cut:], keys[cut:], seed=3, **RATES)]
     assert one[::-1] == augment(SENTENCES[::-1], keys[::-1], seed=3, **RATES)
     assert sum(a != b for a, b in zip(one, augment(SENTENCES, keys, seed=4, **RATES))) > len(SENTENCES) // 2
     assert sum(a != b for a, b in zip(one, augment(SENTENCES, keys, copy=2, seed=3, **RATES))) > len(SENTENCES) // 2
@@ -323,11 +329,11 @@ def test_augment_is_a_function_of_seed_key_and_copy():
 
 
 word = st.text(st.sampled_from(string.ascii_letters + "é"), min_size=1, max_size=6)
-sentence = st.lists(st.tuples(word, st.sampled_from([" ", "  ", ", ", ". ", " - ", "\n"])), min_size=1, max_size=15).map(
-    lambda pairs: "".join(w + s for w, s in pairs))
+separator = st.sampled_from([" ", "  ", ", ", ". ", " - ", "\n"])
+sentence = st.lists(st.tuples(word, separator), min_size=1, max_size=15).map(lambda ws: "".join(w + s for w, s in ws))
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(texts=st.lists(sentence, min_size=1, max_size=5), seed=st.integers(0, 2**64 - 1))
 def test_swap_keeps_words_and_layout(texts, seed):
     out = augment(texts, list(range(len(texts))), swap=0.5, seed=seed)
@@ -336,7 +342,7 @@ def test_swap_keeps_words_and_layout(texts, seed):
         assert re.sub(r"\w+", "w", o) == re.sub(r"\w+", "w", t)  # punctuation and spacing stay put
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(texts=st.lists(sentence, min_size=1, max_size=5), seed=st.integers(0, 2**64 - 1), p=st.sampled_from([0.5, 1.0]))
 def test_delete_never_empties_a_text(texts, seed, p):
     out = augment(texts, list(range(len(texts))), delete=p, seed=seed)
@@ -345,6 +351,25 @@ def test_delete_never_empties_a_text(texts, seed, p):
         assert kept and len(kept) <= len(re.findall(r"\w+", t))
         if p == 1.0:
             assert len(kept) == 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(texts=st.lists(sentence, min_size=1, max_size=5), seed=st.integers(0, 2**64 - 1), p=st.sampled_from([0.1, 0.5]))
+def test_insert_adds_copies_of_its_own_words(texts, seed, p):
+    out = augment(texts, list(range(len(texts))), insert=p, seed=seed)
+    for t, o in zip(texts, out):
+        before, after = collections.Counter(re.findall(r"\w+", t)), collections.Counter(re.findall(r"\w+", o))
+        n = sum(before.values())
+        assert after >= before and set(after) == set(before)
+        assert after.total() - n == max(1, math.floor(p * n + 0.5))  # Rust rounds half away from zero
+
+
+def test_augment_rejects_mismatched_keys():
+    a = _data.Augmenter(swap=0.5)
+    with pytest.raises(Exception, match="differ in length"):
+        a.augment(arrow(["a b"]), pa.array([1, 2], pa.uint64()), 1)
+    with pytest.raises(Exception, match="Int64"):
+        a.augment(arrow(["a b"]), pa.array([1], pa.int64()), 1)
 
 
 @pytest.mark.parametrize(("text", "want"), [

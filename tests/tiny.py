@@ -87,10 +87,11 @@ def toml_value(v: object) -> str:
     return json.dumps(v)
 
 
-def write_spec(path: Path, base: Path | str, sources: list[dict], **tables: dict) -> Path:
-    """A spec file: `[model] base`, one `[[data.sources]]` per dict, then any other tables
-    given as `tokenize={...}`, `data={...}` (scalars of [data]), `data_split={...}` → [data.split]."""
-    lines = ['[project]', 'name = "test"', "", "[model]", f"base = {toml_value(str(base))}", ""]
+def write_spec(path: Path, base: Path | str, sources: list[dict], model: dict | None = None, **tables: dict) -> Path:
+    """A spec file: `[model] base` (+ `model` keys), one `[[data.sources]]` per dict, then any other
+    tables given as `tokenize={...}`, `data={...}` (scalars of [data]), `data_split={...}` → [data.split]."""
+    lines = ['[project]', 'name = "test"', "", "[model]", f"base = {toml_value(str(base))}",
+             *(f"{k} = {toml_value(v)}" for k, v in (model or {}).items()), ""]
     for src in sources:
         lines += ["[[data.sources]]", *(f"{k} = {toml_value(v)}" for k, v in src.items()), ""]
     for name, table in tables.items():

@@ -384,8 +384,8 @@ def _finish_classification(run: Run, stats: list[SourceStats], tmp: Path,
     codes = np.concatenate(c.splits) if c.splits else np.zeros(0, np.int8)
     source = np.concatenate(c.source) if c.source else np.zeros(0, np.int32)
     lines = np.concatenate(c.lines) if c.lines else np.zeros(0, np.uint64)
-    lengths = np.concatenate(c.lengths).astype(np.int32) if c.lengths else np.zeros(0, np.int32)
     ids = pa.concat_arrays(c.ids) if c.ids else pa.array([], pa.list_(pa.int32()))
+    lengths = np.asarray(pc.list_value_length(ids), dtype=np.int32)  # as stored: after truncation
     type_ids = pa.concat_arrays(c.type_ids) if c.type_ids else pa.array([], pa.list_(pa.int32()))
     texts = pl.concat(c.texts) if c.texts else pl.DataFrame({"text": []}, schema={"text": pl.String})
     pairs = "text_pair" in texts.columns
@@ -416,13 +416,13 @@ def _finish_classification(run: Run, stats: list[SourceStats], tmp: Path,
             new, changed = run.augment.copy(originals, hashes[train], copy)
             funnel.augmented["unchanged"] += int((~changed).sum())
             new, rows = new.filter(pl.Series(changed)), train[changed]
-            a_ids, a_types, a_len, a_hash, _, reason = _encode(run, new.with_columns(line=pl.lit(0, pl.UInt64)))
+            a_ids, a_types, _, a_hash, _, reason = _encode(run, new.with_columns(line=pl.lit(0, pl.UInt64)))
             ok = np.equal(reason, None)
             funnel.augmented["dropped"] += int((~ok).sum())
             k = pa.array(ok)
             parts_ids.append(pc.filter(a_ids, k))
             parts_types.append(pc.filter(a_types, k))
-            parts_len.append(a_len[ok].astype(np.int32))
+            parts_len.append(np.asarray(pc.list_value_length(a_ids), dtype=np.int32)[ok])
             parts_y.append(y[rows][ok])
             parts_h.append(a_hash[ok])
             parts_src.append(source[rows][ok])

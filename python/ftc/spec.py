@@ -96,8 +96,8 @@ class NearDedup(Table):
 
 
 class Clean(Table):
-    """Opt-in rules, applied in this order: strip_html, normalize, remove_control, replace,
-    collapse_whitespace; then the drop rules see the result."""
+    """Opt-in rules, applied in this order: strip_html, remove_control, normalize, replace,
+    collapse_whitespace; then the drop rules and limits see the result."""
 
     normalize: Literal["none", "NFC", "NFKC"] = Field("none", description="Unicode normalization form.")
     strip_html: bool = Field(False, description="Remove tags (block tags become line breaks), decode entities.")

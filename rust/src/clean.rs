@@ -1,7 +1,9 @@
 //! Text cleaning: the rules of `[data.clean]` that rewrite or drop a text, in a fixed order.
 //!
-//! Order: strip HTML → Unicode normalization → control characters → regex replacements →
-//! whitespace collapsing; then drop rules are tried on the result, so what is checked is what
+//! Order: strip HTML → control characters → Unicode normalization → regex replacements →
+//! whitespace collapsing (control characters go before normalizing, so that a removed one
+//! cannot leave two characters that normalization would have composed: cleaning twice gives
+//! what cleaning once gave); then drop rules are tried on the result, so what is checked is what
 //! will be trained. Each transform reports whether it changed the text, so the funnel can
 //! count every rule. Cost: one pass per enabled rule; a text no rule changes is not copied.
 
@@ -74,11 +76,11 @@ impl Cleaner {
         if r.strip_html {
             s = apply(s, HTML, &mut changed, strip_html);
         }
-        if let Some(form) = r.normalize {
-            s = apply(s, NORMALIZE, &mut changed, |t| normalize(t, form));
-        }
         if r.remove_control {
             s = apply(s, CONTROL, &mut changed, remove_control);
+        }
+        if let Some(form) = r.normalize {
+            s = apply(s, NORMALIZE, &mut changed, |t| normalize(t, form));
         }
         if !self.replace.is_empty() {
             s = apply(s, REPLACE, &mut changed, |t| {
@@ -151,6 +153,8 @@ fn remove_control(text: &str) -> Option<String> {
 static DROP_BLOCKS: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"(?is)<!--.*?-->|<script\b.*?</script\s*>|<style\b.*?</style\s*>").expect("regex"));
 static TAG: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"</?([A-Za-z][A-Za-z0-9-]*)\b[^>]*>|<![^>]*>").expect("regex"));
+static NUMERIC_REF: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"&#(?:[xX]([0-9a-fA-F]{1,8})|([0-9]{1,10}));?").expect("regex"));
 static BLANK_LINES: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"[ \t]*\n[ \t\n]*").expect("regex"));
 
 /// Tags go, with the content of comments, scripts and styles; a block-level tag (or `<br>`)
@@ -168,8 +172,27 @@ fn strip_html(text: &str) -> Option<String> {
         breaks |= block;
         if block { "\n" } else { "" }
     });
+    let no_tags = if no_tags.contains("&#") {
+        NUMERIC_REF.replace_all(&no_tags, |c: &regex::Captures| {
+            let code = match (c.get(1), c.get(2)) {
+                (Some(hex), _) => u32::from_str_radix(hex.as_str(), 16).ok(),
+                (_, Some(dec)) => dec.as_str().parse().ok(),
+                _ => None,
+            };
+            if code.is_some_and(dropped_by_python) { String::new() } else { c[0].to_string() }
+        })
+    } else {
+        no_tags
+    };
     let decoded = htmlize::unescape(no_tags.as_ref()).into_owned();
     Some(if breaks { BLANK_LINES.replace_all(decoded.trim(), "\n").into_owned() } else { decoded })
+}
+
+/// Character references that Python's `html.unescape` decodes to nothing where HTML5 keeps
+/// the character: C0 controls but tab, newline, form feed and carriage return, DEL, and the
+/// noncharacters. (C1 references are remapped through windows-1252 by both.)
+fn dropped_by_python(code: u32) -> bool {
+    matches!(code, 0x1..=0x8 | 0xb | 0xe..=0x1f | 0x7f | 0xfdd0..=0xfdef) || (code & 0xfffe == 0xfffe && code <= 0x10ffff)
 }
 
 fn is_block(name: &str) -> bool {
@@ -196,6 +219,7 @@ mod tests {
         assert_eq!(strip_html("x<script>alert(1)</script>y<!-- c -->z").unwrap(), "xyz");
         assert_eq!(strip_html("a < b &lt c").unwrap(), "a < b < c");
         assert_eq!(strip_html("plain"), None);
+        assert_eq!(strip_html("a&#1;b&#x0b;c&#xfdd0;d&#128;&#x81;").unwrap(), "abcd€\u{81}");
     }
 
     #[test]

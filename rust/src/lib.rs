@@ -173,30 +173,30 @@ type Encoded = (PyArray, PyArray, PyArray, PyArray, PyArray, PyArray);
 
 /// `(input_ids, labels or token_type_ids, status: u8, error, content_hash: u64, length: u32)`.
 fn examples_to_arrow(examples: Vec<Example>, type_ids: bool) -> Encoded {
-    let mut offsets = Vec::with_capacity(examples.len() + 1);
-    offsets.push(0i32);
+    let (mut offsets, mut second_offsets) = (vec![0i32], vec![0i32]);
     let total: usize = examples.iter().map(|e| e.ids.len()).sum();
-    let (mut ids, mut labels) = (Vec::with_capacity(total), Vec::with_capacity(total));
+    let (mut ids, mut second) = (Vec::with_capacity(total), Vec::with_capacity(total));
     let mut status = Vec::with_capacity(examples.len());
     let mut errors = LargeStringBuilder::new();
     let mut hashes = UInt64Builder::with_capacity(examples.len());
     let mut lengths = Vec::with_capacity(examples.len());
     for e in examples {
         ids.extend(e.ids.iter().map(|&i| i as i32));
-        if type_ids {
-            labels.extend(e.type_ids.iter().map(|&t| t as i32));
-        } else {
-            labels.extend(e.labels);
-        }
-        lengths.push(e.length);
         offsets.push(ids.len() as i32);
+        if type_ids {
+            second.extend(e.type_ids.iter().map(|&t| t as i32));
+        } else {
+            second.extend(e.labels);
+        }
+        second_offsets.push(second.len() as i32);
+        lengths.push(e.length);
         status.push(e.status as u8);
         errors.append_option(e.error);
         hashes.append_value(e.content_hash);
     }
     (
-        list_i32(offsets.clone(), ids),
-        list_i32(offsets, labels),
+        list_i32(offsets, ids),
+        list_i32(second_offsets, second),
         arr(UInt8Array::from(status)),
         arr(errors.finish()),
         arr(hashes.finish()),
