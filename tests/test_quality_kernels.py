@@ -78,8 +78,6 @@ def test_strip_block_html_cases(text, want):
     assert clean([text], strip_html=True)[0] == [want]
 
 
-@pytest.mark.xfail(strict=True, reason="numeric references to controls/noncharacters are kept (WHATWG); "
-                                       "html.unescape removes them")
 @pytest.mark.parametrize("ref", ["&#1;", "&#x0b;", "&#x7f;", "&#xfdd0;", "&#xfffe;"])
 def test_numeric_reference_to_invalid_codepoint_like_python(ref):
     assert clean([ref], strip_html=True)[0] == [html.unescape(ref)]
@@ -168,8 +166,6 @@ def test_all_rules_idempotent_without_controls(texts, rules):
     assert clean(once, **rules)[:2] == (once, [0] * len(once))
 
 
-@pytest.mark.xfail(strict=True, reason="control characters are removed after normalization, so removing one "
-                                       "can leave a composable pair behind")
 @pytest.mark.parametrize("text", ["e\x00\u0301", "\u1100\x01\u1161"])
 def test_all_rules_idempotent_when_a_control_separates_a_composable_pair(text):
     once = clean([text], **ALL_BUT_HTML)[0]
