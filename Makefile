@@ -13,17 +13,18 @@ $(PY):
 	$(PY) -m pip install -q --upgrade pip
 
 install: $(PY)
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,demo]"
 
 demo:
 	.venv/bin/ftc validate specs/example.toml
 	.venv/bin/ftc prep specs/example.toml
 	.venv/bin/ftc inspect specs/example.toml --rows 1
+	.venv/bin/ftc prep specs/quickstart.toml
 
 test:
 	.venv/bin/pytest
 	cargo test --quiet
 
 bench: install
-	$(PY) -m pip install -q -e ".[test,bench]"
+	$(PY) -m pip install -q -e ".[test,demo,bench]"
 	$(PY) bench/prep.py
