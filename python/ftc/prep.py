@@ -121,7 +121,6 @@ class Classified:
     texts: list[pl.DataFrame] = field(default_factory=list)  # text (+ text_pair), cleaned
     ids: list[pa.Array] = field(default_factory=list)
     type_ids: list[pa.Array] = field(default_factory=list)
-    lengths: list[np.ndarray] = field(default_factory=list)
     hashes: list[np.ndarray] = field(default_factory=list)
     labels: list[pl.Series] = field(default_factory=list)
     splits: list[np.ndarray] = field(default_factory=list)  # from a split column, -1 if none
@@ -263,7 +262,7 @@ def _build(spec: Spec, files: list[list[Path]], info: TokenizerInfo, template: t
     _check_bad_fraction(spec, stats, tmp)
     extra: dict[str, Any] = {}
     if classify:
-        splits, extra = _finish_classification(run, stats, tmp, threads)
+        splits, extra = _finish_classification(run, stats, tmp)
         columns = ["input_ids", "label", "length"] + (["token_type_ids"] if extra.pop("pairs") else [])
     else:
         splits = {}
@@ -322,15 +321,15 @@ def _process_batch(run: Run, batch: SourceBatch, idx: int, weight: float, st: So
     rows, reason = quality.clean_rows(run.cleaner, spec, rows, funnel)
     keep = _remove(run, st, batch, rows, reason, "cleaned")
     rows, codes = rows.filter(pl.Series(keep)), codes[keep]
-    ids, second, lengths, hashes, failed, reason = _encode(run, rows)
+    ids, second, hashes, failed, reason = _encode(run, rows)
     if failed.any():
         bad_parts.append(rows.filter(pl.Series(failed)).select("line", reason=pl.Series(reason[failed].tolist(), dtype=pl.String)))
         reason[failed] = None
     keep = _remove(run, st, batch, rows, pl.Series("reason", reason.tolist(), dtype=pl.String), "cleaned") & ~failed
-    rows, codes, ids, second, lengths, hashes = _take(keep, rows, codes, ids, second, lengths, hashes)
+    rows, codes, ids, second, hashes = _take(keep, rows, codes, ids, second, hashes)
     if run.deduper is not None and rows.height:
         keep = _dedup(run, st, batch, idx, rows)
-        rows, codes, ids, second, lengths, hashes = _take(keep, rows, codes, ids, second, lengths, hashes)
+        rows, codes, ids, second, hashes = _take(keep, rows, codes, ids, second, hashes)
     failures = pl.concat(bad_parts)
     st.quarantined += failures.height
     for why, n in failures["reason"].str.extract(r"^([^:(]+)").str.strip_chars().value_counts().iter_rows():
@@ -344,7 +343,6 @@ def _process_batch(run: Run, batch: SourceBatch, idx: int, weight: float, st: So
         c.texts.append(rows.select([k for k in ("text", "text_pair") if k in rows.columns]))
         c.ids.append(ids)
         c.type_ids.append(second)
-        c.lengths.append(lengths)
         c.hashes.append(hashes)
         c.labels.append(rows["label"])
         c.splits.append(codes)
@@ -369,8 +367,7 @@ def _process_batch(run: Run, batch: SourceBatch, idx: int, weight: float, st: So
                 _augment_causal(run, st, rows.filter(pl.Series(sel)), hashes[sel], reps)
 
 
-def _finish_classification(run: Run, stats: list[SourceStats], tmp: Path,
-                            threads: int) -> tuple[dict[str, Any], dict[str, Any]]:
+def _finish_classification(run: Run, stats: list[SourceStats], tmp: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """Labels to indices, the split, weights, augmentation and balancing over all rows, then
     one Arrow file per split: `input_ids`, `label`, `length` (+ `token_type_ids` for pairs)."""
     spec, c, funnel = run.spec, run.classified, run.funnel
@@ -403,9 +400,7 @@ def _finish_classification(run: Run, stats: list[SourceStats], tmp: Path,
     # training rows: weights, then augmented copies, then balancing
     train = np.flatnonzero(split == 0)
     weights = np.array([s.weight for s in spec.data.sources])
-    reps = np.concatenate([quality.repeats(hashes[train][source[train] == i], w, spec.project.seed)
-                           for i, w in enumerate(weights)]) if len(train) else np.zeros(0, np.int64)
-    train = np.concatenate([train[source[train] == i] for i in range(len(weights))]) if len(train) else train
+    reps = quality.repeats(hashes[train], weights[source[train]], spec.project.seed)
     order = np.repeat(train, reps)
     funnel.train_weighted = len(order)
     parts_ids, parts_types, parts_len = [ids.take(pa.array(order))], [type_ids.take(pa.array(order))], [lengths[order]]
@@ -416,7 +411,7 @@ def _finish_classification(run: Run, stats: list[SourceStats], tmp: Path,
             new, changed = run.augment.copy(originals, hashes[train], copy)
             funnel.augmented["unchanged"] += int((~changed).sum())
             new, rows = new.filter(pl.Series(changed)), train[changed]
-            a_ids, a_types, _, a_hash, _, reason = _encode(run, new.with_columns(line=pl.lit(0, pl.UInt64)))
+            a_ids, a_types, a_hash, _, reason = _encode(run, new.with_columns(line=pl.lit(0, pl.UInt64)))
             ok = np.equal(reason, None)
             funnel.augmented["dropped"] += int((~ok).sum())
             k = pa.array(ok)
@@ -467,12 +462,11 @@ def _finish_classification(run: Run, stats: list[SourceStats], tmp: Path,
 
 
 def _take(keep: np.ndarray, rows: pl.DataFrame, codes: np.ndarray, ids: pa.Array, second: pa.Array,
-          lengths: np.ndarray, hashes: np.ndarray) -> tuple[Any, ...]:
+          hashes: np.ndarray) -> tuple[Any, ...]:
     if keep.all():
-        return rows, codes, ids, second, lengths, hashes
+        return rows, codes, ids, second, hashes
     k = pa.array(keep)
-    return (rows.filter(pl.Series(keep)), codes[keep], pc.filter(ids, k), pc.filter(second, k), lengths[keep],
-            hashes[keep])
+    return rows.filter(pl.Series(keep)), codes[keep], pc.filter(ids, k), pc.filter(second, k), hashes[keep]
 
 
 def _check_labels(run: Run, rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -491,14 +485,15 @@ def _check_labels(run: Run, rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFr
     return rows.filter(pl.Series(known)), bad
 
 
-def _encode(run: Run, rows: pl.DataFrame) -> tuple[pa.Array, pa.Array, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Rows → (input_ids, labels or token_type_ids, lengths before truncation, content hashes,
-    failed, reason): reason names the rule that removes a row (template failures: `failed`)."""
+def _encode(run: Run, rows: pl.DataFrame) -> tuple[pa.Array, pa.Array, np.ndarray, np.ndarray, np.ndarray]:
+    """Rows → (input_ids, labels or token_type_ids, content hashes, failed, reason): reason names
+    the rule that removes a row (template failures: `failed`); token limits count tokens before
+    truncation."""
     spec, enc = run.spec, run.encoder
     tok, clean = spec.tokenize, spec.data.clean
     if not rows.height:
         empty = pa.array([], pa.list_(pa.int32()))
-        return empty, empty, np.zeros(0, np.uint32), np.zeros(0, np.uint64), np.zeros(0, bool), np.zeros(0, object)
+        return empty, empty, np.zeros(0, np.uint64), np.zeros(0, bool), np.zeros(0, object)
     if spec.model.task == "classification":
         pairs = quality._strings(rows["text_pair"]) if "text_pair" in rows.columns else None
         arrays = enc.encode_pairs(quality._strings(rows["text"]), pairs, tok.max_length, tok.truncation)
@@ -518,7 +513,7 @@ def _encode(run: Run, rows: pl.DataFrame) -> tuple[pa.Array, pa.Array, np.ndarra
         reason[cond & ~failed & (reason == None)] = why  # noqa: E711
     for code, why in STATUS_REASONS.items():
         reason[(status_np == code) & (reason == None)] = why  # noqa: E711
-    return ids, second, lengths_np, np.asarray(hashes), failed, reason
+    return ids, second, np.asarray(hashes), failed, reason
 
 
 def _remove(run: Run, st: SourceStats, batch: SourceBatch, rows: pl.DataFrame, reason: pl.Series,
@@ -571,7 +566,7 @@ def _augment_causal(run: Run, st: SourceStats, rows: pl.DataFrame, hashes: np.nd
         new, changed = aug.copy(rows, hashes, copy)
         run.funnel.augmented["unchanged"] += int((~changed).sum())
         new, r = new.filter(pl.Series(changed)), reps[changed]
-        ids, labels, _, _, _, reason = _encode(run, new)
+        ids, labels, _, _, reason = _encode(run, new)
         ok = np.equal(reason, None)
         run.funnel.augmented["dropped"] += int((~ok).sum())
         if ok.any():

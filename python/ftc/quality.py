@@ -324,11 +324,11 @@ def column_split(values: pl.Series) -> tuple[np.ndarray, np.ndarray]:
     return codes, unknown
 
 
-def repeats(hashes: np.ndarray, weight: float, seed: int) -> np.ndarray:
-    """Mixing weight → how many times each training example is used: ⌊w⌋, plus one for a
-    seeded fraction frac(w) of the examples."""
-    whole, frac = int(weight), weight - int(weight)
-    return whole + (seeded(hashes, seed) < frac).astype(np.int64)
+def repeats(hashes: np.ndarray, weight: float | np.ndarray, seed: int) -> np.ndarray:
+    """Mixing weight (one, or one per row) → how many times each training example is used:
+    ⌊w⌋, plus one for a seeded fraction frac(w) of the examples."""
+    whole = np.floor(weight).astype(np.int64)
+    return whole + (seeded(hashes, seed) < weight - whole).astype(np.int64)
 
 
 # ── augmentation ─────────────────────────────────────────────────────────────────────────────
