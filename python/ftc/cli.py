@@ -198,8 +198,8 @@ def _print_funnel(m: dict[str, Any], examples: bool) -> None:
         elif stage == "split":
             sp = f["splits"]
             steps.append(f"split {f['rows']:,} (train {sp['train']:,} · valid {sp['valid']:,} · test {sp['test']:,})")
-        elif stage in ("weighted", "augmented"):
-            steps.append(f"{stage} +{f['added']:,} (train {f['train']:,})")
+        elif stage in ("weighted", "augmented"):  # weights below 1 shrink the training split
+            steps.append(f"{stage} {f['added']:+,} (train {f['train']:,})")
         elif stage == "balanced":
             steps.append(f"balanced +{f['added']:,} −{f['removed']:,} (train {f['train']:,})")
     err.print("funnel: " + " → ".join(steps), markup=False, soft_wrap=True)

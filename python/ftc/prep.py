@@ -470,7 +470,11 @@ def _take(keep: np.ndarray, rows: pl.DataFrame, codes: np.ndarray, ids: pa.Array
 
 
 def _check_labels(run: Run, rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Classification rows need a label; with `model.labels` given, an unknown one is quarantined."""
+    """Classification rows need a text and a label; with `model.labels` given, an unknown label
+    is quarantined."""
+    if "text" not in rows.columns:
+        raise BuildError("classification reads a `text` column (and optionally `text_pair`); this source maps "
+                         "a conversation or prompt/response", hint="map `columns = { text = \"...\", label = \"...\" }`")
     if "label" not in rows.columns:
         raise BuildError("classification needs a label for every row; this source maps none",
                          hint="map a label column (`columns = { text = \"...\", label = \"...\" }`) or give the "

@@ -49,7 +49,7 @@ class Funnel:
     examples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     splits: Counter = field(default_factory=Counter)  # rows per split after dedup
     train_weighted: int | None = None
-    augmented: Counter = field(default_factory=Counter)  # added, unchanged
+    augmented: Counter = field(default_factory=Counter)  # added, unchanged, dropped (copies)
     balance: dict[str, Any] | None = None
 
     def example(self, rule: str, item: dict[str, Any]) -> None:

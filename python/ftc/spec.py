@@ -283,6 +283,8 @@ class Spec(Table):
                 raise ValueError("`data.balance` needs class labels: it applies to `model.task = \"classification\"`")
             if any(s.label is not None for s in self.data.sources):
                 raise ValueError("a source `label` applies to `model.task = \"classification\"`")
+            if any(s.columns.text_pair is not None for s in self.data.sources):
+                raise ValueError("`columns.text_pair` applies to `model.task = \"classification\"`")
         elif self.tokenize.truncation == "chunk":
             raise ValueError("`tokenize.truncation = \"chunk\"` is for raw text; classification truncates "
                              "`right`, `left` or drops (`drop`)")
