@@ -118,7 +118,7 @@ def test_cleaning_rules_and_funnel_match_a_python_reference(tmp_path: Path, bpe_
     assert sum(f["split"]["splits"].values()) == st_["kept"]
     assert len(removed(r)) == st_["removed"]
     assert {e["rule"] for e in removed(r)} == set(expect_rules) | ({"exact"} if dup else set())
-    assert f["cleaned"]["rewritten"]["strip_html"] > 0 and r.manifest["stats"]["examples"]["strip_html"]
+    assert f["cleaned"]["rewritten"]["strip_html"] > 0 and r.manifest["stats"]["rule_examples"]["strip_html"]
 
 
 def test_token_limits_count_tokens_before_truncation(tmp_path: Path, wordpiece_dir: Path):
@@ -402,3 +402,18 @@ def test_hash_split_is_a_function_of_content_alone(texts, extra, seed, wordpiece
     after = splits(grown)
     assert all(after[t] == s for t, s in before.items())
     assert len(set(after.values())) > 1 or len(after) < 8  # the rows do spread over the splits
+
+
+def test_unknown_tokens_are_counted(tmp_path: Path, wordpiece_dir: Path, bpe_dir: Path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(wordpiece_dir)
+    rows = [{"text": t, "label": "x"} for t in ("hello world", "質量很好 hello", "ünïcödé 語")]
+    write_jsonl(tmp_path / "d.jsonl", rows)
+    spec = write_spec(tmp_path / "spec.toml", wordpiece_dir, [{"path": "d.jsonl"}], model=CLASSIFY,
+                      data_split={"valid": 0.0, "test": 0.0})
+    st_ = prep(load_spec(spec)).manifest["stats"]
+    want = sum(ids.count(tok.unk_token_id) for ids in tok([r["text"] for r in rows])["input_ids"])
+    assert want > 0 and st_["unk_tokens"] == st_["splits"]["train"]["unk_tokens"] == want
+    spec = write_spec(tmp_path / "b.toml", bpe_dir, [{"path": "d.jsonl"}])  # byte-level BPE: no unknown token
+    assert prep(load_spec(spec)).manifest["stats"]["unk_tokens"] is None

@@ -21,6 +21,7 @@ from rich.table import Table
 
 from ftc import __version__
 
+UNK_WARNING = 0.02  # share of unknown tokens above which `prep` warns
 err = Console(stderr=True, highlight=False, no_color="NO_COLOR" in os.environ)
 
 
@@ -139,7 +140,7 @@ def _prep_json(r: Any) -> dict[str, Any]:
         "quarantined": st["quarantined"],
         "removed": st["removed"],
         "tokens": st["tokens"],
-        **({"examples": st["examples"]} if "examples" in st and isinstance(st["examples"], int) else {}),
+        **({"examples": st["examples"]} if "examples" in st else {}),
         "packed_rows": st.get("packed_rows"),
         "packing_efficiency": st.get("packing_efficiency"),
         "labels": r.manifest.get("labels"),
@@ -177,6 +178,10 @@ def _print_prep(r: Any) -> None:
         packing = f"packing efficiency {eff:.2%}" if eff is not None else "no rows"
         err.print(f"tokens {st['tokens']:,} · packed rows {st['packed_rows']:,} ({rows}) · {packing} · "
                   f"{r.seconds:.2f}s · {cache}", markup=False, soft_wrap=True)
+    if st.get("unk_tokens") and st["tokens"] and st["unk_tokens"] / st["tokens"] > UNK_WARNING:
+        err.print(f"warning: {st['unk_tokens'] / st['tokens']:.1%} of the tokens are the unknown token: the "
+                  "tokenizer does not cover much of this text (another language or script?)", markup=False,
+                  soft_wrap=True)
     err.print(f"dataset {r.path}", markup=False, soft_wrap=True)
     if st["quarantined"]:
         err.print(f"quarantine {r.path / 'quarantine.jsonl'}", markup=False, soft_wrap=True)
@@ -203,7 +208,7 @@ def _print_funnel(m: dict[str, Any], examples: bool) -> None:
         elif stage == "balanced":
             steps.append(f"balanced +{f['added']:,} −{f['removed']:,} (train {f['train']:,})")
     err.print("funnel: " + " → ".join(steps), markup=False, soft_wrap=True)
-    shown = st.get("examples", {}) if examples else {}
+    shown = st["rule_examples"] if examples else {}
     for f in st["funnel"]:
         counts = {**f.get("reasons", {}), **f.get("rules", {})}
         for rule, n in sorted(counts.items(), key=lambda kv: -kv[1]):

@@ -86,6 +86,16 @@ class TokenizerInfo:
     def eos_token(self) -> str | None:
         return self.special_tokens.get("eos_token")
 
+    @property
+    def unk_id(self) -> int | None:
+        """The id of the unknown token, if the tokenizer has one (WordPiece, Unigram, some BPE):
+        a text full of it is a text the model cannot read."""
+        model = json.loads(self.tokenizer_json).get("model", {})
+        if isinstance(model.get("unk_id"), int):
+            return model["unk_id"]
+        unk, vocab = model.get("unk_token"), model.get("vocab")
+        return vocab.get(unk) if isinstance(unk, str) and isinstance(vocab, dict) else None
+
 
 def load_tokenizer_info(model_dir: Path) -> TokenizerInfo:
     tj = model_dir / "tokenizer.json"

@@ -63,7 +63,7 @@ class SourceStats:
 class Spool:
     """Token ids and labels of one split, appended batch by batch to two flat int32 files."""
 
-    def __init__(self, root: Path, split: str, block: int | None) -> None:
+    def __init__(self, root: Path, split: str, block: int | None, unk_id: int | None = None) -> None:
         self.ids_path, self.labels_path = root / f"{split}.ids", root / f"{split}.labels"
         self._ids, self._labels = open(self.ids_path, "wb"), open(self.labels_path, "wb")
         self.tokens = 0
@@ -71,6 +71,8 @@ class Spool:
         self.lengths: list[np.ndarray] = []
         self.block = block  # chunk mode: cut the concatenated stream into blocks of this size
         self.carry = np.empty(0, dtype=np.int32)
+        self.unk_id = unk_id
+        self.unk = 0  # unknown tokens appended
 
     def append(self, ids: pa.ListArray, labels: pa.ListArray, repeats: np.ndarray) -> None:
         if self.block is not None:  # the stream holds each document `repeats` times
@@ -100,6 +102,8 @@ class Spool:
         self.lengths.append(lengths)
 
     def _write(self, ids: np.ndarray, labels: np.ndarray) -> None:
+        if self.unk_id is not None:
+            self.unk += int(np.count_nonzero(ids == self.unk_id))
         self._ids.write(ids.astype("<i4", copy=False).tobytes())
         self._labels.write(labels.astype("<i4", copy=False).tobytes())
         self.tokens += len(ids)
@@ -143,6 +147,7 @@ class Run:
     quarantine: Any
     spools: dict[str, Spool] | None
     classified: Classified | None
+    unk_id: int | None = None
     seq: list[tuple[int, np.ndarray]] = field(default_factory=list)  # dedup sequence → (source, line)
     names: list[str] = field(default_factory=list)
 
@@ -241,8 +246,9 @@ def _build(spec: Spec, files: list[list[Path]], info: TokenizerInfo, template: t
         funnel=Funnel(),
         removed=quality.Removed(tmp / "removed.jsonl"),
         quarantine=open(tmp / "quarantine.jsonl", "wb"),  # noqa: SIM115 (closed below)
-        spools=None if classify else {s: Spool(spool_dir, s, block) for s in SPLITS},
+        spools=None if classify else {s: Spool(spool_dir, s, block, info.unk_id) for s in SPLITS},
         classified=Classified() if classify else None,
+        unk_id=info.unk_id,
     )
     stats: list[SourceStats] = []
     total_bytes = sum(f.stat().st_size for fs in files for f in fs)
@@ -270,6 +276,7 @@ def _build(spec: Spec, files: list[list[Path]], info: TokenizerInfo, template: t
             offsets, lengths = spool.close()
             splits[name] = _write_split(tmp / f"{name}.arrow", spool, offsets, lengths, tok.max_length,
                                         tok.pack, threads, progress)
+            splits[name]["unk_tokens"] = spool.unk if run.unk_id is not None else None
         columns = list(COLUMNS)
     shutil.copyfile(info.dir / "tokenizer.json", tmp / "tokenizer.json")  # inspect decodes without the model
     shutil.rmtree(spool_dir)
@@ -291,7 +298,7 @@ def _build(spec: Spec, files: list[list[Path]], info: TokenizerInfo, template: t
         "stats": {
             "sources": [st.__dict__ for st in stats],
             "funnel": run.funnel.to_dict(final_train),
-            "examples": run.funnel.examples,
+            "rule_examples": run.funnel.examples,
             "splits": splits,
             **_totals(stats, splits, tok.max_length, classify),
         },
@@ -447,7 +454,9 @@ def _finish_classification(run: Run, stats: list[SourceStats], tmp: Path) -> tup
         with pa.OSFile(str(tmp / f"{name}.arrow"), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as w:
             w.write_table(table, max_chunksize=8192)
         bs = spec.train.batch_size
+        unk = run.unk_id
         splits[name] = {
+            "unk_tokens": int(np.count_nonzero(np.asarray(s_ids.flatten()) == unk)) if unk is not None else None,
             "examples": len(s_y),
             "rows": len(s_y),
             "tokens": int(s_len.sum()),
@@ -637,7 +646,9 @@ def _totals(stats: list[SourceStats], splits: dict[str, dict[str, Any]], max_len
             classify: bool) -> dict[str, Any]:
     tokens = sum(s["tokens"] for s in splits.values())
     rows = sum(s["rows"] for s in splits.values())
+    unk = [s["unk_tokens"] for s in splits.values() if s.get("unk_tokens") is not None]
     out = {
+        "unk_tokens": sum(unk) if unk else None,
         "rows_read": sum(s.read for s in stats),
         "quarantined": sum(s.quarantined for s in stats),
         "removed": sum(sum(s.removed.values()) for s in stats),
