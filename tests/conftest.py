@@ -7,7 +7,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny import bpe_model_dir, wordpiece_model_dir  # noqa: E402
+from tiny import bert_model_dir, bpe_model_dir, llama_model_dir, wordpiece_model_dir  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -18,6 +18,16 @@ def bpe_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def wordpiece_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return wordpiece_model_dir(tmp_path_factory.mktemp("models") / "wordpiece")
+
+
+@pytest.fixture(scope="session")
+def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return llama_model_dir(tmp_path_factory.mktemp("models") / "llama")
+
+
+@pytest.fixture(scope="session")
+def bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return bert_model_dir(tmp_path_factory.mktemp("models") / "bert")
 
 
 @pytest.fixture(autouse=True)

@@ -98,3 +98,30 @@ def write_spec(path: Path, base: Path | str, sources: list[dict], model: dict | 
         lines += [f"[{name.replace('_', '.')}]", *(f"{k} = {toml_value(v)}" for k, v in table.items()), ""]
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+def llama_model_dir(path: Path, seed: int = 0) -> Path:
+    """A tiny Llama (random weights) with the byte-level BPE tokenizer and SmolLM2's template."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    bpe_model_dir(path)
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=800, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         bos_token_id=None, eos_token_id=None, tie_word_embeddings=False)
+    LlamaForCausalLM(config).save_pretrained(path)
+    return path
+
+
+def bert_model_dir(path: Path, seed: int = 0) -> Path:
+    """A tiny BERT encoder (random weights) with the WordPiece tokenizer."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    wordpiece_model_dir(path)
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=600, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, max_position_embeddings=512)
+    BertModel(config).save_pretrained(path)
+    return path

@@ -59,6 +59,8 @@ def main(debug: bool) -> None:
 
     \b
       ftc validate spec.toml   check the spec, report every problem at once
+      ftc build spec.toml      data → train → evaluate → report, each stage cached by its inputs
+      ftc plan spec.toml       what build would do, stage by stage, and why
       ftc prep spec.toml       build the packed dataset (cached by content)
       ftc inspect spec.toml    statistics and decoded rows, masked tokens marked
       ftc cache ls             what the store at $FTC_HOME holds
@@ -234,6 +236,61 @@ def _print_funnel(m: dict[str, Any], examples: bool) -> None:
 
 def _dist(d: dict[str, int]) -> str:
     return " · ".join(f"{k} {v:,}" for k, v in d.items())
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--threads", type=int, default=lambda: int(os.environ.get("FTC_THREADS", "0")),
+              help="Data-stage worker threads (default: every core, or $FTC_THREADS).")
+@click.option("--force", is_flag=True, help="Retrain even if the run is cached (the dataset is reused).")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
+@reported
+def build(spec: Path, threads: int, force: bool, as_json: bool) -> None:
+    """Build SPEC: the dataset, the fine-tuned model, its evaluation and report.
+
+    Every stage whose inputs are unchanged is taken from the store ($FTC_HOME): changing the
+    learning rate reuses the dataset; a build killed during training resumes from its last
+    checkpoint. The run directory holds the model (a PEFT adapter or full weights),
+    metrics.json and report.md with its plots.
+    """
+    from ftc import build as stages
+    from ftc.specload import load_spec
+
+    s = load_spec(spec)
+    with Progress(TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=err, transient=True, disable=not err.is_terminal) as bars:
+        result = stages.build(s, threads=threads, progress=_progress_callback(bars), force=force)
+    _print_prep(result.data)
+    m = result.manifest
+    state = "cached" if result.cache_hit else f"trained in {m['timing']['train_seconds']:.1f}s"
+    err.print(f"train · {m['method']} · {m['trainable_parameters']:,} of {m['parameters']:,} parameters trained · "
+              f"{state}", markup=False, soft_wrap=True)
+    shown = {k: v for k, v in m["metrics"].items() if isinstance(v, int | float)}
+    if shown:
+        base = m.get("base_metrics") or {}
+        err.print("test · " + " · ".join(f"{k} {v:.4g}" + (f" (base {base[k]:.4g})" if isinstance(base.get(k), int | float)
+                                                            else "") for k, v in shown.items()),
+                  markup=False, soft_wrap=True)
+    err.print(f"run {result.path}", markup=False, soft_wrap=True)
+    err.print(f"report {result.path / 'report.md'}", markup=False, soft_wrap=True)
+    if as_json:
+        click.echo(json.dumps({"data": _prep_json(result.data), "train": {
+            "key": result.key, "cache": "hit" if result.cache_hit else "miss", "run_dir": str(result.path),
+            "method": m["method"], "metrics": m["metrics"], "base_metrics": m.get("base_metrics"),
+            "timing": m["timing"], "seconds": round(result.seconds, 3)}}, indent=2))
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+@reported
+def plan(spec: Path) -> None:
+    """Show what `ftc build SPEC` would do: each stage cached or to build, and why."""
+    from ftc import build as stages
+    from ftc.specload import load_spec
+
+    for st in stages.plan(load_spec(spec)):
+        err.print(f"{st.stage:<6} {'cached' if st.cached else 'build':<7} {st.key[:12]}  {st.why}", markup=False,
+                  soft_wrap=True)
 
 
 @main.command()

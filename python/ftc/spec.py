@@ -275,6 +275,7 @@ class Spec(Table):
     export: Export = Field(default_factory=Export)
 
     _root: Path = PrivateAttr(default_factory=Path.cwd)
+    _text: str | None = PrivateAttr(default=None)  # the TOML as written, for reports
 
     @model_validator(mode="after")
     def _task_fits_data(self) -> Spec:
@@ -294,6 +295,14 @@ class Spec(Table):
     def root(self) -> Path:
         """Directory that relative paths in the spec are relative to."""
         return self._root
+
+    @property
+    def text(self) -> str:
+        """The spec as the user wrote it (TOML), or its canonical JSON when built in code."""
+        import json
+
+        return self._text if self._text is not None else json.dumps(self.model_dump(mode="json", by_alias=True),
+                                                                    indent=2)
 
     def resolve(self, path: str) -> Path:
         return (self._root / Path(path).expanduser()).resolve() if not path.startswith("pkg://") else Path(path)

@@ -161,4 +161,5 @@ def load_spec(path: str | Path) -> Spec:
         problems = [_problem(err, lines, str(path)) for err in errors]
         raise SpecError(str(path), problems) from None
     spec._root = path.resolve().parent
+    spec._text = text
     return spec

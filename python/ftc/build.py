@@ -1,0 +1,210 @@
+"""`ftc build` and `ftc plan`: the stages in order, each skipped when its key is in the store.
+
+    data (ftc.prep) ─► train (ftc.train: HF Trainer) ─► evaluate (test split) ─► report
+
+The train key hashes the data key, every file of the base model, `[model]`, `[train]`,
+`[eval]` and the seed (DESIGN §1): changing only the learning rate reuses the dataset,
+changing only `[export]` retrains nothing. Checkpoints live in `$FTC_HOME/work/<key>/` until
+the run is complete, so a build killed mid-training resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ftc import __version__, _data, prep as data_stage, store, train
+from ftc.errors import BuildError
+from ftc.model import resolve_model
+from ftc.spec import Spec
+
+RUNS = "runs-v1"
+
+
+@dataclass
+class StagePlan:
+    stage: str
+    key: str
+    cached: bool
+    why: str
+
+
+@dataclass
+class BuildResult:
+    data: data_stage.PrepResult
+    key: str
+    path: Path
+    cache_hit: bool
+    manifest: dict[str, Any]
+    seconds: float
+
+
+def train_inputs(spec: Spec, data_key: str, threads: int = 0) -> dict[str, Any]:
+    model_dir = resolve_model(spec.model.base, spec.root)
+    files = sorted(p for p in model_dir.rglob("*") if p.is_file() and ".cache" not in p.parts)
+    hashes = _data.hash_files([str(f) for f in files], threads)
+    return {
+        "format": RUNS,
+        "data": data_key,
+        "base": {str(f.relative_to(model_dir)): h for f, h in zip(files, hashes, strict=True)},
+        "model": spec.model.model_dump(mode="json"),
+        "train": spec.train.model_dump(mode="json"),
+        "eval": spec.eval.model_dump(mode="json"),
+        "seed": spec.project.seed,
+    }
+
+
+def plan(spec: Spec, threads: int = 0) -> list[StagePlan]:
+    """Each stage: cached or to build, and which inputs changed since the last entry built
+    for this project."""
+    *_, inputs = data_stage.resolve_inputs(spec, threads)
+    data_key = store.key_of(inputs)
+    stages = [_stage_plan("data", store.DATASETS, data_key, inputs, spec.project.name)]
+    t_inputs = train_inputs(spec, data_key, threads)
+    stages.append(_stage_plan("train", RUNS, store.key_of(t_inputs), t_inputs, spec.project.name))
+    return stages
+
+
+def _stage_plan(stage: str, bucket: str, key: str, inputs: dict[str, Any], name: str) -> StagePlan:
+    if store.lookup(bucket, key):
+        return StagePlan(stage, key, True, "inputs unchanged")
+    previous = [e for e in store.entries() if e.bucket == bucket and e.name == name]
+    if not previous:
+        return StagePlan(stage, key, False, "never built")
+    last = max(previous, key=lambda e: e.created)
+    old = json.loads((last.path / store.MANIFEST).read_text(encoding="utf-8")).get("inputs", {})
+    changed = _diff(old, inputs)
+    return StagePlan(stage, key, False, "changed: " + ", ".join(changed[:6]) + (" …" if len(changed) > 6 else ""))
+
+
+def _diff(old: Any, new: Any, path: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for k in sorted(set(old) | set(new), key=str):
+            out += _diff(old.get(k), new.get(k), f"{path}.{k}" if path else str(k))
+        return out
+    return [] if old == new else [path or "(all)"]
+
+
+def build(spec: Spec, *, threads: int = 0, progress: data_stage.Progress | None = None,
+          force: bool = False) -> BuildResult:
+    t0 = time.perf_counter()
+    train.check_method(spec)  # before any work: a QLoRA spec on CPU fails here, not after prep
+    data = data_stage.prep(spec, threads=threads, progress=progress)
+    inputs = train_inputs(spec, data.key, threads)
+    key = store.key_of(inputs)
+    if not force and (hit := store.lookup(RUNS, key)):
+        return BuildResult(data, key, hit, True, _manifest(hit), time.perf_counter() - t0)
+    with store.lock(RUNS, key):
+        if not force and (hit := store.lookup(RUNS, key)):
+            return BuildResult(data, key, hit, True, _manifest(hit), time.perf_counter() - t0)
+        work = store.home() / "work" / key
+        work.mkdir(parents=True, exist_ok=True)
+        with store.staging(RUNS, key) as tmp:
+            manifest = _train(spec, data, inputs, key, work, tmp)
+            manifest["seconds"] = round(time.perf_counter() - t0, 3)
+            store.write_json(tmp / store.MANIFEST, manifest)
+        shutil.rmtree(work, ignore_errors=True)
+    path = store.entry_dir(RUNS, key)
+    return BuildResult(data, key, path, False, manifest, time.perf_counter() - t0)
+
+
+def _manifest(path: Path) -> dict[str, Any]:
+    return json.loads((path / store.MANIFEST).read_text(encoding="utf-8"))
+
+
+def load_split(dataset_dir: Path, manifest: dict[str, Any], split: str) -> Any:
+    """A split of the dataset as a memory-mapped `datasets.Dataset` (nothing is copied)."""
+    import datasets
+
+    path = dataset_dir / manifest["files"][split]
+    ds = datasets.Dataset.from_file(str(path))
+    return ds if len(ds) else None
+
+
+def _train(spec: Spec, data: data_stage.PrepResult, inputs: dict[str, Any], key: str, work: Path,
+           out: Path) -> dict[str, Any]:
+    from transformers import AutoTokenizer
+
+    m = data.manifest
+    task = spec.model.task
+    labels = m.get("labels")
+    model_dir = resolve_model(spec.model.base, spec.root)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad_id is None:
+        raise BuildError(f"{model_dir}: the tokenizer has neither a pad nor an eos token to pad batches with")
+    train_ds, valid_ds, test_ds = (load_split(data.path, m, s) for s in ("train", "valid", "test"))
+    if train_ds is None:
+        raise BuildError("the training split is empty: nothing to train on")
+    collator: Any = train.ClassificationCollator(pad_id) if task == "classification" else train.PackedCollator(pad_id)
+    model = train.load_model(spec, model_dir, labels)
+    if task == "classification" and model.config.pad_token_id is None:
+        model.config.pad_token_id = pad_id
+    bs = spec.train.batch_size
+    eval_ds = test_ds or valid_ds
+    base_metrics = _evaluate(spec, model, eval_ds, collator, labels) if spec.eval.compare_base and eval_ds else None
+    model = train.apply_method(model, spec)
+    n_trainable, n_total = train.trainable(model)
+    steps_per_epoch = -(-len(train_ds) // (bs * spec.train.grad_accum))
+    args = train.training_arguments(spec, work, valid_ds is not None, steps_per_epoch)
+    class_weights = m.get("class_weights") if task == "classification" else None
+    trainer = train.make_trainer(spec, model, args, train_ds, valid_ds, collator, class_weights)
+    resume = train.last_checkpoint(work)
+    t0 = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    seconds = time.perf_counter() - t0
+    model = trainer.model
+    metrics = _evaluate(spec, model, eval_ds, collator, labels) if eval_ds else {}
+    (out / "model").mkdir()
+    model.save_pretrained(out / "model")  # PEFT's own format for adapters
+    tokenizer.save_pretrained(out / "model")
+    tokens = _train_tokens(m, spec)
+    timing = {"train_seconds": round(seconds, 3), "steps": result.global_step,
+              "tokens_per_second": round(tokens / seconds, 1) if seconds else None, "train_tokens": tokens,
+              "resumed_from": resume.name if resume else None}
+    log_history = trainer.state.log_history
+    from ftc import report
+
+    report.write_report(out, spec_text=spec.text,
+                        keys={"data": data.key, "train": key}, metrics=metrics, base_metrics=base_metrics,
+                        log_history=log_history, timing=timing, task=task, names=labels)
+    return {
+        "key": key,
+        "name": spec.project.name,
+        "format": RUNS,
+        "ftc_version": __version__,
+        "created": time.time(),
+        "task": task,
+        "method": spec.train.method,
+        "labels": labels,
+        "data_key": data.key,
+        "base": str(model_dir),
+        "trainable_parameters": n_trainable,
+        "parameters": n_total,
+        "metrics": metrics,
+        "base_metrics": base_metrics,
+        "timing": timing,
+        "inputs": inputs,
+    }
+
+
+def _train_tokens(m: dict[str, Any], spec: Spec) -> int:
+    epochs = spec.train.epochs if spec.train.max_steps is None else 1
+    return int(m["stats"]["splits"]["train"]["tokens"] * epochs)
+
+
+def _evaluate(spec: Spec, model: Any, ds: Any, collator: Any, labels: list[str] | None) -> dict[str, Any]:
+    from ftc import evaluate
+
+    bs = spec.train.batch_size
+    if spec.model.task == "classification":
+        gold, pred = train.predict_labels(model, ds, collator, bs)
+        return evaluate.classification_metrics(gold, pred, labels or [])
+    total, count = train.token_loss(model, ds, collator, bs)
+    return {"loss": total / count if count else None, "perplexity": evaluate.perplexity(total, count),
+            "tokens": count}

@@ -1,0 +1,382 @@
+"""The train stage: a dataset from the store + a base model + a method → a fine-tuned model.
+
+The engine is the HF Trainer, so `torchrun` / `accelerate launch` (DDP, FSDP, DeepSpeed) run
+the same spec unchanged. ftc supplies what the Trainer does not know:
+
+- Packed rows train exactly: each row carries `position_ids` that restart at every example
+  and no attention mask, which transformers turns into a block-diagonal causal mask (eager,
+  SDPA) or varlen flash attention (GPU), so attention never crosses examples; the collator
+  also removes the label of each example's first token, which only the previous example
+  could have predicted. The per-token loss of a packed row equals each example's alone.
+- The methods of the spec (full, freeze, LoRA, DoRA, QLoRA, IA3, prompt and prefix tuning)
+  as PEFT configs or frozen parameters, and class-weighted loss for classification.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ftc.errors import BuildError
+from ftc.spec import Spec
+
+IGNORE = -100
+
+
+# ── collators ────────────────────────────────────────────────────────────────────────────────
+
+@dataclass
+class PackedCollator:
+    """Causal-LM rows (packed or not) → a batch padded to its longest row. Padding becomes a
+    segment of its own (positions 0..k-1, no labels) so it never joins a real example."""
+
+    pad_id: int
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        width = max(len(r["input_ids"]) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+        pos = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            n = len(r["input_ids"])
+            ids[i, :n] = torch.as_tensor(r["input_ids"])
+            lab = torch.as_tensor(r["labels"])
+            p = torch.as_tensor(r["position_ids"])
+            lab = lab.masked_fill(p == 0, IGNORE)  # a first token is never predicted when run alone
+            labels[i, :n] = lab
+            pos[i, :n] = p
+            pos[i, n:] = torch.arange(width - n)
+        return {"input_ids": ids, "labels": labels, "position_ids": pos}
+
+
+@dataclass
+class ClassificationCollator:
+    pad_id: int
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        width = max(len(r["input_ids"]) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        batch: dict[str, Any] = {}
+        types = torch.zeros((len(rows), width), dtype=torch.long) if "token_type_ids" in rows[0] else None
+        for i, r in enumerate(rows):
+            n = len(r["input_ids"])
+            ids[i, :n] = torch.as_tensor(r["input_ids"])
+            mask[i, :n] = 1
+            if types is not None:
+                types[i, :n] = torch.as_tensor(r["token_type_ids"])
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.as_tensor([r["label"] for r in rows])}
+        if types is not None:
+            batch["token_type_ids"] = types
+        return batch
+
+
+# ── the model and the method ─────────────────────────────────────────────────────────────────
+
+def check_method(spec: Spec) -> None:
+    """What must hold before any work starts."""
+    method = spec.train.method
+    if method == "qlora":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise BuildError("`train.method = \"qlora\"` loads the base in 4-bit with bitsandbytes, which needs a "
+                             "CUDA GPU; none is available here",
+                             hint="use `lora` (or `dora`) on this machine, or run on a CUDA machine")
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise BuildError("`train.method = \"qlora\"` needs bitsandbytes", hint="pip install bitsandbytes") from None
+    if method in ("prompt-tuning", "prefix-tuning") and spec.model.task == "causal-lm" and spec.tokenize.pack:
+        raise BuildError(f"`train.method = \"{method}\"` prepends virtual tokens to each sequence, but packed rows "
+                         "hold several examples", hint="set `tokenize.pack = false` for this method")
+    if spec.train.optimizer == "paged-adamw-8bit":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise BuildError("`train.optimizer = \"paged-adamw-8bit\"` needs a CUDA GPU",
+                             hint="use `adamw` or `adafactor` here")
+
+
+def precision(spec: Spec) -> str:
+    """`auto`: bf16 where the GPU supports it, else fp32 (CPU trains in fp32)."""
+    import torch
+
+    p = spec.train.precision
+    if p != "auto":
+        if p in ("bf16", "fp16") and not torch.cuda.is_available():
+            raise BuildError(f"`train.precision = \"{p}\"` needs a GPU here", hint="use `auto` or `fp32` on CPU")
+        return p
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def load_model(spec: Spec, model_dir: Path, labels: list[str] | None) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    kwargs: dict[str, Any] = {}
+    prec = precision(spec)
+    if prec != "fp32":
+        kwargs["dtype"] = torch.bfloat16 if prec == "bf16" else torch.float16
+    if spec.train.method == "qlora":
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16 if prec == "bf16" else torch.float16)
+    if torch.cuda.is_available() and spec.model.task == "causal-lm":
+        try:
+            import flash_attn  # noqa: F401
+
+            kwargs["attn_implementation"] = "flash_attention_2"  # varlen over the packed position_ids
+        except ImportError:
+            pass
+    try:
+        if spec.model.task == "classification":
+            assert labels is not None
+            model = AutoModelForSequenceClassification.from_pretrained(
+                model_dir, num_labels=len(labels), id2label=dict(enumerate(labels)),
+                label2id={n: i for i, n in enumerate(labels)}, **kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    except (OSError, ValueError) as e:
+        raise BuildError(f"cannot load the base model from {model_dir}: {str(e).splitlines()[0]}") from None
+    model.config.use_cache = False  # a cache would turn off the packed-sequence mask
+    return model
+
+
+def apply_method(model: Any, spec: Spec) -> Any:
+    """The spec's method → the model to train (a PEFT model or the base with some parameters
+    frozen). Returns the model."""
+    t = spec.train
+    method = t.method
+    if method == "full":
+        return model
+    if method == "freeze":
+        return freeze_all_but_top(model, t.trainable_layers)
+    import peft
+
+    task = peft.TaskType.SEQ_CLS if spec.model.task == "classification" else peft.TaskType.CAUSAL_LM
+    if method in ("lora", "dora", "qlora"):
+        if method == "qlora":
+            model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=t.gradient_checkpointing)
+        config: Any = peft.LoraConfig(task_type=task, r=t.lora.r, lora_alpha=t.lora.alpha,
+                                      lora_dropout=t.lora.dropout, target_modules=t.lora.target_modules,
+                                      use_dora=method == "dora")
+    elif method == "ia3":
+        config = peft.IA3Config(task_type=task)
+    elif method == "prompt-tuning":
+        config = peft.PromptTuningConfig(task_type=task, num_virtual_tokens=t.prompt.num_virtual_tokens)
+    else:
+        config = peft.PrefixTuningConfig(task_type=task, num_virtual_tokens=t.prompt.num_virtual_tokens)
+    try:
+        return peft.get_peft_model(model, config)
+    except ValueError as e:
+        raise BuildError(f"`train.method = \"{method}\"`: PEFT cannot apply it to this model: {e}",
+                         hint="set `train.lora.target_modules` to module names of this model") from None
+
+
+def _blocks(model: Any) -> list[Any]:
+    """The repeated transformer blocks: the longest ModuleList in the model."""
+    import torch
+
+    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
+    if not lists:
+        raise BuildError("`train.method = \"freeze\"`: cannot find the model's layers")
+    return list(max(lists, key=len))
+
+
+def freeze_all_but_top(model: Any, n: int) -> Any:
+    """Trains the top `n` blocks, the final norm and the head; freezes the rest."""
+    for p in model.parameters():
+        p.requires_grad = False
+    blocks = _blocks(model)
+    for block in blocks[-n:]:
+        for p in block.parameters():
+            p.requires_grad = True
+    in_blocks = {id(p) for b in blocks for p in b.parameters()}
+    embeddings = {id(p) for p in model.get_input_embeddings().parameters()}
+    # Everything after the blocks: the final norm, the pooler, the head (not tied embeddings).
+    after = False
+    for name, module in model.named_modules():
+        if module is blocks[-1]:
+            after = True
+            continue
+        if after and not any(id(p) in in_blocks for p in module.parameters(recurse=False)):
+            for p in module.parameters(recurse=False):
+                if id(p) not in embeddings:
+                    p.requires_grad = True
+    for name, p in model.named_parameters():
+        if re.search(r"(^|\.)(lm_head|classifier|score|pooler)\.", name) and id(p) not in embeddings:
+            p.requires_grad = True
+    return model
+
+
+def layer_groups(model: Any, lr: float, decay: float, weight_decay: float) -> list[dict[str, Any]]:
+    """Layer-wise learning-rate decay: the top block trains at `lr`, each block below at
+    `decay` times the one above, embeddings at the lowest rate; the rest at `lr`."""
+    blocks = _blocks(model)
+    depth = {id(p): len(blocks) - 1 - i for i, b in enumerate(blocks) for p in b.parameters()}
+    embeddings = {id(p) for p in model.get_input_embeddings().parameters()}
+    groups: dict[float, list[Any]] = {}
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        d = len(blocks) if id(p) in embeddings else depth.get(id(p), 0)
+        groups.setdefault(lr * decay**d, []).append(p)
+    return [{"params": ps, "lr": g, "weight_decay": weight_decay} for g, ps in sorted(groups.items())]
+
+
+def trainable(model: Any) -> tuple[int, int]:
+    total = sum(p.numel() for p in model.parameters())
+    return sum(p.numel() for p in model.parameters() if p.requires_grad), total
+
+
+# ── the Trainer ──────────────────────────────────────────────────────────────────────────────
+
+def training_arguments(spec: Spec, out: Path, has_eval: bool, steps_per_epoch: int) -> Any:
+    from transformers import TrainingArguments
+
+    t = spec.train
+    prec = precision(spec)
+    strategy = "steps" if t.eval_steps else "epoch"
+    optim = {"adamw": "adamw_torch", "adafactor": "adafactor", "sgd": "sgd",
+             "paged-adamw-8bit": "paged_adamw_8bit"}[t.optimizer]
+    early = t.early_stopping
+    return TrainingArguments(
+        output_dir=str(out),
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps or -1,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.scheduler,
+        warmup_steps=math.ceil(t.warmup_ratio * _total_steps(spec, steps_per_epoch)),
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        optim=optim,
+        bf16=prec == "bf16",
+        fp16=prec == "fp16",
+        gradient_checkpointing=t.gradient_checkpointing,
+        seed=spec.project.seed,
+        data_seed=spec.project.seed,
+        eval_strategy=strategy if has_eval else "no",
+        eval_steps=t.eval_steps,
+        save_strategy=("steps" if t.save_steps else strategy) if has_eval or t.save_steps else "epoch",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        load_best_model_at_end=has_eval,
+        metric_for_best_model=(early.metric if early else "eval_loss") if has_eval else None,
+        greater_is_better=(not (early.metric if early else "eval_loss").endswith("loss")) if has_eval else None,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        report_to=["tensorboard"] if _has_tensorboard() else [],
+        logging_dir=str(out / "tensorboard"),
+        remove_unused_columns=False,
+        group_by_length=spec.model.task == "classification",
+        length_column_name="length",
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+        save_only_model=False,
+    )
+
+
+def _total_steps(spec: Spec, steps_per_epoch: int) -> int:
+    t = spec.train
+    return t.max_steps or math.ceil(steps_per_epoch * t.epochs)
+
+
+def _has_tensorboard() -> bool:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def make_trainer(spec: Spec, model: Any, args: Any, train_ds: Any, eval_ds: Any, collator: Callable,
+                 class_weights: list[float] | None) -> Any:
+    import torch
+    from transformers import EarlyStoppingCallback, Trainer
+
+    t = spec.train
+
+    class FtcTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+            if class_weights is None:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            labels = inputs.pop("labels")
+            outputs = model(**inputs)
+            weight = torch.tensor(class_weights, device=outputs.logits.device, dtype=outputs.logits.dtype)
+            loss = torch.nn.functional.cross_entropy(outputs.logits, labels, weight=weight)
+            return (loss, outputs) if return_outputs else loss
+
+        def create_optimizer(self, model=None):  # noqa: ANN001
+            if t.layer_lr_decay is None or self.optimizer is not None:
+                return super().create_optimizer(model) if model is not None else super().create_optimizer()
+            groups = layer_groups(self.model, t.learning_rate, t.layer_lr_decay, t.weight_decay)
+            cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, self.model)
+            kwargs.pop("lr", None)
+            self.optimizer = cls(groups, **kwargs)
+            return self.optimizer
+
+    callbacks = []
+    if t.early_stopping is not None and eval_ds is not None:
+        callbacks.append(EarlyStoppingCallback(t.early_stopping.patience, t.early_stopping.threshold))
+    return FtcTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, data_collator=collator,
+                      callbacks=callbacks)
+
+
+def last_checkpoint(out: Path) -> Path | None:
+    """The newest complete checkpoint of an interrupted run (its trainer state is written last)."""
+    found = [p for p in out.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    return max(found, key=lambda p: int(p.name.split("-")[1])) if found else None
+
+
+def token_loss(model: Any, dataset: Any, collator: Callable, batch_size: int) -> tuple[float, int]:
+    """Sum of token NLL and number of predicted tokens over a causal-LM split, exactly (the
+    Trainer's eval_loss averages batch means)."""
+    import torch
+
+    model.eval()
+    total, count = 0.0, 0
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        for start in range(0, len(dataset), batch_size):
+            batch = collator([dataset[i] for i in range(start, min(len(dataset), start + batch_size))])
+            batch = {k: v.to(device) for k, v in batch.items()}
+            labels = batch.pop("labels")
+            logits = model(**batch).logits.float()
+            shift_logits, shift_labels = logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1)
+            nll = torch.nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE, reduction="sum")
+            total += float(nll)
+            count += int((shift_labels != IGNORE).sum())
+    return total, count
+
+
+def predict_labels(model: Any, dataset: Any, collator: Callable, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    import torch
+
+    model.eval()
+    device = next(model.parameters()).device
+    preds, gold = [], []
+    with torch.no_grad():
+        for start in range(0, len(dataset), batch_size):
+            batch = collator([dataset[i] for i in range(start, min(len(dataset), start + batch_size))])
+            gold.append(batch.pop("labels").numpy())
+            batch = {k: v.to(device) for k, v in batch.items()}
+            preds.append(model(**batch).logits.argmax(-1).cpu().numpy())
+    if not preds:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(gold), np.concatenate(preds)

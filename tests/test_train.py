@@ -1,0 +1,131 @@
+"""The train stage: packed rows train exactly, the methods, the store's reuse, and the CPU
+refusals that must come before any work."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from tiny import write_spec
+
+from ftc import build as stages
+from ftc import train
+from ftc.errors import BuildError
+from ftc.prep import prep
+from ftc.specload import load_spec
+
+
+def chat_rows(n: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    words = "the model learns to answer short questions about numbers and code".split()
+    return [{"prompt": " ".join(rng.choice(words) for _ in range(rng.randint(2, 20))),
+             "response": " ".join(rng.choice(words) for _ in range(rng.randint(1, 30)))} for _ in range(n)]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_packed_row_loss_equals_each_example_alone(tmp_path: Path, llama_dir: Path):
+    """The invariant of packing: per-token losses of a packed row equal those of every
+    example run alone (block-diagonal attention, positions restarting, no cross-example label)."""
+    from transformers import AutoModelForCausalLM
+
+    write_jsonl(tmp_path / "d.jsonl", chat_rows(40))
+    spec = write_spec(tmp_path / "spec.toml", llama_dir, [{"path": "d.jsonl"}], tokenize={"max_length": 512},
+                      data_split={"valid": 0.0, "test": 0.0})
+    data = prep(load_spec(spec))
+    ds = stages.load_split(data.path, data.manifest, "train")
+    model = AutoModelForCausalLM.from_pretrained(llama_dir, attn_implementation="sdpa").eval()
+    model.config.use_cache = False
+    collate = train.PackedCollator(pad_id=0)
+    rows = [ds[i] for i in range(min(3, len(ds)))]
+    assert all(len(r["seq_lengths"]) >= 3 for r in rows)  # rows really hold several examples
+    batch = collate(rows)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
+    packed = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), batch["labels"][:, 1:],
+                                               ignore_index=-100, reduction="none")
+    worst = 0.0
+    for r, row in enumerate(rows):
+        start = 0
+        for n in row["seq_lengths"]:
+            ids = torch.tensor(row["input_ids"][start:start + n])[None]
+            labels = torch.tensor(row["labels"][start:start + n])[None]
+            with torch.no_grad():
+                alone_logits = model(input_ids=ids).logits
+            alone = torch.nn.functional.cross_entropy(alone_logits[:, :-1].transpose(1, 2), labels[:, 1:],
+                                                      ignore_index=-100, reduction="none")[0]
+            mask = labels[0, 1:] != -100
+            assert torch.equal(batch["labels"][r, start + 1:start + n] != -100, mask)
+            worst = max(worst, float((packed[r, start:start + n - 1][mask] - alone[mask]).abs().max()))
+            start += n
+    assert worst < 1e-5
+
+
+def test_lora_build_saves_a_peft_adapter_and_reuses_stages(tmp_path: Path, llama_dir: Path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    write_jsonl(tmp_path / "d.jsonl", chat_rows(80))
+    tables = {"tokenize": {"max_length": 128}, "data_split": {"valid": 0.1, "test": 0.1},
+              "train": {"method": "lora", "max_steps": 3, "batch_size": 2, "learning_rate": 1e-3,
+                        "logging_steps": 1}, "eval": {"compare_base": True}}
+    spec = write_spec(tmp_path / "spec.toml", llama_dir, [{"path": "d.jsonl"}], **tables)
+    first = stages.build(load_spec(spec))
+    assert not first.cache_hit and first.manifest["timing"]["steps"] == 3
+    assert first.manifest["metrics"]["perplexity"] > 1 and first.manifest["base_metrics"]["perplexity"] > 1
+    assert (first.path / "report.md").is_file() and (first.path / "metrics.json").is_file()
+    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(llama_dir), first.path / "model")
+    assert any("lora_" in n for n, _ in tuned.named_parameters())
+    assert stages.build(load_spec(spec)).cache_hit
+    tables["train"]["learning_rate"] = 5e-4
+    spec = write_spec(tmp_path / "spec.toml", llama_dir, [{"path": "d.jsonl"}], **tables)
+    data_plan, train_plan = stages.plan(load_spec(spec))
+    assert data_plan.cached and not train_plan.cached and "train.learning_rate" in train_plan.why
+    second = stages.build(load_spec(spec))
+    assert second.data.cache_hit and not second.cache_hit
+
+
+def test_qlora_on_cpu_fails_before_any_work(tmp_path: Path, llama_dir: Path, ftc_home: Path):
+    write_jsonl(tmp_path / "d.jsonl", chat_rows(10))
+    spec = write_spec(tmp_path / "spec.toml", llama_dir, [{"path": "d.jsonl"}], train={"method": "qlora"})
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: QLoRA would run")
+    with pytest.raises(BuildError, match="CUDA"):
+        stages.build(load_spec(spec))
+    assert not (ftc_home / "datasets-v1").exists()
+
+
+def test_prompt_tuning_refuses_packed_rows(tmp_path: Path, llama_dir: Path):
+    write_jsonl(tmp_path / "d.jsonl", chat_rows(10))
+    spec = write_spec(tmp_path / "spec.toml", llama_dir, [{"path": "d.jsonl"}], train={"method": "prompt-tuning"})
+    with pytest.raises(BuildError, match="packed rows hold several examples"):
+        stages.build(load_spec(spec))
+
+
+def test_freeze_trains_only_the_top_layers_and_head(llama_dir: Path):
+    from transformers import AutoModelForCausalLM
+
+    model = train.freeze_all_but_top(AutoModelForCausalLM.from_pretrained(llama_dir), 1)
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert names and all(n.startswith(("model.layers.1.", "model.norm.", "lm_head.")) for n in names)
+    assert any(n.startswith("lm_head.") for n in names) and any(n.startswith("model.layers.1.") for n in names)
+
+
+def test_classification_build_with_class_weights(tmp_path: Path, bert_dir: Path):
+    rows = [{"text": f"good product {i}" if i % 4 else f"bad sound {i}", "label": "pos" if i % 4 else "neg"}
+            for i in range(120)]
+    write_jsonl(tmp_path / "d.jsonl", rows)
+    spec = write_spec(tmp_path / "spec.toml", bert_dir, [{"path": "d.jsonl"}], model={"task": "classification"},
+                      data_balance={"strategy": "class-weights"}, tokenize={"max_length": 32},
+                      train={"method": "lora", "epochs": 2, "batch_size": 8, "learning_rate": 5e-3,
+                             "lora": {"target_modules": ["query", "value"]}})
+    r = stages.build(load_spec(spec))
+    m = r.manifest["metrics"]
+    assert {"accuracy", "f1_macro", "confusion_matrix"} <= set(m)
+    assert m["accuracy"] > 0.9  # the label is in the words: a trained head must find it
