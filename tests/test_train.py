@@ -118,12 +118,14 @@ def test_freeze_trains_only_the_top_layers_and_head(llama_dir: Path):
 
 
 def test_classification_build_with_class_weights(tmp_path: Path, bert_dir: Path):
-    rows = [{"text": f"good product {i}" if i % 4 else f"bad sound {i}", "label": "pos" if i % 4 else "neg"}
-            for i in range(120)]
+    rng = random.Random(0)
+    words = "the quick brown fox jumps over lazy dog model data".split()  # in the tiny vocabulary
+    rows = [{"text": " ".join(rng.choice(words) for _ in range(6)) + (" good" if i % 4 else " clean"),
+             "label": "pos" if i % 4 else "neg"} for i in range(160)]
     write_jsonl(tmp_path / "d.jsonl", rows)
     spec = write_spec(tmp_path / "spec.toml", bert_dir, [{"path": "d.jsonl"}], model={"task": "classification"},
                       data_balance={"strategy": "class-weights"}, tokenize={"max_length": 32},
-                      train={"method": "lora", "epochs": 2, "batch_size": 8, "learning_rate": 5e-3,
+                      train={"method": "lora", "epochs": 4, "batch_size": 8, "learning_rate": 1e-2,
                              "lora": {"target_modules": ["query", "value"]}})
     r = stages.build(load_spec(spec))
     m = r.manifest["metrics"]

@@ -162,6 +162,8 @@ def _train(spec: Spec, data: data_stage.PrepResult, inputs: dict[str, Any], key:
     metrics = _evaluate(spec, model, eval_ds, collator, labels) if eval_ds else {}
     (out / "model").mkdir()
     model.save_pretrained(out / "model")  # PEFT's own format for adapters
+    if (work / "runs").is_dir():  # TensorBoard event files, kept with the run
+        shutil.copytree(work / "runs", out / "tensorboard")
     tokenizer.save_pretrained(out / "model")
     tokens = _train_tokens(m, spec)
     timing = {"train_seconds": round(seconds, 3), "steps": result.global_step,

@@ -245,6 +245,7 @@ def trainable(model: Any) -> tuple[int, int]:
 # ── the Trainer ──────────────────────────────────────────────────────────────────────────────
 
 def training_arguments(spec: Spec, out: Path, has_eval: bool, steps_per_epoch: int) -> Any:
+    import torch
     from transformers import TrainingArguments
 
     t = spec.train
@@ -268,7 +269,7 @@ def training_arguments(spec: Spec, out: Path, has_eval: bool, steps_per_epoch: i
         optim=optim,
         bf16=prec == "bf16",
         fp16=prec == "fp16",
-        gradient_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing=t.gradient_checkpointing,
         seed=spec.project.seed,
         data_seed=spec.project.seed,
         eval_strategy=strategy if has_eval else "no",
@@ -282,11 +283,11 @@ def training_arguments(spec: Spec, out: Path, has_eval: bool, steps_per_epoch: i
         logging_steps=t.logging_steps,
         logging_first_step=True,
         report_to=["tensorboard"] if _has_tensorboard() else [],
-        logging_dir=str(out / "tensorboard"),
         remove_unused_columns=False,
-        group_by_length=spec.model.task == "classification",
+        train_sampling_strategy="group_by_length" if spec.model.task == "classification" else "random",
         length_column_name="length",
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=False,
         save_only_model=False,
     )
