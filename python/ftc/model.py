@@ -2,7 +2,9 @@
 tokenizer (`tokenizer.json`), its special tokens and its chat template.
 
 `model.base` may be a local directory, `pkg://<package>/<path>` (a file or directory shipped
-inside an installed Python package), or a hub id (downloaded when online).
+inside an installed Python package), a `.gguf` file, or a hub id (downloaded when online).
+A GGUF file is converted once (de-quantized by transformers' GGUF loader) into an HF model
+directory in the store, keyed by the file's hash; every stage then reads that directory.
 """
 
 from __future__ import annotations
@@ -41,15 +43,43 @@ def resolve_model(base: str, root: Path) -> Path:
         path = (root / Path(base).expanduser()).resolve()
     if path.is_dir():
         return path
-    if path.suffix == ".gguf":
-        raise ModelError(f"`{base}`: GGUF bases are loaded by the training stage; the data stage needs the "
-                         "model's tokenizer.json", hint="put the model's tokenizer.json beside the .gguf file's "
-                         "directory and give that directory, or convert with `transformers`")
+    if path.suffix == ".gguf" and path.is_file():
+        return materialize_gguf(path)
     if path.exists():
         raise ModelError(f"`{base}`: expected a model directory, found a file")
     if base.count("/") == 1 and not base.startswith((".", "/", "~")):
         return _from_hub(base)
     raise ModelError(f"`{base}`: no such directory (relative paths are relative to the spec, {root})")
+
+
+def materialize_gguf(path: Path) -> Path:
+    """The HF model directory converted from a GGUF file (built once, then from the store)."""
+    from ftc import store
+
+    key = store.key_of({"format": store.MODELS, "gguf": _data.hash_files([str(path)])[0]})
+    if hit := store.lookup(store.MODELS, key):
+        return hit
+    with store.lock(store.MODELS, key):
+        if hit := store.lookup(store.MODELS, key):
+            return hit
+        with store.staging(store.MODELS, key) as tmp:
+            try:
+                from transformers import AutoModelForCausalLM, AutoTokenizer
+
+                tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+                model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
+            except Exception as e:  # the GGUF loader raises many types for unsupported files
+                raise ModelError(f"{path}: transformers cannot load this GGUF file: {str(e).splitlines()[0]}",
+                                 hint="use a GGUF of an architecture and quantization transformers supports, "
+                                 "or an HF model directory") from None
+            # De-quantized weights are plain tensors: drop the loader's marker so they can be saved.
+            model.hf_quantizer = None
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            tokenizer.save_pretrained(tmp)
+            model.save_pretrained(tmp)
+            store.write_json(tmp / store.MANIFEST, {"key": key, "name": path.stem, "source": str(path)})
+    return store.entry_dir(store.MODELS, key)
 
 
 def _from_hub(repo_id: str) -> Path:

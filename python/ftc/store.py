@@ -25,6 +25,7 @@ from typing import Any
 from ftc.errors import StoreError
 
 DATASETS = "datasets-v1"
+MODELS = "models-v1"  # HF directories converted from GGUF files
 MANIFEST = "manifest.json"
 
 
