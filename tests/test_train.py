@@ -131,3 +131,58 @@ def test_classification_build_with_class_weights(tmp_path: Path, bert_dir: Path)
     m = r.manifest["metrics"]
     assert {"accuracy", "f1_macro", "confusion_matrix"} <= set(m)
     assert m["accuracy"] > 0.9  # the label is in the words: a trained head must find it
+
+
+@pytest.mark.parametrize(("method", "pack"), [("full", True), ("freeze", True), ("dora", True), ("ia3", True),
+                                               ("prompt-tuning", False), ("prefix-tuning", False)])
+def test_every_method_trains_and_saves_a_loadable_model(tmp_path: Path, llama_dir: Path, method: str, pack: bool):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    write_jsonl(tmp_path / "d.jsonl", chat_rows(30))
+    spec = write_spec(tmp_path / "spec.toml", llama_dir, [{"path": "d.jsonl"}],
+                      tokenize={"max_length": 256, "pack": pack}, data_split={"valid": 0.0, "test": 0.2},
+                      train={"method": method, "max_steps": 2, "batch_size": 2, "trainable_layers": 1})
+    r = stages.build(load_spec(spec))
+    m = r.manifest
+    assert m["timing"]["steps"] == 2 and 0 < m["trainable_parameters"] <= m["parameters"]
+    assert m["metrics"]["perplexity"] > 1
+    base = AutoModelForCausalLM.from_pretrained(llama_dir)
+    if method in ("full", "freeze"):
+        tuned = AutoModelForCausalLM.from_pretrained(r.path / "model")
+        changed = [n for n, p in tuned.named_parameters() if not torch.equal(p, base.get_parameter(n))]
+        assert changed and (method == "full" or all(n.startswith(("model.layers.1.", "model.norm", "lm_head"))
+                                                    for n in changed))
+    else:
+        PeftModel.from_pretrained(base, r.path / "model")
+
+
+def test_layer_lr_decay_scales_lower_layers(llama_dir: Path):
+    from transformers import AutoModelForCausalLM
+
+    groups = train.layer_groups(AutoModelForCausalLM.from_pretrained(llama_dir), 1e-3, 0.5, 0.0)
+    assert sorted(g["lr"] for g in groups) == pytest.approx([2.5e-4, 5e-4, 1e-3])  # embeddings, layer 0, top
+
+
+def test_killed_build_resumes_from_its_last_checkpoint(tmp_path: Path, llama_dir: Path, ftc_home: Path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    write_jsonl(tmp_path / "d.jsonl", chat_rows(60))
+    spec = write_spec(tmp_path / "spec.toml", llama_dir, [{"path": "d.jsonl"}], tokenize={"max_length": 128},
+                      data_split={"valid": 0.0, "test": 0.1},
+                      train={"max_steps": 400, "save_steps": 5, "batch_size": 2, "logging_steps": 50})
+    proc = subprocess.Popen([sys.executable, "-m", "ftc.cli", "build", str(spec)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list((ftc_home / "work").glob("*/checkpoint-*/trainer_state.json")) and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert list((ftc_home / "work").glob("*/checkpoint-*")), "no checkpoint was written before the kill"
+    r = stages.build(load_spec(spec))
+    assert r.manifest["timing"]["resumed_from"].startswith("checkpoint-")
+    assert r.manifest["timing"]["steps"] == 400
+    assert not list((ftc_home / "work").glob("*"))  # the work directory goes once the run is complete
