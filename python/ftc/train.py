@@ -67,7 +67,6 @@ class ClassificationCollator:
         width = max(len(r["input_ids"]) for r in rows)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
-        batch: dict[str, Any] = {}
         types = torch.zeros((len(rows), width), dtype=torch.long) if "token_type_ids" in rows[0] else None
         for i, r in enumerate(rows):
             n = len(r["input_ids"])
@@ -75,7 +74,8 @@ class ClassificationCollator:
             mask[i, :n] = 1
             if types is not None:
                 types[i, :n] = torch.as_tensor(r["token_type_ids"])
-        batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.as_tensor([r["label"] for r in rows])}
+        batch: dict[str, Any] = {"input_ids": ids, "attention_mask": mask,
+                                 "labels": torch.as_tensor([r["label"] for r in rows])}
         if types is not None:
             batch["token_type_ids"] = types
         return batch
@@ -208,7 +208,7 @@ def freeze_all_but_top(model: Any, n: int) -> Any:
     embeddings = {id(p) for p in model.get_input_embeddings().parameters()}
     # Everything after the blocks: the final norm, the pooler, the head (not tied embeddings).
     after = False
-    for name, module in model.named_modules():
+    for module in model.modules():
         if module is blocks[-1]:
             after = True
             continue
