@@ -173,7 +173,7 @@ def test_killed_build_resumes_from_its_last_checkpoint(tmp_path: Path, llama_dir
     write_jsonl(tmp_path / "d.jsonl", chat_rows(60))
     spec = write_spec(tmp_path / "spec.toml", llama_dir, [{"path": "d.jsonl"}], tokenize={"max_length": 128},
                       data_split={"valid": 0.0, "test": 0.1},
-                      train={"max_steps": 400, "save_steps": 5, "batch_size": 2, "logging_steps": 50})
+                      train={"max_steps": 400, "save_steps": 100, "batch_size": 2, "logging_steps": 50})
     proc = subprocess.Popen([sys.executable, "-m", "ftc.cli", "build", str(spec)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
