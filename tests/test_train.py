@@ -173,7 +173,7 @@ def test_killed_build_resumes_from_its_last_checkpoint(tmp_path: Path, llama_dir
     write_jsonl(tmp_path / "d.jsonl", chat_rows(60))
     spec = write_spec(tmp_path / "spec.toml", llama_dir, [{"path": "d.jsonl"}], tokenize={"max_length": 128},
                       data_split={"valid": 0.0, "test": 0.1},
-                      train={"max_steps": 400, "save_steps": 100, "batch_size": 2, "logging_steps": 50})
+                      train={"max_steps": 120, "save_steps": 30, "batch_size": 2, "logging_steps": 50})
     proc = subprocess.Popen([sys.executable, "-m", "ftc.cli", "build", str(spec)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
@@ -184,5 +184,5 @@ def test_killed_build_resumes_from_its_last_checkpoint(tmp_path: Path, llama_dir
     assert list((ftc_home / "work").glob("*/checkpoint-*")), "no checkpoint was written before the kill"
     r = stages.build(load_spec(spec))
     assert r.manifest["timing"]["resumed_from"].startswith("checkpoint-")
-    assert r.manifest["timing"]["steps"] == 400
+    assert r.manifest["timing"]["steps"] == 120
     assert not list((ftc_home / "work").glob("*"))  # the work directory goes once the run is complete
