@@ -1,9 +1,10 @@
 """Packed vs padded batches for causal-LM SFT on a tiny Llama: useful tokens/s and the loss curves.
 
     .venv/bin/python bench/train.py [--docs N] [--max-length L] [--rows R] [--threads T] [--no-grouped]
+                                    [--no-varlen]
 
 Everything is built here, nothing is downloaded: a seeded chat corpus (lognormal lengths,
-20–600 tokens), a byte-level BPE tokenizer trained on it with SmolLM2's chat template, and a
+20–600 tokens, at most 90% of max_length), a byte-level BPE tokenizer trained on it with SmolLM2's chat template, and a
 randomly initialised Llama (hidden 256, 4 layers, 4 heads, 2 KV heads) saved next to it, all
 under bench/out/train/. `ftc prep` builds the data twice from the same spec, `pack = true` and
 `pack = false` (completion-only labels, 5% validation), and every arm trains one epoch over the
@@ -17,14 +18,19 @@ float32, CPU, `--threads` threads):
   packed                R BFD-packed rows of `max_length` per batch, `position_ids` restarting
                         at each example and no attention mask, `use_cache=False`: transformers
                         builds a block-diagonal causal mask, so attention never crosses examples
+                        (SDPA still computes all row_len² scores, most of them masked)
+  packed, varlen        the same batches with a bench-only attention that runs SDPA per example,
+                        as varlen flash attention does on a GPU: Σ len² scores instead of row_len²
 
 B is R times the mean number of examples per packed row, so every arm takes about as many
 optimizer steps with as many examples per step. The arms are stepped in turn (the one least far
 through its epoch goes next) and each step is timed alone, so load from other processes falls
-on all of them alike. Useful tokens are the non-pad tokens; the loss is HF's (mean over the
+on all of them alike; still, time it on an idle machine (under heavy load the packed arms lose
+the most: 1.26× instead of 1.78× in one such run). Useful tokens are the non-pad tokens; the loss is HF's (mean over the
 label tokens of a batch); the eval loss is the token-weighted mean over the validation split,
 computed the same way for every arm. Before training, the per-token losses of a few packed
-rows are checked against each of their examples run alone.
+rows are checked against each of their examples run alone, and the loss and gradients of a
+packed batch against the same examples padded.
 
 Prints a table and the ratios; writes bench/out/train.json and bench/out/train-loss.png.
 """
@@ -225,9 +231,9 @@ def collate(rows: Rows, idx: np.ndarray, pad_id: int, packed: bool) -> dict:
 
 
 def register_varlen() -> str:
-    """`--varlen`: a bench-only attention for packed rows that runs SDPA per example (causal)
-    over the segments `position_ids` mark, as varlen flash attention does on a GPU: attention
-    costs Σ len² instead of row_len². No mask is built for it."""
+    """A bench-only attention for packed rows (the `packed, varlen` arm): SDPA per example
+    (causal) over the segments `position_ids` mark, as varlen flash attention does on a GPU, so
+    attention costs Σ len² instead of row_len². No mask is built for it; no padding allowed."""
     import torch
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
@@ -311,9 +317,9 @@ def train_interleaved(arms: list[Arm], pad_id: int) -> None:
         step(min(live, key=lambda a: a.done / len(a.batches)), pad_id)
         if (done := sum(a.done for a in arms)) * 10 // total > shown:
             shown = done * 10 // total
-            print(f"  {shown * 10:3d}%  " + "  ".join(
-                f"{a.name}: step {a.done}/{len(a.batches)} loss {a.log['loss'][-1]:.3f} "
-                f"{sum(a.log['seconds']):.0f}s" for a in arms), flush=True)
+            print(f"  {shown * 10:3d}%  " + " | ".join(
+                f"{a.name} {a.done}/{len(a.batches)} loss {a.log['loss'][-1]:.3f} {sum(a.log['seconds']):.0f}s"
+                for a in arms), flush=True)
 
 
 def eval_loss(model, rows: Rows, pad_id: int, batch_size: int = 16) -> float:
@@ -450,6 +456,45 @@ def print_table(results: dict[str, dict]) -> None:
         print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
 
 
+def print_exactness(exact: dict[str, dict]) -> None:
+    for name, e in exact.items():
+        g = e["batch"]
+        print(f"\nexactness, {name} (packed rows {e['rows']}: {e['examples']} examples, {e['label_tokens']:,} label "
+              f"tokens): max |Δ| vs each example alone: token loss {e['max_abs_loss_diff']:.1e}, logit "
+              f"{e['max_abs_logit_diff']:.1e}\n  a packed batch of {g['rows']} rows vs its {g['examples']} examples "
+              f"padded: loss {g['loss_packed']:.6f} vs {g['loss_padded']:.6f}, max |Δ grad| "
+              f"{g['max_abs_grad_diff']:.1e} (max |grad| {g['max_abs_grad']:.1e})")
+    e = exact["sdpa"]
+    print(f"  control, the same rows without position_ids (attention crosses examples): max |Δ| token loss "
+          f"{e['control_max_abs_loss_diff']:.1e}; labelled first tokens in train: {e['labelled_first_tokens_in_train']}")
+
+
+def compare(results: dict[str, dict], curves: dict[str, np.ndarray], logs: dict[str, dict]) -> dict[str, float]:
+    """Prints and returns the speed ratios of every packed arm to every padded one, and how far
+    the loss of `packed` is from each padded arm's."""
+    ratios = {}
+    packs = [n for n in results if n.startswith("packed")]
+    pads = [n for n in results if n not in packs]
+    for pk in packs:
+        for pd in pads:
+            ratios[f"{pk} vs {pd}: useful tokens/s (x)"] = (
+                results[pk]["useful_tokens_per_s"] / results[pd]["useful_tokens_per_s"])
+            ratios[f"{pk} vs {pd}: useful tokens per CPU s (x)"] = (
+                results[pk]["useful_tokens_per_cpu_s"] / results[pd]["useful_tokens_per_cpu_s"])
+    for pd in pads:
+        ratios[f"loss curve, packed - {pd}: mean |Δ| of bins 2-20"] = float(
+            np.nanmean(np.abs(curves["packed"][1:] - curves[pd][1:])))
+        ratios[f"eval loss, packed - {pd}"] = results["packed"]["eval_loss"] - results[pd]["eval_loss"]
+    if "packed, varlen" in results:  # the same batches in the same order: the same training run
+        ratios["packed, varlen - packed: max |Δ| of step losses"] = float(np.max(np.abs(
+            np.array(logs["packed, varlen"]["loss"]) - np.array(logs["packed"]["loss"]))))
+    print()
+    width = max(map(len, ratios))
+    for k, v in ratios.items():
+        print(f"{k:<{width}}  {v:,.2f}" if "(x)" in k else f"{k:<{width}}  {v:+.4f}")
+    return ratios
+
+
 def plot(arms: list[Arm], edges: np.ndarray, curves: dict[str, np.ndarray], path: Path) -> bool:
     try:
         import matplotlib
@@ -461,11 +506,14 @@ def plot(arms: list[Arm], edges: np.ndarray, curves: dict[str, np.ndarray], path
         return False
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     centers = (edges[:-1] + edges[1:]) / 2
-    for arm, color in zip(arms, ("tab:red", "tab:orange", "tab:blue", "tab:green"), strict=False):
-        tokens = np.cumsum(arm.log["useful"])
-        left.plot(tokens, arm.log["loss"], color=color, alpha=0.18, lw=0.8)
-        left.plot(centers, curves[arm.name], color=color, lw=2, marker="o", ms=3, label=arm.name)
-        right.plot(np.cumsum(arm.log["seconds"]), arm.log["loss"], color=color, lw=1, label=arm.name)
+    colors = {"padded, shuffled": "tab:red", "padded, grouped": "tab:orange", "packed": "tab:blue",
+              "packed, varlen": "tab:green"}
+    for arm in arms:
+        color, style = colors.get(arm.name, "tab:gray"), "--" if arm.name == "packed, varlen" else "-"
+        if arm.name != "packed, varlen":  # its steps are those of `packed`
+            left.plot(np.cumsum(arm.log["useful"]), arm.log["loss"], color=color, alpha=0.18, lw=0.8)
+        left.plot(centers, curves[arm.name], color=color, ls=style, lw=2, marker="o", ms=3, label=arm.name)
+        right.plot(np.cumsum(arm.log["seconds"]), arm.log["loss"], color=color, ls=style, lw=1, label=arm.name)
     left.set(xlabel="useful (non-pad) tokens seen", ylabel="training loss (mean over label tokens)",
              title="loss vs tokens: per step (faint) and binned")
     right.set(xlabel="training seconds", ylabel="training loss", title="loss vs wall time")
@@ -487,7 +535,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     p.add_argument("--threads", type=int, default=2, help="torch threads (and ftc prep threads)")
     p.add_argument("--no-grouped", action="store_true", help="skip the group_by_length arm")
-    p.add_argument("--varlen", action="store_true", help="add a packed arm with per-example (varlen) attention")
+    p.add_argument("--no-varlen", action="store_true", help="skip the packed arm with per-example attention")
     args = p.parse_args()
     import torch
     from transformers.utils import logging as hf_logging
@@ -516,26 +564,17 @@ def main() -> None:
     print(f"batches: packed {args.rows} rows, padded {b} examples (= {args.rows} × {per_row:.2f}); one epoch each; "
           f"AdamW lr {args.lr:g}, {args.threads} threads, float32, sdpa")
 
-    attentions = ["sdpa"] + [register_varlen()] * args.varlen
+    attentions = ["sdpa"] + [register_varlen()] * (not args.no_varlen)
     exact = {a: check_exact(model_dir, packed, pad_id, args.rows, a) for a in attentions}
-    for name, e in exact.items():
-        g = e["batch"]
-        print(f"\nexactness, {name} (packed rows {e['rows']}: {e['examples']} examples, {e['label_tokens']:,} label "
-              f"tokens): max |Δ| vs each example alone: token loss {e['max_abs_loss_diff']:.1e}, logit "
-              f"{e['max_abs_logit_diff']:.1e}\n  a packed batch of {g['rows']} rows vs its {g['examples']} examples "
-              f"padded: loss {g['loss_packed']:.6f} vs {g['loss_padded']:.6f}, max |Δ grad| "
-              f"{g['max_abs_grad_diff']:.1e} (max |grad| {g['max_abs_grad']:.1e})")
-    e = exact["sdpa"]
-    print(f"  control, the same rows without position_ids (attention crosses examples): max |Δ| token loss "
-          f"{e['control_max_abs_loss_diff']:.1e}; labelled first tokens in train: {e['labelled_first_tokens_in_train']}")
+    print_exactness(exact)
 
     rng = lambda: np.random.default_rng(SEED)  # noqa: E731 (each arm draws its own order from the same seed)
     arms = [Arm("padded, shuffled", padded, order_shuffled(len(padded), b, rng()), packed=False)]
     if not args.no_grouped:
         arms.append(Arm("padded, grouped", padded, order_grouped(lengths, b, rng()), packed=False))
     arms.append(Arm("packed", packed, order_shuffled(len(packed), args.rows, rng()), packed=True))
-    if args.varlen:
-        arms.append(Arm("packed, varlen attention", packed, order_shuffled(len(packed), args.rows, rng()), packed=True,
+    if not args.no_varlen:
+        arms.append(Arm("packed, varlen", packed, order_shuffled(len(packed), args.rows, rng()), packed=True,
                         attention="sdpa_varlen"))
     for arm in arms:
         setup(arm, model_dir, args.lr)
@@ -558,22 +597,8 @@ def main() -> None:
     curves = {arm.name: binned(arm, edges) for arm in arms}
     print(f"\nload average {load:.2f} → {os.getloadavg()[0]:.2f}; training wall {train_wall:.0f}s\n")
     print_table(results)
-    ratios = {}
-    packs, pads = [a.name for a in arms if a.packed], [a.name for a in arms if not a.packed]
-    for pk in packs:
-        for pd in pads:
-            ratios[f"{pk} vs {pd}: useful tokens/s (x)"] = (
-                results[pk]["useful_tokens_per_s"] / results[pd]["useful_tokens_per_s"])
-            ratios[f"{pk} vs {pd}: useful tokens per CPU s (x)"] = (
-                results[pk]["useful_tokens_per_cpu_s"] / results[pd]["useful_tokens_per_cpu_s"])
-    for pd in pads:
-        ratios[f"loss curve, packed - {pd}: mean |Δ| of bins 2-20"] = float(
-            np.nanmean(np.abs(curves["packed"][1:] - curves[pd][1:])))
-        ratios[f"eval loss, packed - {pd}"] = results["packed"]["eval_loss"] - results[pd]["eval_loss"]
-    print()
-    width = max(map(len, ratios))
-    for k, v in ratios.items():
-        print(f"{k:<{width}}  {v:,.2f}" if "(x)" in k else f"{k:<{width}}  {v:+.4f}")
+    logs = {arm.name: arm.log for arm in arms}
+    ratios = compare(results, curves, logs)
 
     png = OUT / "train-loss.png"
     if plot(arms, edges, curves, png):
@@ -585,7 +610,7 @@ def main() -> None:
         "packed_rows": len(packed), "same_examples": same, "eval_loss_init": initial, "exactness": exact,
         "results": results, "ratios": ratios, "bins": {"edges": edges.tolist(), **{
             k: [None if np.isnan(x) else float(x) for x in v] for k, v in curves.items()}},
-        "steps": {arm.name: arm.log for arm in arms}, "seconds_total": time.perf_counter() - t0,
+        "steps": logs, "seconds_total": time.perf_counter() - t0,
     }
     (OUT / "train.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
     print(f"wrote {OUT / 'train.json'} ({time.perf_counter() - t0:.0f}s in all)")
