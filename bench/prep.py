@@ -47,7 +47,8 @@ import subprocess
 import sys
 import time
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 from multiprocessing import Pool
 from pathlib import Path
 
@@ -155,12 +156,9 @@ def make_corpus(n_docs: int) -> Path:
     return path
 
 
-def make_tokenizer(vocab_size: int = 32_000) -> Path:
-    """A byte-level BPE tokenizer (ChatML specials, SmolLM2's template) trained on 10k generated
-    documents (independent of --docs), saved with `save_pretrained` and cached."""
-    path = OUT / f"tokenizer-{vocab_size // 1000}k"
-    if (path / "tokenizer.json").exists():
-        return path
+def train_bpe(texts: Iterable[str], vocab_size: int) -> Any:
+    """A byte-level BPE (ChatML specials, SmolLM2's template) trained on `texts`, as a
+    transformers fast tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -169,19 +167,30 @@ def make_tokenizer(vocab_size: int = 32_000) -> Path:
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator((m["content"] for d in generate_docs(10_000, SEED + 1) for m in d["messages"]), trainer)
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
     fast.chat_template = SMOL_TEMPLATE
+    return fast
+
+
+def make_tokenizer(vocab_size: int = 32_000) -> Path:
+    """A byte-level BPE tokenizer (ChatML specials, SmolLM2's template) trained on 10k generated
+    documents (independent of --docs), saved with `save_pretrained` and cached."""
+    path = OUT / f"tokenizer-{vocab_size // 1000}k"
+    if (path / "tokenizer.json").exists():
+        return path
+    fast = train_bpe((m["content"] for d in generate_docs(10_000, SEED + 1) for m in d["messages"]), vocab_size)
     fast.save_pretrained(path)
     return path
 
 
-def write_spec(corpus: Path, tokenizer: Path, max_length: int) -> Path:
-    """The ftc spec: the whole corpus to train, completion-only labels, BFD packing."""
+def write_spec(corpus: Path, tokenizer: Path, max_length: int, name: str = "bench-prep", extra: str = "") -> Path:
+    """The ftc spec: the whole corpus to train, completion-only labels, BFD packing; `extra`
+    adds tables (the dedup case's `[data.clean]`)."""
     path = OUT / f"{corpus.stem}.toml"
     path.write_text(f'''[project]
-name = "bench-prep"
+name = "{name}"
 
 [model]
 base = "{tokenizer}"
@@ -192,7 +201,7 @@ path = "{corpus}"
 [data.split]
 valid = 0
 test = 0
-
+{extra}
 [tokenize]
 max_length = {max_length}
 pack = true
@@ -592,33 +601,13 @@ def sketch_row(n: int) -> str:
     return f"Python clean + datasketch MinHashLSH, {n} proc"
 
 
-def write_dedup_spec(corpus: Path, tokenizer: Path, max_length: int) -> Path:
-    """The ftc spec: the same cleaning and near dedup, then tokenize and pack the raw text."""
-    path = OUT / f"{corpus.stem}.toml"
-    path.write_text(f'''[project]
-name = "bench-dedup"
-
-[model]
-base = "{tokenizer}"
-
-[[data.sources]]
-path = "{corpus}"
-
-[data.split]
-valid = 0
-test = 0
-
+DEDUP_CLEAN = """
 [data.clean]
 normalize = "NFKC"
 strip_html = true
 collapse_whitespace = true
 dedup = "near"
-
-[tokenize]
-max_length = {max_length}
-pack = true
-''', encoding="utf-8")
-    return path
+"""
 
 
 def run_dedup(args: argparse.Namespace, corpus: Path) -> dict[str, dict]:
@@ -630,7 +619,7 @@ def run_dedup(args: argparse.Namespace, corpus: Path) -> dict[str, dict]:
     for n in (1, 2) if not args.skip_baselines else ():
         results[sketch_row(n)] = run_worker("dedup-datasketch", corpus, None, 0, n, env)
     # The whole `ftc prep` with the same cleaning and dedup, while `[data.clean]` is being wired.
-    spec = write_dedup_spec(corpus, make_tokenizer(), args.max_length)
+    spec = write_spec(corpus, make_tokenizer(), args.max_length, "bench-dedup", DEDUP_CLEAN)
     cmd = [str(Path(sys.executable).parent / "ftc"), "prep", str(spec), "--json", "--threads", "2", "--force"]
     m = measure(cmd, env, check=False)
     if "error" in m:

@@ -52,12 +52,13 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
 WORK = OUT / "train"
 SEED = 20240611
-IGNORE = -100
 sys.path.insert(0, str(ROOT / "tests"))
-from tiny import SMOL_TEMPLATE, write_spec  # noqa: E402
+from tiny import write_spec  # noqa: E402
+
+from ftc.train import IGNORE, PackedCollator  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
-from prep import OPENERS, SYSTEM_PROMPTS, sentence_pool  # noqa: E402
+from prep import OPENERS, SYSTEM_PROMPTS, sentence_pool, train_bpe  # noqa: E402
 
 CHARS_PER_TOKEN = 3.2  # of the 2k-vocab tokenizer below on this text; only shapes the lengths
 
@@ -106,21 +107,12 @@ def make_model_dir(corpus: Path, docs: list[dict], max_length: int, vocab_size: 
     """Tokenizer (byte-level BPE trained on the corpus, ChatML specials, SmolLM2's template) and a
     tiny Llama with seeded random weights, saved together as a model directory (cached)."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     path = WORK / f"llama-{corpus.stem}-{max_length}"
     if (path / "config.json").exists():
         return path
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator((m["content"] for d in docs for m in d["messages"]), trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    fast.chat_template = SMOL_TEMPLATE
+    fast = train_bpe((m["content"] for d in docs for m in d["messages"]), vocab_size)
     config = LlamaConfig(vocab_size=len(fast), hidden_size=256, intermediate_size=688, num_hidden_layers=4,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_length,
                          tie_word_embeddings=True, pad_token_id=fast.pad_token_id, eos_token_id=fast.eos_token_id,
@@ -209,25 +201,24 @@ def order_grouped(lengths: np.ndarray, b: int, rng: np.random.Generator) -> list
 
 
 def collate(rows: Rows, idx: np.ndarray, pad_id: int, packed: bool) -> dict:
-    """Rows → a batch padded to its longest row. Padded: `attention_mask`. Packed: `position_ids`
-    and no mask; the padding is a segment of its own (positions 0..k-1, no labels), and a first
-    token's label is dropped (only the previous example could predict it)."""
+    """Rows → a batch padded to its longest row. Packed: ftc's own collator (`position_ids`, no
+    mask, padding a segment of its own, first-token labels dropped). Padded: `attention_mask`,
+    with the same first-token rule so both arms score the same tokens."""
     import torch
 
+    if packed:
+        return PackedCollator(pad_id)([{"input_ids": rows.input_ids[i], "labels": rows.labels[i],
+                                        "position_ids": rows.position_ids[i]} for i in idx])
     width = max(len(rows.input_ids[i]) for i in idx)
     ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
     labels = torch.full((len(idx), width), IGNORE, dtype=torch.long)
-    aux = torch.zeros((len(idx), width), dtype=torch.long)
+    mask = torch.zeros((len(idx), width), dtype=torch.long)
     for k, i in enumerate(idx):
         n = len(rows.input_ids[i])
         ids[k, :n] = torch.from_numpy(rows.input_ids[i])
         labels[k, :n] = torch.from_numpy(np.where(rows.position_ids[i] == 0, IGNORE, rows.labels[i]))
-        if packed:
-            aux[k, :n] = torch.from_numpy(rows.position_ids[i])
-            aux[k, n:] = torch.arange(width - n)
-        else:
-            aux[k, :n] = 1
-    return {"input_ids": ids, "labels": labels, ("position_ids" if packed else "attention_mask"): aux}
+        mask[k, :n] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
 def register_varlen() -> str:

@@ -43,8 +43,7 @@ class BuildResult:
     seconds: float
 
 
-def train_inputs(spec: Spec, data_key: str, threads: int = 0) -> dict[str, Any]:
-    model_dir = resolve_model(spec.model.base, spec.root)
+def train_inputs(spec: Spec, data_key: str, model_dir: Path, threads: int = 0) -> dict[str, Any]:
     files = sorted(p for p in model_dir.rglob("*") if p.is_file() and ".cache" not in p.parts)
     hashes = _data.hash_files([str(f) for f in files], threads)
     return {
@@ -64,7 +63,7 @@ def plan(spec: Spec, threads: int = 0) -> list[StagePlan]:
     *_, inputs = data_stage.resolve_inputs(spec, threads)
     data_key = store.key_of(inputs)
     stages = [_stage_plan("data", store.DATASETS, data_key, inputs, spec.project.name)]
-    t_inputs = train_inputs(spec, data_key, threads)
+    t_inputs = train_inputs(spec, data_key, resolve_model(spec.model.base, spec.root), threads)
     stages.append(_stage_plan("train", RUNS, store.key_of(t_inputs), t_inputs, spec.project.name))
     return stages
 
@@ -95,7 +94,8 @@ def build(spec: Spec, *, threads: int = 0, progress: data_stage.Progress | None 
     t0 = time.perf_counter()
     train.check_method(spec)  # before any work: a QLoRA spec on CPU fails here, not after prep
     data = data_stage.prep(spec, threads=threads, progress=progress)
-    inputs = train_inputs(spec, data.key, threads)
+    model_dir = resolve_model(spec.model.base, spec.root)
+    inputs = train_inputs(spec, data.key, model_dir, threads)
     key = store.key_of(inputs)
     if not force and (hit := store.lookup(RUNS, key)):
         return BuildResult(data, key, hit, True, _manifest(hit), time.perf_counter() - t0)
@@ -105,7 +105,7 @@ def build(spec: Spec, *, threads: int = 0, progress: data_stage.Progress | None 
         work = store.home() / "work" / key
         work.mkdir(parents=True, exist_ok=True)
         with store.staging(RUNS, key) as tmp:
-            manifest = _train(spec, data, inputs, key, work, tmp)
+            manifest = _train(spec, data, model_dir, inputs, key, work, tmp)
             manifest["seconds"] = round(time.perf_counter() - t0, 3)
             store.write_json(tmp / store.MANIFEST, manifest)
         shutil.rmtree(work, ignore_errors=True)
@@ -126,14 +126,13 @@ def load_split(dataset_dir: Path, manifest: dict[str, Any], split: str) -> Any:
     return ds if len(ds) else None
 
 
-def _train(spec: Spec, data: data_stage.PrepResult, inputs: dict[str, Any], key: str, work: Path,
+def _train(spec: Spec, data: data_stage.PrepResult, model_dir: Path, inputs: dict[str, Any], key: str, work: Path,
            out: Path) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     m = data.manifest
     task = spec.model.task
     labels = m.get("labels")
-    model_dir = resolve_model(spec.model.base, spec.root)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad_id is None:

@@ -87,6 +87,12 @@ def schema() -> None:
     click.echo(json.dumps(Spec.model_json_schema(by_alias=True), indent=2))
 
 
+def _bars() -> Progress:
+    """Progress bars on stderr, only on a terminal; they vanish when done."""
+    return Progress(TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=err, transient=True, disable=not err.is_terminal)
+
+
 def _progress_callback(progress: Progress) -> Callable[[str, int, int | None], None]:
     tasks: dict[str, Any] = {}
 
@@ -120,8 +126,7 @@ def prep(spec: Path, threads: int, force: bool, as_json: bool) -> None:
     from ftc.specload import load_spec
 
     s = load_spec(spec)
-    with Progress(TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=err, transient=True, disable=not err.is_terminal) as bars:
+    with _bars() as bars:
         result = stage.prep(s, threads=threads, progress=_progress_callback(bars), force=force)
     _print_prep(result)
     if as_json:
@@ -257,8 +262,7 @@ def build(spec: Path, threads: int, force: bool, as_json: bool) -> None:
     from ftc.specload import load_spec
 
     s = load_spec(spec)
-    with Progress(TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=err, transient=True, disable=not err.is_terminal) as bars:
+    with _bars() as bars:
         result = stages.build(s, threads=threads, progress=_progress_callback(bars), force=force)
     _print_prep(result.data)
     m = result.manifest

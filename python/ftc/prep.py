@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,7 +121,7 @@ class Spool:
 class Classified:
     """Classification rows kept in memory until every label is known."""
 
-    texts: list[pl.DataFrame] = field(default_factory=list)  # text (+ text_pair), cleaned
+    texts: list[pl.DataFrame] = field(default_factory=list)  # text (+ text_pair), cleaned; kept to augment
     ids: list[pa.Array] = field(default_factory=list)
     type_ids: list[pa.Array] = field(default_factory=list)
     hashes: list[np.ndarray] = field(default_factory=list)
@@ -130,6 +129,24 @@ class Classified:
     splits: list[np.ndarray] = field(default_factory=list)  # from a split column, -1 if none
     source: list[np.ndarray] = field(default_factory=list)
     lines: list[np.ndarray] = field(default_factory=list)
+
+
+class Origins:
+    """Source and line of every text passed to dedup, by its sequence number."""
+
+    def __init__(self) -> None:
+        self.source = np.empty(0, np.int64)
+        self.line = np.empty(0, np.uint64)
+        self.n = 0
+
+    def extend(self, source: int, lines: np.ndarray) -> None:
+        end = self.n + len(lines)
+        if end > len(self.line):  # grow geometrically: appends stay amortized O(1)
+            cap = max(end, 2 * len(self.line), 1024)
+            self.source, self.line = np.resize(self.source, cap), np.resize(self.line, cap)
+        self.source[self.n:end] = source
+        self.line[self.n:end] = lines
+        self.n = end
 
 
 @dataclass
@@ -148,7 +165,7 @@ class Run:
     spools: dict[str, Spool] | None
     classified: Classified | None
     unk_id: int | None = None
-    seq: list[tuple[int, np.ndarray]] = field(default_factory=list)  # dedup sequence → (source, line)
+    origins: Origins = field(default_factory=lambda: Origins())
     names: list[str] = field(default_factory=list)
 
 
@@ -326,13 +343,12 @@ def _process_batch(run: Run, batch: SourceBatch, idx: int, weight: float, st: So
                                          pl.lit(col))))
             rows, codes = rows.filter(pl.Series(~unknown)), codes[~unknown]
     rows, reason = quality.clean_rows(run.cleaner, spec, rows, funnel)
-    keep = _remove(run, st, batch, rows, reason, "cleaned")
+    keep = _remove(run, st, batch, rows, reason.series(), "cleaned")
     rows, codes = rows.filter(pl.Series(keep)), codes[keep]
-    ids, second, hashes, failed, reason = _encode(run, rows)
-    if failed.any():
-        bad_parts.append(rows.filter(pl.Series(failed)).select("line", reason=pl.Series(reason[failed].tolist(), dtype=pl.String)))
-        reason[failed] = None
-    keep = _remove(run, st, batch, rows, pl.Series("reason", reason.tolist(), dtype=pl.String), "cleaned") & ~failed
+    ids, second, hashes, (failed, failed_why), reason = _encode(run, rows)
+    if failed.any():  # the template could not render the row: its message goes to quarantine
+        bad_parts.append(rows.filter(pl.Series(failed)).select("line", reason=pl.lit("template: ") + failed_why))
+    keep = _remove(run, st, batch, rows, reason.series(), "cleaned") & ~failed
     rows, codes, ids, second, hashes = _take(keep, rows, codes, ids, second, hashes)
     if run.deduper is not None and rows.height:
         keep = _dedup(run, st, batch, idx, rows)
@@ -347,7 +363,8 @@ def _process_batch(run: Run, batch: SourceBatch, idx: int, weight: float, st: So
     st.kept += rows.height
     if run.classified is not None:
         c = run.classified
-        c.texts.append(rows.select([k for k in ("text", "text_pair") if k in rows.columns]))
+        if run.augment is not None:  # only augmentation reads the texts again
+            c.texts.append(rows.select([k for k in ("text", "text_pair") if k in rows.columns]))
         c.ids.append(ids)
         c.type_ids.append(second)
         c.hashes.append(hashes)
@@ -391,8 +408,7 @@ def _finish_classification(run: Run, stats: list[SourceStats], tmp: Path) -> tup
     ids = pa.concat_arrays(c.ids) if c.ids else pa.array([], pa.list_(pa.int32()))
     lengths = np.asarray(pc.list_value_length(ids), dtype=np.int32)  # as stored: after truncation
     type_ids = pa.concat_arrays(c.type_ids) if c.type_ids else pa.array([], pa.list_(pa.int32()))
-    texts = pl.concat(c.texts) if c.texts else pl.DataFrame({"text": []}, schema={"text": pl.String})
-    pairs = "text_pair" in texts.columns
+    pairs = any(src.columns.text_pair is not None for src in spec.data.sources)
     free = codes < 0
     sp = spec.data.split
     split = codes.copy()
@@ -413,13 +429,13 @@ def _finish_classification(run: Run, stats: list[SourceStats], tmp: Path) -> tup
     parts_ids, parts_types, parts_len = [ids.take(pa.array(order))], [type_ids.take(pa.array(order))], [lengths[order]]
     parts_y, parts_h, parts_src = [y[order]], [hashes[order]], [source[order]]
     if run.augment is not None and len(train):
-        originals = texts[train.tolist()]
+        originals = pl.concat(c.texts)[train.tolist()]
         for copy in range(1, run.augment.copies + 1):
             new, changed = run.augment.copy(originals, hashes[train], copy)
             funnel.augmented["unchanged"] += int((~changed).sum())
             new, rows = new.filter(pl.Series(changed)), train[changed]
-            a_ids, a_types, a_hash, _, reason = _encode(run, new.with_columns(line=pl.lit(0, pl.UInt64)))
-            ok = np.equal(reason, None)
+            a_ids, a_types, a_hash, (failed, _), reason = _encode(run, new.with_columns(line=pl.lit(0, pl.UInt64)))
+            ok = ~reason.removed & ~failed
             funnel.augmented["dropped"] += int((~ok).sum())
             k = pa.array(ok)
             parts_ids.append(pc.filter(a_ids, k))
@@ -498,35 +514,33 @@ def _check_labels(run: Run, rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFr
     return rows.filter(pl.Series(known)), bad
 
 
-def _encode(run: Run, rows: pl.DataFrame) -> tuple[pa.Array, pa.Array, np.ndarray, np.ndarray, np.ndarray]:
-    """Rows → (input_ids, labels or token_type_ids, content hashes, failed, reason): reason names
-    the rule that removes a row (template failures: `failed`); token limits count tokens before
-    truncation."""
+def _encode(run: Run, rows: pl.DataFrame) -> tuple[pa.Array, pa.Array, np.ndarray, tuple[np.ndarray, pl.Series],
+                                                  quality.Reasons]:
+    """Rows → (input_ids, labels or token_type_ids, content hashes, (failed, template error of
+    the failed rows), the rule that removes a row). Token limits count tokens before truncation."""
     spec, enc = run.spec, run.encoder
     tok, clean = spec.tokenize, spec.data.clean
     if not rows.height:
         empty = pa.array([], pa.list_(pa.int32()))
-        return empty, empty, np.zeros(0, np.uint64), np.zeros(0, bool), np.zeros(0, object)
+        return (empty, empty, np.zeros(0, np.uint64), (np.zeros(0, bool), pl.Series([], dtype=pl.String)),
+                quality.Reasons(0))
     if spec.model.task == "classification":
-        pairs = quality._strings(rows["text_pair"]) if "text_pair" in rows.columns else None
-        arrays = enc.encode_pairs(quality._strings(rows["text"]), pairs, tok.max_length, tok.truncation)
+        pairs = quality.strings(rows["text_pair"]) if "text_pair" in rows.columns else None
+        arrays = enc.encode_pairs(quality.strings(rows["text"]), pairs, tok.max_length, tok.truncation)
     elif "messages" in rows.columns:
         arrays = enc.encode_chat(rows["messages"].to_arrow(), tok.max_length, tok.truncation, tok.train_on == "all")
     else:
-        arrays = enc.encode_text(quality._strings(rows["text"]), tok.max_length, tok.truncation)
+        arrays = enc.encode_text(quality.strings(rows["text"]), tok.max_length, tok.truncation)
     ids, second, status, errors, hashes, lengths = (pa.array(a) for a in arrays)
     status_np, lengths_np = np.asarray(status), np.asarray(lengths)
-    reason = np.full(rows.height, None, dtype=object)
     failed = status_np == 3
-    if failed.any():
-        reason[failed] = [f"template: {e}" for e in pa.array(errors).filter(pa.array(failed)).to_pylist()]
-    for cond, why in ((lengths_np < clean.min_tokens, f"min_tokens: fewer than {clean.min_tokens}"),
-                      (lengths_np > (clean.max_tokens or np.iinfo(np.int64).max), f"max_tokens: more than "
-                       f"{clean.max_tokens}")):
-        reason[cond & ~failed & (reason == None)] = why  # noqa: E711
+    reason = quality.Reasons(rows.height)
+    reason.add(~failed & (lengths_np < clean.min_tokens), f"min_tokens: fewer than {clean.min_tokens}")
+    reason.add(~failed & (lengths_np > (clean.max_tokens or np.iinfo(np.int64).max)),
+               f"max_tokens: more than {clean.max_tokens}")
     for code, why in STATUS_REASONS.items():
-        reason[(status_np == code) & (reason == None)] = why  # noqa: E711
-    return ids, second, np.asarray(hashes), failed, reason
+        reason.add(status_np == code, why)
+    return ids, second, np.asarray(hashes), (failed, pl.Series(errors).filter(pl.Series(failed))), reason
 
 
 def _remove(run: Run, st: SourceStats, batch: SourceBatch, rows: pl.DataFrame, reason: pl.Series,
@@ -556,19 +570,17 @@ def _remove(run: Run, st: SourceStats, batch: SourceBatch, rows: pl.DataFrame, r
 
 
 def _dedup(run: Run, st: SourceStats, batch: SourceBatch, idx: int, rows: pl.DataFrame) -> np.ndarray:
-    run.seq.append((idx, rows["line"].to_numpy()))
-    dup = np.asarray(run.deduper.check(quality._strings(quality.row_text(rows))))
-    if not (dup >= 0).any():
-        return np.ones(rows.height, bool)
-    # sequence numbers → (source, line) of the kept original
-    bounds = np.cumsum([0] + [len(lines) for _, lines in run.seq])
-    where = np.clip(dup, 0, None)
-    chunk = np.searchsorted(bounds, where, side="right") - 1
-    src = [run.names[run.seq[c][0]] if d >= 0 else None for c, d in zip(chunk, dup, strict=True)]
-    line = [int(run.seq[c][1][w - bounds[c]]) if d >= 0 else None for c, w, d in zip(chunk, where, dup, strict=True)]
-    reason = pl.Series("reason", [run.spec.data.clean.dedup if d >= 0 else None for d in dup], dtype=pl.String)
-    original = pl.DataFrame({"source": src, "line": line}, schema={"source": pl.String, "line": pl.UInt64})
-    return _remove(run, st, batch, rows, reason, "deduped", original)
+    run.origins.extend(idx, rows["line"].to_numpy())
+    dup = np.asarray(run.deduper.check(quality.strings(quality.row_text(rows))))
+    hit = dup >= 0
+    if not hit.any():
+        return ~hit
+    reason = quality.Reasons(rows.height)
+    reason.add(hit, run.spec.data.clean.dedup)
+    at = np.where(hit, dup, 0)  # sequence number → source and line of the kept original
+    original = pl.DataFrame({"source": pl.Series(run.names).gather(run.origins.source[at]),
+                             "line": run.origins.line[at]})
+    return _remove(run, st, batch, rows, reason.series(), "deduped", original)
 
 
 def _augment_causal(run: Run, st: SourceStats, rows: pl.DataFrame, hashes: np.ndarray, reps: np.ndarray) -> None:
@@ -579,8 +591,8 @@ def _augment_causal(run: Run, st: SourceStats, rows: pl.DataFrame, hashes: np.nd
         new, changed = aug.copy(rows, hashes, copy)
         run.funnel.augmented["unchanged"] += int((~changed).sum())
         new, r = new.filter(pl.Series(changed)), reps[changed]
-        ids, labels, _, _, reason = _encode(run, new)
-        ok = np.equal(reason, None)
+        ids, labels, _, (failed, _), reason = _encode(run, new)
+        ok = ~reason.removed & ~failed
         run.funnel.augmented["dropped"] += int((~ok).sum())
         if ok.any():
             k = pa.array(ok)

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ftc import _data
-from ftc.errors import BuildError, SpecError
+from ftc.errors import BuildError
 from ftc.spec import Spec
 
 TRANSFORMS = ("strip_html", "normalize", "remove_control", "replace", "collapse_whitespace")  # bit order
@@ -106,6 +106,29 @@ def preview(text: str | None) -> str:
     return text if len(text) <= EXAMPLE_CHARS else text[:EXAMPLE_CHARS] + "…"
 
 
+class Reasons:
+    """Why each row of a batch is removed, as codes into a short list of texts (the first rule
+    that applies wins), so no Python string is made per row."""
+
+    def __init__(self, n: int) -> None:
+        self.code = np.full(n, -1, dtype=np.int32)
+        self.texts: list[str] = []
+
+    def add(self, mask: np.ndarray, why: str) -> None:
+        sel = mask & (self.code < 0)
+        if sel.any():
+            self.code[sel] = len(self.texts)
+            self.texts.append(why)
+
+    @property
+    def removed(self) -> np.ndarray:
+        return self.code >= 0
+
+    def series(self) -> pl.Series:
+        return pl.Series("reason", self.code).replace_strict(list(range(len(self.texts))), self.texts, default=None,
+                                                             return_dtype=pl.String)
+
+
 # ── row views: the texts of each shape ───────────────────────────────────────────────────────
 
 def row_text(rows: pl.DataFrame) -> pl.Series:
@@ -136,7 +159,7 @@ def _rebuild_messages(msgs: pa.LargeListArray, roles: pa.Array, contents: pa.Arr
     return pl.Series("messages", pa.LargeListArray.from_arrays(msgs.offsets, values))
 
 
-def _strings(col: pl.Series | pa.Array) -> pa.Array:
+def strings(col: pl.Series | pa.Array) -> pa.Array:
     arr = col.to_arrow() if isinstance(col, pl.Series) else col
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
@@ -156,14 +179,14 @@ def make_cleaner(spec: Spec, threads: int) -> Any | None:
                              threads=threads)
 
 
-def clean_rows(cleaner: Any | None, spec: Spec, rows: pl.DataFrame, funnel: Funnel) -> tuple[pl.DataFrame, pl.Series]:
+def clean_rows(cleaner: Any | None, spec: Spec, rows: pl.DataFrame, funnel: Funnel) -> tuple[pl.DataFrame, Reasons]:
     """The cleaned rows and, per row, the rule that removes it (null: kept). Text rules apply to
     every text of a row (text and pair, or each message); a row goes when any part of it does."""
     c = spec.data.clean
     n = rows.height
     drop_rule = np.full(n, -1, dtype=np.int64)
     changed = np.zeros(n, dtype=np.uint8)
-    before = row_text(rows) if cleaner is not None and n else None
+    original = rows
     if cleaner is not None and n:
         if "messages" in rows.columns:
             contents, owner, msgs = _contents(rows)
@@ -175,26 +198,26 @@ def clean_rows(cleaner: Any | None, spec: Spec, rows: pl.DataFrame, funnel: Funn
         else:
             for col in ("text", "text_pair"):
                 if col in rows.columns:
-                    text, bits, dropped = (pa.array(a) for a in cleaner.clean(_strings(rows[col])))
+                    text, bits, dropped = (pa.array(a) for a in cleaner.clean(strings(rows[col])))
                     _reduce_into(changed, drop_rule, np.arange(n), np.asarray(bits), np.asarray(dropped))
                     rows = rows.with_columns(pl.Series(col, text))
-    reason = np.full(n, None, dtype=object)
+    reason = Reasons(n)
     for i, pattern in enumerate(c.drop_if_matches):
-        reason[(drop_rule == i) & (reason == None)] = f"drop_if_matches[{i}]: {pattern}"  # noqa: E711
+        reason.add(drop_rule == i, f"drop_if_matches[{i}]: {pattern}")
     total, empty = _sizes(rows)
-    for cond, why in ((empty, "empty after cleaning"), (total < c.min_chars, f"min_chars: fewer than {c.min_chars}"),
-                      (total > (c.max_chars or np.iinfo(np.int64).max), f"max_chars: more than {c.max_chars}")):
-        reason[cond & (reason == None)] = why  # noqa: E711
-    if before is not None:
-        after = row_text(rows)
-        for bit, name in enumerate(TRANSFORMS):
-            hit = np.flatnonzero((changed >> bit) & 1)
-            if len(hit):
-                funnel.changed[name] += len(hit)
-                for i in hit[: EXAMPLES_PER_RULE - len(funnel.examples.get(name, []))]:
-                    funnel.example(name, {"line": int(rows["line"][int(i)]), "before": preview(before[int(i)]),
-                                          "after": preview(after[int(i)])})
-    return rows, pl.Series("reason", reason.tolist(), dtype=pl.String)
+    reason.add(empty, "empty after cleaning")
+    reason.add(total < c.min_chars, f"min_chars: fewer than {c.min_chars}")
+    reason.add(total > (c.max_chars or np.iinfo(np.int64).max), f"max_chars: more than {c.max_chars}")
+    for bit, name in enumerate(TRANSFORMS):
+        hit = np.flatnonzero((changed >> bit) & 1)
+        funnel.changed[name] += len(hit)
+        # examples render only the few rows shown, never the whole batch
+        shown = hit[: EXAMPLES_PER_RULE - len(funnel.examples.get(name, []))]
+        if len(shown):
+            before, after = (row_text(f[shown.tolist()]).to_list() for f in (original, rows))
+            for i, b, a in zip(shown, before, after, strict=True):
+                funnel.example(name, {"line": int(rows["line"][int(i)]), "before": preview(b), "after": preview(a)})
+    return rows, reason
 
 
 def _reduce_into(changed: np.ndarray, drop_rule: np.ndarray, owner: np.ndarray, bits: np.ndarray,
@@ -252,14 +275,10 @@ def infer_label_names(seen: set[str]) -> list[str]:
 def label_index(labels: pl.Series, names: list[str]) -> np.ndarray:
     """Index of each label in `names`, -1 when unknown. A name matches first; otherwise an
     integer in range is an index (labels 0/1 with names ["negative", "positive"])."""
-    lookup = {n: i for i, n in enumerate(names)}
-    out = np.full(len(labels), -1, dtype=np.int32)
-    for i, v in enumerate(labels.to_list()):
-        if v in lookup:
-            out[i] = lookup[v]
-        elif v is not None and v.lstrip("-").isdigit() and 0 <= int(v) < len(names):
-            out[i] = int(v)
-    return out
+    by_name = labels.replace_strict(names, list(range(len(names))), default=None, return_dtype=pl.Int32)
+    as_int = labels.cast(pl.Int64, strict=False)
+    by_index = pl.select(pl.when(as_int.is_between(0, len(names) - 1)).then(as_int)).to_series().cast(pl.Int32)
+    return by_name.fill_null(by_index).fill_null(-1).to_numpy()
 
 
 # ── splits ───────────────────────────────────────────────────────────────────────────────────
@@ -425,15 +444,14 @@ class Augmentation:
             turn = np.arange(len(owner)) - np.asarray(msgs.offsets)[:-1][owner]
             keys = mix(hashes[owner] ^ mix(turn.astype(np.uint64) + np.uint64(1)))
             new = self._texts(contents.filter(pa.array(user)), keys[user], copy)
-            merged = np.array(contents.to_pylist(), dtype=object)
-            merged[user] = new.to_pylist()
-            out = rows.with_columns(_rebuild_messages(msgs, roles, pa.array(merged, pa.large_string())))
+            merged = pc.replace_with_mask(contents, pa.array(user), new.cast(pa.large_string()))
+            out = rows.with_columns(_rebuild_messages(msgs, roles, merged))
         else:
             out = rows
             for salt, col in enumerate(("text", "text_pair")):
                 if col in rows.columns:
                     keys = mix(hashes ^ np.uint64(salt))
-                    out = out.with_columns(pl.Series(col, self._texts(_strings(rows[col]), keys, copy)))
+                    out = out.with_columns(pl.Series(col, self._texts(strings(rows[col]), keys, copy)))
         changed = (row_text(out) != row_text(rows)).to_numpy()
         return out, changed
 
@@ -484,5 +502,7 @@ def padding_ratio(lengths: np.ndarray, batch_size: int, seed: int, bucketed: boo
     if bucketed:
         mega = batch_size * 50
         lens = np.concatenate([np.sort(lens[i:i + mega])[::-1] for i in range(0, len(lens), mega)])
-    padded = sum(int(lens[i:i + batch_size].max()) * len(lens[i:i + batch_size]) for i in range(0, len(lens), batch_size))
+    starts = np.arange(0, len(lens), batch_size)
+    sizes = np.diff(np.append(starts, len(lens)))
+    padded = int((np.maximum.reduceat(lens, starts).astype(np.int64) * sizes).sum())
     return round(1 - float(lens.sum()) / padded, 6)
