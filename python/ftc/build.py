@@ -164,6 +164,10 @@ def _train(spec: Spec, data: data_stage.PrepResult, model_dir: Path, inputs: dic
     if (work / "runs").is_dir():  # TensorBoard event files, kept with the run
         shutil.copytree(work / "runs", out / "tensorboard")
     tokenizer.save_pretrained(out / "model")
+    # What export needs without the spec's directory: the spec as written and the template it chose.
+    (out / "spec.toml").write_text(spec.text, encoding="utf-8")
+    if template := m.get("template_source"):
+        (out / "model" / "ftc_template.jinja").write_text(template, encoding="utf-8")
     tokens = _train_tokens(m, spec)
     timing = {"train_seconds": round(seconds, 3), "steps": result.global_step,
               "tokens_per_second": round(tokens / seconds, 1) if seconds else None, "train_tokens": tokens,

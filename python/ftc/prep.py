@@ -307,6 +307,7 @@ def _build(spec: Spec, files: list[list[Path]], info: TokenizerInfo, template: t
         "task": spec.model.task,
         "max_length": tok.max_length,
         "template": template[0] if template else None,
+        "template_source": template[1] if template else None,
         "tokenizer_dir": str(info.dir),
         "files": {s: f"{s}.arrow" for s in SPLITS},
         "columns": columns,
