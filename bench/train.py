@@ -1,7 +1,7 @@
 """Packed vs padded batches for causal-LM SFT on a tiny Llama: useful tokens/s and the loss curves.
 
     .venv/bin/python bench/train.py [--docs N] [--max-length L] [--rows R] [--threads T] [--no-grouped]
-                                    [--no-varlen]
+                                    [--no-mask-arm]
 
 Everything is built here, nothing is downloaded: a seeded chat corpus (lognormal lengths,
 20–600 tokens, at most 90% of max_length), a byte-level BPE tokenizer trained on it with SmolLM2's chat template, and a
@@ -16,11 +16,12 @@ float32, CPU, `--threads` threads):
   padded, grouped       the same with HF's `group_by_length` order (megabatches of 50·B sorted
                         by length): the strongest padded baseline
   packed                R BFD-packed rows of `max_length` per batch, `position_ids` restarting
-                        at each example and no attention mask, `use_cache=False`: transformers
-                        builds a block-diagonal causal mask, so attention never crosses examples
-                        (SDPA still computes all row_len² scores, most of them masked)
-  packed, varlen        the same batches with a bench-only attention that runs SDPA per example,
-                        as varlen flash attention does on a GPU: Σ len² scores instead of row_len²
+                        at each example, `use_cache=False`, and ftc's attention for packed rows
+                        (`ftc.train.register_segmented_attention`, what `ftc build` trains with on
+                        CPU): SDPA per example, as varlen flash attention does on a GPU, so a row
+                        costs Σ len² scores instead of row_len²
+  packed, sdpa mask     the same batches with transformers' SDPA and its block-diagonal causal
+                        mask: exact too, but it computes all row_len² scores, most of them masked
 
 B is R times the mean number of examples per packed row, so every arm takes about as many
 optimizer steps with as many examples per step. The arms are stepped in turn (the one least far
@@ -55,7 +56,7 @@ SEED = 20240611
 sys.path.insert(0, str(ROOT / "tests"))
 from tiny import write_spec  # noqa: E402
 
-from ftc.train import IGNORE, PackedCollator  # noqa: E402
+from ftc.train import IGNORE, PackedCollator, register_segmented_attention  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
 from prep import OPENERS, SYSTEM_PROMPTS, sentence_pool, train_bpe  # noqa: E402
@@ -219,30 +220,6 @@ def collate(rows: Rows, idx: np.ndarray, pad_id: int, packed: bool) -> dict:
         labels[k, :n] = torch.from_numpy(np.where(rows.position_ids[i] == 0, IGNORE, rows.labels[i]))
         mask[k, :n] = 1
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
-
-
-def register_varlen() -> str:
-    """A bench-only attention for packed rows (the `packed, varlen` arm): SDPA per example
-    (causal) over the segments `position_ids` mark, as varlen flash attention does on a GPU, so
-    attention costs Σ len² instead of row_len². No mask is built for it; no padding allowed."""
-    import torch
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface
-
-    def varlen(module, query, key, value, attention_mask, scaling=None, dropout=0.0, position_ids=None, **kwargs):
-        groups = query.shape[1] // key.shape[1]
-        key, value = key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1)
-        rows = []
-        for b in range(query.shape[0]):
-            starts = torch.nonzero(position_ids[b] == 0).flatten().tolist() + [query.shape[2]]
-            rows.append(torch.cat([torch.nn.functional.scaled_dot_product_attention(
-                query[b:b + 1, :, s:e], key[b:b + 1, :, s:e], value[b:b + 1, :, s:e], is_causal=True, scale=scaling)
-                for s, e in zip(starts[:-1], starts[1:], strict=True)], dim=2))
-        return torch.cat(rows).transpose(1, 2).contiguous(), None
-
-    AttentionInterface.register("sdpa_varlen", varlen)
-    AttentionMaskInterface.register("sdpa_varlen", lambda *args, **kwargs: None)
-    return "sdpa_varlen"
 
 
 # ── training ─────────────────────────────────────────────────────────────────────────────────
@@ -476,9 +453,9 @@ def compare(results: dict[str, dict], curves: dict[str, np.ndarray], logs: dict[
         ratios[f"loss curve, packed - {pd}: mean |Δ| of bins 2-20"] = float(
             np.nanmean(np.abs(curves["packed"][1:] - curves[pd][1:])))
         ratios[f"eval loss, packed - {pd}"] = results["packed"]["eval_loss"] - results[pd]["eval_loss"]
-    if "packed, varlen" in results:  # the same batches in the same order: the same training run
-        ratios["packed, varlen - packed: max |Δ| of step losses"] = float(np.max(np.abs(
-            np.array(logs["packed, varlen"]["loss"]) - np.array(logs["packed"]["loss"]))))
+    if "packed, sdpa mask" in results:  # the same batches in the same order: the same training run
+        ratios["packed, sdpa mask - packed: max |Δ| of step losses"] = float(np.max(np.abs(
+            np.array(logs["packed, sdpa mask"]["loss"]) - np.array(logs["packed"]["loss"]))))
     print()
     width = max(map(len, ratios))
     for k, v in ratios.items():
@@ -498,10 +475,10 @@ def plot(arms: list[Arm], edges: np.ndarray, curves: dict[str, np.ndarray], path
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     centers = (edges[:-1] + edges[1:]) / 2
     colors = {"padded, shuffled": "tab:red", "padded, grouped": "tab:orange", "packed": "tab:blue",
-              "packed, varlen": "tab:green"}
+              "packed, sdpa mask": "tab:green"}
     for arm in arms:
-        color, style = colors.get(arm.name, "tab:gray"), "--" if arm.name == "packed, varlen" else "-"
-        if arm.name != "packed, varlen":  # its steps are those of `packed`
+        color, style = colors.get(arm.name, "tab:gray"), "--" if arm.name == "packed, sdpa mask" else "-"
+        if arm.name != "packed, sdpa mask":  # its steps are those of `packed`
             left.plot(np.cumsum(arm.log["useful"]), arm.log["loss"], color=color, alpha=0.18, lw=0.8)
         left.plot(centers, curves[arm.name], color=color, ls=style, lw=2, marker="o", ms=3, label=arm.name)
         right.plot(np.cumsum(arm.log["seconds"]), arm.log["loss"], color=color, ls=style, lw=1, label=arm.name)
@@ -526,7 +503,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     p.add_argument("--threads", type=int, default=2, help="torch threads (and ftc prep threads)")
     p.add_argument("--no-grouped", action="store_true", help="skip the group_by_length arm")
-    p.add_argument("--no-varlen", action="store_true", help="skip the packed arm with per-example attention")
+    p.add_argument("--no-mask-arm", action="store_true", help="skip the packed arm with transformers' SDPA mask")
     args = p.parse_args()
     import torch
     from transformers.utils import logging as hf_logging
@@ -555,18 +532,18 @@ def main() -> None:
     print(f"batches: packed {args.rows} rows, padded {b} examples (= {args.rows} × {per_row:.2f}); one epoch each; "
           f"AdamW lr {args.lr:g}, {args.threads} threads, float32, sdpa")
 
-    attentions = ["sdpa"] + [register_varlen()] * (not args.no_varlen)
-    exact = {a: check_exact(model_dir, packed, pad_id, args.rows, a) for a in attentions}
+    segmented = register_segmented_attention()
+    exact = {a: check_exact(model_dir, packed, pad_id, args.rows, a) for a in (segmented, "sdpa")}
     print_exactness(exact)
 
     rng = lambda: np.random.default_rng(SEED)  # noqa: E731 (each arm draws its own order from the same seed)
     arms = [Arm("padded, shuffled", padded, order_shuffled(len(padded), b, rng()), packed=False)]
     if not args.no_grouped:
         arms.append(Arm("padded, grouped", padded, order_grouped(lengths, b, rng()), packed=False))
-    arms.append(Arm("packed", packed, order_shuffled(len(packed), args.rows, rng()), packed=True))
-    if not args.no_varlen:
-        arms.append(Arm("packed, varlen", packed, order_shuffled(len(packed), args.rows, rng()), packed=True,
-                        attention="sdpa_varlen"))
+    arms.append(Arm("packed", packed, order_shuffled(len(packed), args.rows, rng()), packed=True,
+                    attention=segmented))
+    if not args.no_mask_arm:
+        arms.append(Arm("packed, sdpa mask", packed, order_shuffled(len(packed), args.rows, rng()), packed=True))
     for arm in arms:
         setup(arm, model_dir, args.lr)
     params = sum(x.numel() for x in arms[0].model.parameters())

@@ -30,9 +30,11 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def test_packed_row_loss_equals_each_example_alone(tmp_path: Path, llama_dir: Path):
+@pytest.mark.parametrize("attention", ["sdpa", "segmented"])
+def test_packed_row_loss_equals_each_example_alone(tmp_path: Path, llama_dir: Path, attention: str):
     """The invariant of packing: per-token losses of a packed row equal those of every
-    example run alone (block-diagonal attention, positions restarting, no cross-example label)."""
+    example run alone (block-diagonal attention, positions restarting, no cross-example label),
+    with transformers' block-diagonal mask (sdpa) and with ftc's per-example attention."""
     from transformers import AutoModelForCausalLM
 
     write_jsonl(tmp_path / "d.jsonl", chat_rows(40))
@@ -40,8 +42,10 @@ def test_packed_row_loss_equals_each_example_alone(tmp_path: Path, llama_dir: Pa
                       data_split={"valid": 0.0, "test": 0.0})
     data = prep(load_spec(spec))
     ds = stages.load_split(data.path, data.manifest, "train")
-    model = AutoModelForCausalLM.from_pretrained(llama_dir, attn_implementation="sdpa").eval()
+    impl = "sdpa" if attention == "sdpa" else train.register_segmented_attention()
+    model = AutoModelForCausalLM.from_pretrained(llama_dir, attn_implementation=impl).eval()
     model.config.use_cache = False
+    reference = AutoModelForCausalLM.from_pretrained(llama_dir, attn_implementation="sdpa").eval()
     collate = train.PackedCollator(pad_id=0)
     rows = [ds[i] for i in range(min(3, len(ds)))]
     assert all(len(r["seq_lengths"]) >= 3 for r in rows)  # rows really hold several examples
@@ -57,7 +61,7 @@ def test_packed_row_loss_equals_each_example_alone(tmp_path: Path, llama_dir: Pa
             ids = torch.tensor(row["input_ids"][start:start + n])[None]
             labels = torch.tensor(row["labels"][start:start + n])[None]
             with torch.no_grad():
-                alone_logits = model(input_ids=ids).logits
+                alone_logits = reference(input_ids=ids).logits
             alone = torch.nn.functional.cross_entropy(alone_logits[:, :-1].transpose(1, 2), labels[:, 1:],
                                                       ignore_index=-100, reduction="none")[0]
             mask = labels[0, 1:] != -100
@@ -131,6 +135,41 @@ def test_classification_build_with_class_weights(tmp_path: Path, bert_dir: Path)
     m = r.manifest["metrics"]
     assert {"accuracy", "f1_macro", "confusion_matrix"} <= set(m)
     assert m["accuracy"] > 0.9  # the label is in the words: a trained head must find it
+    history = json.loads((r.path / "metrics.json").read_text())["log_history"]
+    assert any("eval_accuracy" in h and "eval_f1" in h for h in history)  # early stopping can watch them
+
+
+def test_early_stopping_stops_and_restores_the_best_checkpoint(tmp_path: Path, llama_dir: Path):
+    """A learning rate that makes training diverge: validation loss stops improving at once, so
+    training ends after `patience` evaluations without improvement, and the model kept is the
+    best one seen (the first evaluation's), not the last."""
+    write_jsonl(tmp_path / "d.jsonl", chat_rows(60))
+    spec = write_spec(tmp_path / "spec.toml", llama_dir, [{"path": "d.jsonl"}], tokenize={"max_length": 128},
+                      data_split={"valid": 0.2, "test": 0.0},
+                      train={"method": "full", "max_steps": 40, "batch_size": 4, "learning_rate": 0.5,
+                             "warmup_ratio": 0.0, "scheduler": "constant", "eval_steps": 1,
+                             "early_stopping": {"patience": 2, "metric": "eval_loss"}})
+    r = stages.build(load_spec(spec))
+    evals = [h["eval_loss"] for h in json.loads((r.path / "metrics.json").read_text())["log_history"]
+             if "eval_loss" in h]
+    best = evals.index(min(evals))
+    assert r.manifest["timing"]["steps"] < 40 and len(evals) == best + 3  # stopped 2 evaluations after the best
+    valid = stages.load_split(r.data.path, r.data.manifest, "valid")
+    from transformers import AutoModelForCausalLM
+
+    kept = AutoModelForCausalLM.from_pretrained(r.path / "model")
+    total, count = train.token_loss(kept, valid, train.PackedCollator(0), 64)
+    # (the Trainer's eval_loss averages batch means, so it is close to the exact mean, not equal)
+    assert min(range(len(evals)), key=lambda i: abs(evals[i] - total / count)) == best
+    assert abs(total / count - evals[best]) < 0.1
+
+
+def test_early_stopping_needs_a_validation_split(tmp_path: Path, llama_dir: Path):
+    write_jsonl(tmp_path / "d.jsonl", chat_rows(20))
+    spec = write_spec(tmp_path / "spec.toml", llama_dir, [{"path": "d.jsonl"}], data_split={"valid": 0.0},
+                      train={"max_steps": 2, "early_stopping": {"patience": 2}})
+    with pytest.raises(BuildError, match="validation split"):
+        stages.build(load_spec(spec))
 
 
 @pytest.mark.parametrize(("method", "pack"), [("full", True), ("freeze", True), ("dora", True), ("ia3", True),

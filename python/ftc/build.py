@@ -41,6 +41,7 @@ class BuildResult:
     cache_hit: bool
     manifest: dict[str, Any]
     seconds: float
+    export: Any = None  # the export stage's `ftc.export.ExportResult`, when `[export] onnx = true`
 
 
 def train_inputs(spec: Spec, data_key: str, model_dir: Path, threads: int = 0) -> dict[str, Any]:
@@ -65,6 +66,11 @@ def plan(spec: Spec, threads: int = 0) -> list[StagePlan]:
     stages = [_stage_plan("data", store.DATASETS, data_key, inputs, spec.project.name)]
     t_inputs = train_inputs(spec, data_key, resolve_model(spec.model.base, spec.root), threads)
     stages.append(_stage_plan("train", RUNS, store.key_of(t_inputs), t_inputs, spec.project.name))
+    if spec.export.onnx:
+        from ftc import export
+
+        e_inputs = export.export_inputs(store.key_of(t_inputs), spec.export)
+        stages.append(_stage_plan("export", export.ARTIFACTS, store.key_of(e_inputs), e_inputs, spec.project.name))
     return stages
 
 
@@ -91,6 +97,19 @@ def _diff(old: Any, new: Any, path: str = "") -> list[str]:
 
 def build(spec: Spec, *, threads: int = 0, progress: data_stage.Progress | None = None,
           force: bool = False) -> BuildResult:
+    result = _build_run(spec, threads=threads, progress=progress, force=force)
+    # ── the export stage (issue 5): keyed by the train key + `[export]`, so a changed `[export]`
+    # table re-exports the cached run and retrains nothing.
+    if spec.export.onnx:
+        from ftc import export
+
+        run = export.find_run(result.path)
+        result.export = export.export(run, spec.export, spec_text=spec.text, progress=progress, force=force)
+    return result
+
+
+def _build_run(spec: Spec, *, threads: int = 0, progress: data_stage.Progress | None = None,
+               force: bool = False) -> BuildResult:
     t0 = time.perf_counter()
     train.check_method(spec)  # before any work: a QLoRA spec on CPU fails here, not after prep
     data = data_stage.prep(spec, threads=threads, progress=progress)
@@ -146,7 +165,8 @@ def _train(spec: Spec, data: data_stage.PrepResult, model_dir: Path, inputs: dic
         model.config.pad_token_id = pad_id
     bs = spec.train.batch_size
     eval_ds = test_ds or valid_ds
-    base_metrics = _evaluate(spec, model, eval_ds, collator, labels) if spec.eval.compare_base and eval_ds else None
+    base_metrics = _evaluate(spec, model, tokenizer, eval_ds, collator, labels) if spec.eval.compare_base and eval_ds \
+        else None
     model = train.apply_method(model, spec)
     n_trainable, n_total = train.trainable(model)
     steps_per_epoch = -(-len(train_ds) // (bs * spec.train.grad_accum))
@@ -158,7 +178,7 @@ def _train(spec: Spec, data: data_stage.PrepResult, model_dir: Path, inputs: dic
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - t0
     model = trainer.model
-    metrics = _evaluate(spec, model, eval_ds, collator, labels) if eval_ds else {}
+    metrics = _evaluate(spec, model, tokenizer, eval_ds, collator, labels) if eval_ds else {}
     (out / "model").mkdir()
     model.save_pretrained(out / "model")  # PEFT's own format for adapters
     if (work / "runs").is_dir():  # TensorBoard event files, kept with the run
@@ -203,7 +223,8 @@ def _train_tokens(m: dict[str, Any], spec: Spec) -> int:
     return int(m["stats"]["splits"]["train"]["tokens"] * epochs)
 
 
-def _evaluate(spec: Spec, model: Any, ds: Any, collator: Any, labels: list[str] | None) -> dict[str, Any]:
+def _evaluate(spec: Spec, model: Any, tokenizer: Any, ds: Any, collator: Any,
+              labels: list[str] | None) -> dict[str, Any]:
     from ftc import evaluate
 
     bs = spec.train.batch_size
@@ -211,5 +232,11 @@ def _evaluate(spec: Spec, model: Any, ds: Any, collator: Any, labels: list[str] 
         gold, pred = train.predict_labels(model, ds, collator, bs)
         return evaluate.classification_metrics(gold, pred, labels or [])
     total, count = train.token_loss(model, ds, collator, bs)
-    return {"loss": total / count if count else None, "perplexity": evaluate.perplexity(total, count),
-            "tokens": count}
+    result = {"loss": total / count if count else None, "perplexity": evaluate.perplexity(total, count),
+              "tokens": count}
+    if asked := [m for m in spec.eval.metrics if m in ("bleu", "rouge")]:
+        from ftc.generate import text_metrics
+
+        result.update(text_metrics(model, tokenizer, ds, asked, limit=spec.eval.samples,
+                                   max_new_tokens=spec.eval.max_new_tokens, batch_size=bs))
+    return result

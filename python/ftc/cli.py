@@ -61,8 +61,11 @@ def main(debug: bool) -> None:
       ftc validate spec.toml   check the spec, report every problem at once
       ftc build spec.toml      data → train → evaluate → report, each stage cached by its inputs
       ftc plan spec.toml       what build would do, stage by stage, and why
+      ftc export RUN --int8    merged weights, ONNX and int8, verified against the trained model
       ftc prep spec.toml       build the packed dataset (cached by content)
       ftc inspect spec.toml    statistics and decoded rows, masked tokens marked
+      ftc infer ART --text T   classify or generate with onnxruntime alone (no torch)
+      ftc serve ART            the same over HTTP, on 127.0.0.1:8000
       ftc cache ls             what the store at $FTC_HOME holds
       ftc schema               the spec's JSON schema, for editors
     """
@@ -277,11 +280,82 @@ def build(spec: Path, threads: int, force: bool, as_json: bool) -> None:
                   markup=False, soft_wrap=True)
     err.print(f"run {result.path}", markup=False, soft_wrap=True)
     err.print(f"report {result.path / 'report.md'}", markup=False, soft_wrap=True)
+    if result.export is not None:
+        _print_export(result.export)
     if as_json:
         click.echo(json.dumps({"data": _prep_json(result.data), "train": {
             "key": result.key, "cache": "hit" if result.cache_hit else "miss", "run_dir": str(result.path),
             "method": m["method"], "metrics": m["metrics"], "base_metrics": m.get("base_metrics"),
-            "timing": m["timing"], "seconds": round(result.seconds, 3)}}, indent=2))
+            "timing": m["timing"], "seconds": round(result.seconds, 3)},
+            **({"export": _export_json(result.export)} if result.export is not None else {})}, indent=2))
+
+
+@main.command()
+@click.argument("run")
+@click.option("--onnx", is_flag=True, help="Export ONNX fp32 (implied by --int8 and --int4).")
+@click.option("--int8", is_flag=True, help="And an int8 variant (classifier: dynamic, per-channel; decoder: "
+              "weight-only).")
+@click.option("--int4", is_flag=True, help="And an int4 variant (decoders: weight-only MatMulNBits).")
+@click.option("--opset", type=click.IntRange(min=7), default=None, help="ONNX opset of a classifier graph.")
+@click.option("--rows", type=click.IntRange(min=1), default=None,
+              help="Held-out test examples for the parity check (default: `[export] rows`).")
+@click.option("--no-verify", is_flag=True, help="Publish even if a parity check fails (its figures are recorded).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Copy the artifact to this new (or empty) directory.")
+@click.option("--force", is_flag=True, help="Export again even if this export is cached.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
+@reported
+def export(run: str, onnx: bool, int8: bool, int4: bool, opset: int | None, rows: int | None, no_verify: bool,
+           out: Path | None, force: bool, as_json: bool) -> None:
+    """Export RUN (a run directory, or a key prefix from `ftc cache ls`): the adapter merged into
+    the base, ONNX, int8 / int4, each checked against the trained model on held-out test rows.
+
+    Settings come from the run's `[export]` table; flags override it (`--onnx`, `--int8` and
+    `--int4` name exactly the variants to build). The result is stored under the train key and
+    the settings ($FTC_HOME/artifacts-v1/<key>/artifact): a second export is a cache hit.
+    """
+    from ftc import export as stage
+
+    r = stage.find_run(run)
+    quantize = tuple(q for q, on in (("int8", int8), ("int4", int4)) if on)
+    settings = stage.override(r.export, onnx=onnx, quantize=quantize, opset=opset, rows=rows,
+                              verify=False if no_verify else None)
+    with _bars() as bars:
+        result = stage.export(r, settings, progress=_progress_callback(bars), force=force)
+    _print_export(result)
+    copied = stage.copy_out(result, out) if out is not None else None
+    if copied is not None:
+        err.print(f"copied to {copied}", markup=False, soft_wrap=True)
+    if as_json:
+        click.echo(json.dumps(_export_json(result) | {"out": str(copied) if copied else None}, indent=2))
+
+
+def _print_export(r: Any) -> None:
+    from ftc.parity import table
+
+    m = r.manifest
+    variants = ", ".join(m["variants"]) or "merged weights"
+    state = "cached" if r.cache_hit else f"built in {m['seconds']:.1f}s"
+    err.print(f"export · {variants} · {state}", markup=False, soft_wrap=True)
+    err.print(f"parity on {m['parity']['rows']} held-out rows:", markup=False, soft_wrap=True)
+    for line in table(m["parity"]):
+        err.print(line, markup=False, soft_wrap=True)
+    for failure in m.get("failures") or []:
+        err.print(f"warning: parity failed (published with verify = false): {failure}", markup=False, soft_wrap=True)
+    if r.artifact is not None:
+        card = json.loads((r.artifact / "ftc-artifact.json").read_text(encoding="utf-8"))
+        err.print(f"artifact {r.artifact} (default {card['default']})", markup=False, soft_wrap=True)
+    if (r.path / "merged").is_dir():
+        err.print(f"merged weights {r.path / 'merged'}", markup=False, soft_wrap=True)
+
+
+def _export_json(r: Any) -> dict[str, Any]:
+    m = r.manifest
+    return {"stage": "export", "key": r.key, "cache": "hit" if r.cache_hit else "miss", "run": m["run"],
+            "artifact": str(r.artifact) if r.artifact else None,
+            "merged": str(r.path / "merged") if (r.path / "merged").is_dir() else None,
+            "variants": m["variants"], "parity": m["parity"], "failures": m.get("failures") or [],
+            "seconds": round(r.seconds, 3)}
 
 
 @main.command()
@@ -345,6 +419,133 @@ def inspect(target: str, split: str, n_rows: int, as_json: bool) -> None:
         err.print(f"\n── {split} row {i} · {len(examples)} examples " + "─" * 20, markup=False)
         for j, text in enumerate(examples):
             err.print(f"[{j}] {text}", markup=False, soft_wrap=True)
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--text", "texts", multiple=True, help="A text to classify, or a user message (a prompt with --raw); "
+              "repeatable.")
+@click.option("--file", "file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="One text per line, or JSON Lines with `text` (+ `text_pair`), `messages` or `prompt`.")
+@click.option("--variant", help="fp32, int8 or int4 (default: the artifact's own default).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Texts per batch.")
+@click.option("--raw", is_flag=True, help="Generation: give --text to the model as is, without the chat template.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="0 is greedy decoding.")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True)
+@click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True, help="0 is off.")
+@click.option("--seed", type=int, default=None, help="Seed of the sampler (with --temperature above 0).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per input on stdout (JSON Lines).")
+@reported
+def infer(artifact: Path, texts: tuple[str, ...], file: Path | None, variant: str | None, batch_size: int, raw: bool,
+          max_new_tokens: int, temperature: float, top_p: float, top_k: int, seed: int | None,
+          as_json: bool) -> None:
+    """Run ARTIFACT (a directory `ftc export` wrote) on --text or --file, with onnxruntime only.
+
+    A classifier prints each text's label and the probability of every label; a causal LM
+    prints its answer to each text, sent as a user message through the chat template. The
+    artifact's hashes are checked first: a changed file is refused.
+    """
+    from ftc import runtime
+    from ftc.runtime.inputs import read_inputs
+
+    if not texts and file is None:
+        raise click.UsageError("give --text or --file")
+    inputs = [{"text": t} for t in texts] + (read_inputs(file) if file is not None else [])
+    start = time.perf_counter()
+    model = runtime.load(artifact, variant)
+    if isinstance(model, runtime.Classifier):
+        results = _classify_inputs(model, inputs, batch_size)
+    else:
+        results = [model.generate(_prompt(i, raw or not model.artifact.template), max_new_tokens=max_new_tokens,
+                                   temperature=temperature, top_p=top_p, top_k=top_k, seed=seed).as_dict()
+                   for i in inputs]
+    for i, (inp, res) in enumerate(zip(inputs, results, strict=True)):
+        if as_json:
+            click.echo(json.dumps(inp | res, ensure_ascii=False))
+        elif model.task == "classification":
+            probs = " ".join(f"{k}={v:.4f}" for k, v in res["probabilities"].items())
+            click.echo(f"{res['label']}\t{probs}\t{inp['text']}")
+        else:
+            click.echo(("\n" if i else "") + res["text"])
+    err.print(f"{model.task} · {artifact} · {model.artifact.variant} · {len(inputs)} input{'s' * (len(inputs) != 1)} · "
+              f"{time.perf_counter() - start:.2f}s", markup=False, soft_wrap=True)
+
+
+def _classify_inputs(model: Any, inputs: list[dict[str, Any]], batch_size: int) -> list[dict[str, Any]]:
+    from ftc.errors import InferenceError
+
+    if bad := next((i for i in inputs if "text" not in i), None):
+        raise InferenceError(f"a classifier takes texts; this input has {', '.join(bad)}")
+    with_pairs = any("text_pair" in i for i in inputs)
+    pairs = [i.get("text_pair", "") for i in inputs] if with_pairs else None
+    return [p.as_dict() for p in model.classify([i["text"] for i in inputs], pairs, batch_size=batch_size)]
+
+
+def _prompt(inp: dict[str, Any], raw: bool) -> Any:
+    if "messages" in inp:
+        return inp["messages"]
+    if "prompt" in inp:
+        return inp["prompt"]
+    return inp["text"] if raw else [{"role": "user", "content": inp["text"]}]
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--variant", help="fp32, int8 or int4 (default: the artifact's own default).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind. The API has no authentication: 0.0.0.0 exposes it to the network.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0: any free port.")
+@click.option("--max-batch", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Most texts per classify request (more: 413).")
+@click.option("--max-bytes", default="1MiB", show_default=True, help="Largest request body (more: 413); "
+              "bytes, or with KiB / MiB.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=512, show_default=True,
+              help="Most tokens a generate request may ask for.")
+@click.option("--threads", type=click.IntRange(min=0), default=0, help="onnxruntime threads (0: one per core).")
+@reported
+def serve(artifact: Path, variant: str | None, host: str, port: int, max_batch: int, max_bytes: str,
+          max_new_tokens: int, threads: int) -> None:
+    """Serve ARTIFACT over HTTP: GET /health, POST /v1/classify or /v1/generate (JSON).
+
+    \b
+      curl -s localhost:8000/v1/classify -d '{"texts": ["great film"]}'
+      curl -s localhost:8000/v1/generate -d '{"messages": [{"role": "user", "content": "hi"}]}'
+    """
+    from ftc import runtime
+    from ftc.errors import FtcError
+    from ftc.runtime.serve import make_server
+
+    limit = _size(max_bytes)
+    model = runtime.load(artifact, variant, threads)
+    try:
+        server = make_server(model, host, port, max_batch, limit, max_new_tokens)
+    except OSError as e:
+        raise FtcError(f"cannot listen on {host}:{port}: {e.strerror or e}",
+                       hint="pick another --port (0: any free one)") from None
+    endpoint = "/v1/classify" if model.task == "classification" else "/v1/generate"
+    err.print(f"serving {artifact} ({model.task}, {model.artifact.variant}) on {server.url} · GET /health · "
+              f"POST {endpoint} · Ctrl-C stops", markup=False, soft_wrap=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        err.print("stopped")
+    finally:
+        server.server_close()
+
+
+def _size(text: str) -> int:
+    """`1048576`, `512KiB`, `1MiB`, `1MB` → bytes."""
+    units = {"": 1, "b": 1, "kb": 1000, "kib": 1024, "k": 1024, "mb": 1000**2, "mib": 1024**2, "m": 1024**2}
+    number = text.strip().rstrip("bBiIkKmM")
+    unit = text.strip()[len(number):].lower()
+    try:
+        value = float(number) * units[unit]
+    except (ValueError, KeyError):
+        raise click.BadParameter(f"{text!r}: expected bytes, e.g. 1048576, 512KiB or 1MiB",
+                                 param_hint="--max-bytes") from None
+    return int(value)
 
 
 @main.group()

@@ -42,3 +42,15 @@ class BuildError(FtcError):
 
 class StoreError(FtcError):
     """The store at `$FTC_HOME` is unusable or an entry is missing."""
+
+
+class ExportError(FtcError):
+    """A run cannot be exported, or an exported model fails its parity check."""
+
+
+class ArtifactError(FtcError):
+    """An exported artifact is missing, of an unknown format, or fails its hash check."""
+
+
+class InferenceError(FtcError):
+    """A request the loaded model cannot serve: the wrong task, an empty input, too long a prompt."""

@@ -259,6 +259,12 @@ def write_report(run_dir: Path, *, spec_text: str, keys: dict[str, str], metrics
         lines += ["## Per class", "", *per_class_table(metrics.get("per_class", {})), "",
                   "## Confusion matrix", "", "Rows: true class; columns: predicted class.", "",
                   f"![confusion matrix]({CONFUSION_PNG})", ""]
+    if samples := metrics.get("samples"):
+        lines += ["## Generations", "", f"Greedy answers to {metrics.get('generated')} test prompts "
+                  f"(first {len(samples)} shown; the prompt's last 200 tokens).", ""]
+        for i, g in enumerate(samples, 1):
+            lines += [f"{i}. Prompt:", "", *fenced(g["prompt"], "text"), "", f"   Reference: {g['reference']!r}", "",
+                      f"   Prediction: {g['prediction']!r}", ""]
     lines += ["## Stage keys", "", *_table(["stage", "key"], [[s, f"`{k}`"] for s, k in keys.items()]), "",
               "## Time", "", *timing_table(timing), "", "## Spec", "", *fenced(spec_text, "toml"), ""]
     path = run_dir / "report.md"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
@@ -219,9 +219,18 @@ class PromptTuning(Table):
 
 
 class EarlyStopping(Table):
+    """Stop when the validation metric has not improved for `patience` evaluations; the best
+    checkpoint is restored at the end. `loss` for every task (perplexity follows it), and
+    `accuracy` or `f1` (macro) for classification."""
+
     patience: Positive = 3
-    metric: str = "eval_loss"
+    metric: Literal["loss", "accuracy", "f1"] = "loss"
     threshold: Annotated[float, Field(ge=0.0)] = 0.0
+
+    @field_validator("metric", mode="before")
+    @classmethod
+    def _trainer_name(cls, v: Any) -> Any:  # the Trainer logs them as eval_loss, eval_accuracy, ...
+        return v.removeprefix("eval_") if isinstance(v, str) else v
 
 
 class Train(Table):
@@ -249,20 +258,48 @@ class Train(Table):
     prompt: PromptTuning = Field(default_factory=PromptTuning)
 
 
+CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1")
+GENERATION_METRICS = ("perplexity", "bleu", "rouge")
+
+
 class Eval(Table):
     metrics: list[Literal["accuracy", "precision", "recall", "f1", "perplexity", "bleu", "rouge"]] = Field(default_factory=list)
     compare_base: bool = False
     max_new_tokens: Positive = 64
+    samples: Positive = 200  # test examples answered by generation for bleu / rouge
 
 
 class Export(Table):
-    merge: bool = True
-    onnx: bool = False
-    quantize: Literal["none", "int8", "int4"] = "none"
-    verify: bool = True
-    opset: Positive | None = None
-    max_abs_diff: Annotated[float, Field(gt=0.0)] = 1e-3
-    min_agreement: Fraction = 0.995
+    """`ftc export` and the export stage of `ftc build` (issue 5); every threshold is checked
+    on held-out test rows, and a failed check publishes nothing (with `verify`)."""
+
+    merge: bool = Field(True, description="Keep the adapter merged into the base as safetensors (merged/).")
+    onnx: bool = Field(False, description="Export ONNX (a classifier: model.onnx; a decoder: an "
+                       "onnxruntime-genai directory); `ftc build` exports only when this is true.")
+    quantize: Literal["none", "int8", "int4"] | list[Literal["int8", "int4"]] = Field(
+        "none", description="Quantized variants besides fp32: `int8` (dynamic, per-channel; decoders weight-only) "
+        "and, for decoders, `int4` (weight-only MatMulNBits); a list for both.")
+    verify: bool = Field(True, description="Fail the export when a parity check fails (the figures are always "
+                         "measured and recorded).")
+    opset: Positive | None = Field(None, description="ONNX opset of the classifier graph (default: the exporter's).")
+    rows: Positive = Field(256, description="Held-out test examples the parity check runs.")
+    max_abs_diff: Annotated[float, Field(gt=0.0)] = Field(
+        1e-3, description="Largest absolute logit difference allowed between fp32 ONNX and PyTorch.")
+    min_agreement: Fraction = Field(0.995, description="Argmax agreement required of fp32 with PyTorch, and of a "
+                                    "quantized classifier with fp32.")
+    max_accuracy_drop: Fraction = Field(0.005, description="Largest accuracy loss of a quantized classifier "
+                                        "against PyTorch (0.005 = half a point).")
+    max_perplexity_ratio: Annotated[float, Field(ge=1.0)] = Field(
+        1.05, description="Largest perplexity of a quantized decoder over PyTorch's.")
+
+    @field_validator("quantize")
+    @classmethod
+    def _one_spelling(cls, v: str | list[str]) -> str | list[str]:
+        """`["int8"]` and `"int8"` are the same export, and must have the same key."""
+        if isinstance(v, str):
+            return v
+        kept = [q for q in ("int8", "int4") if q in v]
+        return kept if len(kept) > 1 else kept[0] if kept else "none"
 
 
 class Spec(Table):
@@ -289,6 +326,14 @@ class Spec(Table):
         elif self.tokenize.truncation == "chunk":
             raise ValueError("`tokenize.truncation = \"chunk\"` is for raw text; classification truncates "
                              "`right`, `left` or drops (`drop`)")
+        early = self.train.early_stopping
+        if early is not None and early.metric != "loss" and self.model.task != "classification":
+            raise ValueError(f"`train.early_stopping.metric = \"{early.metric}\"` is a classification metric; "
+                             "causal-lm stops on `loss`")
+        fits = CLASSIFICATION_METRICS if self.model.task == "classification" else GENERATION_METRICS
+        if wrong := [m for m in self.eval.metrics if m not in fits]:
+            raise ValueError(f"`eval.metrics` {wrong} do not apply to `model.task = \"{self.model.task}\"`, "
+                             f"whose metrics are {list(fits)}")
         return self
 
     @property

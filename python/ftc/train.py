@@ -134,13 +134,15 @@ def load_model(spec: Spec, model_dir: Path, labels: list[str] | None) -> Any:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16 if prec == "bf16" else torch.float16)
-    if torch.cuda.is_available() and spec.model.task == "causal-lm":
-        try:
-            import flash_attn  # noqa: F401
+    if spec.model.task == "causal-lm":
+        kwargs["attn_implementation"] = register_segmented_attention()
+        if torch.cuda.is_available():
+            try:
+                import flash_attn  # noqa: F401
 
-            kwargs["attn_implementation"] = "flash_attention_2"  # varlen over the packed position_ids
-        except ImportError:
-            pass
+                kwargs["attn_implementation"] = "flash_attention_2"  # varlen over the packed position_ids
+            except ImportError:
+                pass
     try:
         if spec.model.task == "classification":
             assert labels is not None
@@ -153,6 +155,44 @@ def load_model(spec: Spec, model_dir: Path, labels: list[str] | None) -> Any:
         raise BuildError(f"cannot load the base model from {model_dir}: {str(e).splitlines()[0]}") from None
     model.config.use_cache = False  # a cache would turn off the packed-sequence mask
     return model
+
+
+SEGMENTED = "ftc_segmented_sdpa"
+
+
+def register_segmented_attention() -> str:
+    """Attention for packed rows without flash-attn (CPU): SDPA run causally on each example
+    of a row, over the segments where `position_ids` restart — what varlen flash attention
+    does on a GPU. A row of k examples costs Σ len² instead of row_len², which is where packing
+    gains its speed. Anything else (a KV cache while generating, no position_ids) runs plain
+    SDPA with transformers' own mask, block-diagonal for packed rows. Returns its name for
+    `attn_implementation`."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    def segmented(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, scaling: float | None = None,
+                  dropout: float = 0.0, position_ids: Any = None, **kwargs: Any) -> tuple[Any, None]:
+        import torch
+
+        if position_ids is None or query.shape[2] != key.shape[2]:
+            return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                          **kwargs)
+        groups = query.shape[1] // key.shape[1]
+        key, value = key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1)
+        p = dropout if module.training else 0.0
+        rows = []
+        for b in range(query.shape[0]):
+            starts = torch.nonzero(position_ids[min(b, position_ids.shape[0] - 1)] == 0).flatten().tolist()
+            bounds = ([0] if starts[:1] != [0] else []) + starts + [query.shape[2]]
+            rows.append(torch.cat([torch.nn.functional.scaled_dot_product_attention(
+                query[b:b + 1, :, s:e], key[b:b + 1, :, s:e], value[b:b + 1, :, s:e], is_causal=True, scale=scaling,
+                dropout_p=p) for s, e in zip(bounds[:-1], bounds[1:], strict=True)], dim=2))
+        return torch.cat(rows).transpose(1, 2).contiguous(), None
+
+    AttentionInterface.register(SEGMENTED, segmented)
+    AttentionMaskInterface.register(SEGMENTED, sdpa_mask)
+    return SEGMENTED
 
 
 def apply_method(model: Any, spec: Spec) -> Any:
@@ -250,7 +290,15 @@ def training_arguments(spec: Spec, out: Path, has_eval: bool, steps_per_epoch: i
 
     t = spec.train
     prec = precision(spec)
-    strategy = "steps" if t.eval_steps else "epoch"
+    # Keeping the best model means a checkpoint at every evaluation: the two schedules must
+    # agree, so one given alone sets the other.
+    eval_steps = t.eval_steps or t.save_steps
+    save_steps = t.save_steps or t.eval_steps
+    if has_eval and eval_steps and save_steps % eval_steps:
+        raise BuildError(f"`train.save_steps = {save_steps}` is not a multiple of `train.eval_steps = {eval_steps}`: "
+                         "the best model is kept from the checkpoints, so each evaluation needs one",
+                         hint=f"set `train.save_steps = {eval_steps * max(1, save_steps // eval_steps)}`")
+    strategy = "steps" if eval_steps else "epoch"
     optim = {"adamw": "adamw_torch", "adafactor": "adafactor", "sgd": "sgd",
              "paged-adamw-8bit": "paged_adamw_8bit"}[t.optimizer]
     early = t.early_stopping
@@ -273,13 +321,13 @@ def training_arguments(spec: Spec, out: Path, has_eval: bool, steps_per_epoch: i
         seed=spec.project.seed,
         data_seed=spec.project.seed,
         eval_strategy=strategy if has_eval else "no",
-        eval_steps=t.eval_steps,
-        save_strategy=("steps" if t.save_steps else strategy) if has_eval or t.save_steps else "epoch",
-        save_steps=t.save_steps,
+        eval_steps=eval_steps,
+        save_strategy=strategy,
+        save_steps=save_steps,
         save_total_limit=t.save_total_limit,
         load_best_model_at_end=has_eval,
-        metric_for_best_model=(early.metric if early else "eval_loss") if has_eval else None,
-        greater_is_better=(not (early.metric if early else "eval_loss").endswith("loss")) if has_eval else None,
+        metric_for_best_model=f"eval_{early.metric if early else 'loss'}" if has_eval else None,
+        greater_is_better=(early is not None and early.metric != "loss") if has_eval else None,
         logging_steps=t.logging_steps,
         logging_first_step=True,
         report_to=["tensorboard"] if _has_tensorboard() else [],
@@ -333,10 +381,24 @@ def make_trainer(spec: Spec, model: Any, args: Any, train_ds: Any, eval_ds: Any,
             return self.optimizer
 
     callbacks = []
-    if t.early_stopping is not None and eval_ds is not None:
+    if t.early_stopping is not None:
+        if eval_ds is None:
+            raise BuildError("`train.early_stopping` watches the validation split, which is empty",
+                             hint="set `data.split.valid` above 0 (or give validation rows with `data.split.column`)")
         callbacks.append(EarlyStoppingCallback(t.early_stopping.patience, t.early_stopping.threshold))
     return FtcTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, data_collator=collator,
-                      callbacks=callbacks)
+                      callbacks=callbacks,
+                      compute_metrics=_classification_metrics if spec.model.task == "classification" else None)
+
+
+def _classification_metrics(prediction: Any) -> dict[str, float]:
+    """The Trainer's validation metrics for classification: eval_accuracy and eval_f1 (macro)."""
+    from ftc.evaluate import classification_metrics
+
+    logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+    pred, gold = np.asarray(logits).argmax(-1), np.asarray(prediction.label_ids)
+    m = classification_metrics(gold, pred, [str(i) for i in range(int(np.asarray(logits).shape[-1]))])
+    return {"accuracy": m["accuracy"], "f1": m["f1_macro"]}
 
 
 def last_checkpoint(out: Path) -> Path | None:

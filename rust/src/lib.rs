@@ -492,6 +492,21 @@ fn builtin_template(name: &str) -> Option<&'static str> {
     template::builtin(name)
 }
 
+/// One conversation rendered as an inference prompt (`add_generation_prompt=True`), for the
+/// runtime: the same renderer as training, so served prompts match the trained format.
+#[pyfunction]
+#[pyo3(signature = (template, messages, special_tokens=HashMap::new()))]
+fn render_prompt(
+    template: &str,
+    messages: Vec<(String, Option<String>)>,
+    special_tokens: HashMap<String, String>,
+) -> PyResult<String> {
+    let mut special: Vec<(String, String)> = special_tokens.into_iter().collect();
+    special.sort();
+    let msgs: Vec<Message> = messages.iter().map(|(r, c)| Message { role: r, content: c.as_deref() }).collect();
+    Ok(ChatTemplate::new(template, special)?.render_prompt(&msgs)?)
+}
+
 #[pymodule]
 fn _data(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("DataKernelError", m.py().get_type::<DataKernelError>())?;
@@ -505,5 +520,6 @@ fn _data(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(gather_rows, m)?)?;
     m.add_function(wrap_pyfunction!(hash_files, m)?)?;
     m.add_function(wrap_pyfunction!(builtin_template, m)?)?;
+    m.add_function(wrap_pyfunction!(render_prompt, m)?)?;
     Ok(())
 }

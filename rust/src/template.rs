@@ -1,6 +1,7 @@
 //! Chat templates rendered with minijinja exactly as `transformers` renders them with Jinja2:
 //! `trim_blocks` and `lstrip_blocks` on, loop controls, Python string methods, HF's `tojson`,
-//! `raise_exception` and `strftime_now`, the special tokens in the context, no generation prompt.
+//! `raise_exception` and `strftime_now`, the special tokens in the context; the generation prompt
+//! only for inference prompts (`render_prompt`), never for training text.
 //!
 //! Completion-only labels need the byte span of every assistant message in the rendered text.
 //! We render twice: once with the real contents, once with each content replaced by a unique
@@ -78,6 +79,15 @@ impl ChatTemplate {
     }
 
     pub fn render(&self, messages: &[Message]) -> Result<String> {
+        self.render_with(messages, false)
+    }
+
+    /// The prompt a model completes at inference: the conversation plus the assistant header.
+    pub fn render_prompt(&self, messages: &[Message]) -> Result<String> {
+        self.render_with(messages, true)
+    }
+
+    fn render_with(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
         let msgs: Vec<Value> = messages
             .iter()
             .map(|m| {
@@ -94,7 +104,7 @@ impl ChatTemplate {
             .map(|(k, v)| (Value::from(k.as_str()), Value::from(v.as_str())))
             .collect();
         ctx.push((Value::from("messages"), Value::from(msgs)));
-        ctx.push((Value::from("add_generation_prompt"), Value::from(false)));
+        ctx.push((Value::from("add_generation_prompt"), Value::from(add_generation_prompt)));
         ctx.push((Value::from("tools"), Value::from(())));
         ctx.push((Value::from("documents"), Value::from(())));
         let tmpl = self.env.get_template("chat").expect("registered in new()");
@@ -346,6 +356,14 @@ mod tests {
             assert_eq!(&text[*s..*e], "hi");
             assert!(text[*e..].starts_with("<|im_end|>"));
         }
+    }
+
+    #[test]
+    fn prompt_adds_the_generation_header_training_text_does_not() {
+        let t = ChatTemplate::new(builtin("chatml").unwrap(), vec![]).unwrap();
+        let m = msgs(&[("user", "hi")]);
+        assert_eq!(t.render(&m).unwrap(), "<|im_start|>user\nhi<|im_end|>\n");
+        assert_eq!(t.render_prompt(&m).unwrap(), "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
     }
 
     #[test]

@@ -1,0 +1,36 @@
+"""The runtime: an exported artifact served with onnxruntime, tokenizers and numpy alone.
+
+Nothing here imports torch, transformers or peft (a test refuses them and runs both tasks),
+so a deployment carries only `pip install ftc`'s runtime dependencies; onnxruntime-genai is
+imported only to load a decoder.
+
+    from ftc import runtime
+    clf = runtime.load("artifact")                    # verified against its sha256 hashes
+    clf.classify(["great film"])[0].probabilities      # {"neg": 0.03, "pos": 0.97}
+    gen = runtime.load("chat-artifact", variant="int4")
+    gen.generate([{"role": "user", "content": "hi"}], temperature=0.7, top_p=0.9, seed=1).text
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ftc.runtime.artifact import Artifact, read
+from ftc.runtime.classify import Classifier, Prediction
+from ftc.runtime.generate import Generation, Generator
+
+Model = Classifier | Generator
+
+__all__ = ["Artifact", "Classifier", "Generation", "Generator", "Model", "Prediction", "load"]
+
+
+def load(path: str | Path, variant: str | None = None, threads: int = 0) -> Model:
+    """The artifact at `path`, its hashes checked, as a `Classifier` or a `Generator`.
+
+    `variant` picks `fp32`, `int8` or `int4` (default: the artifact's `default`); `threads`
+    sets onnxruntime's intra-op threads for a classifier (0: one per core).
+    """
+    artifact = read(Path(path), variant)
+    if artifact.task == "classification":
+        return Classifier(artifact, threads)
+    return Generator(artifact)

@@ -1,0 +1,158 @@
+"""An exported artifact on disk: its manifest, its integrity, the variant to run.
+
+`read(path, variant)` parses `ftc-artifact.json`, refuses a format it does not know, and
+checks, before any session exists, the sha256 of every file the chosen variant reads: the
+shared files (tokenizer, its configs) and the variant's own file (`model.int8.onnx` and its
+`model.int8.onnx.data`) or directory (`int4/`). A missing, edited or unlisted file is named,
+never served. The other variants' files need only exist: loading int4 does not hash the fp32
+weights, which would cost seconds per GB at every start for nothing that runs.
+
+    art = read(Path("artifact"), "int8")      # ArtifactError if a hash does not match
+    art.model_path                             # artifact/model.int8.onnx
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ftc.errors import ArtifactError
+
+FORMAT = "ftc-artifact-v1"
+MANIFEST = "ftc-artifact.json"
+TASKS = ("classification", "causal-lm")
+REQUIRED = ("format", "task", "max_length", "variants", "default", "files")
+CHUNK = 1 << 20
+REEXPORT = "re-export it (`ftc export`) or copy the artifact directory again, whole"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    path: Path
+    manifest: dict[str, Any]
+    variant: str
+
+    @property
+    def task(self) -> str:
+        return self.manifest["task"]
+
+    @property
+    def model_path(self) -> Path:
+        """The variant's ONNX file (classification) or onnxruntime-genai directory (causal-lm)."""
+        return self.path / self.manifest["variants"][self.variant]["path"]
+
+    @property
+    def labels(self) -> list[str]:
+        return [str(x) for x in self.manifest.get("labels") or []]
+
+    @property
+    def max_length(self) -> int:
+        return int(self.manifest["max_length"])
+
+    @property
+    def template(self) -> str | None:
+        return self.manifest.get("template")
+
+    @property
+    def pad_token_id(self) -> int | None:
+        return self.manifest.get("pad_token_id")
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        return [int(i) for i in self.manifest.get("eos_token_ids") or []]
+
+
+def read(path: Path, variant: str | None = None) -> Artifact:
+    """The artifact at `path` with `variant` (default: the manifest's `default`), verified."""
+    manifest = read_manifest(path)
+    variants = manifest["variants"]
+    name = variant or manifest["default"]
+    if name not in variants:
+        raise ArtifactError(f"{path}: no variant `{name}`; this artifact has {_names(variants)}",
+                            hint=f"pass --variant {next(iter(variants))}, or leave it out for `{manifest['default']}`")
+    verify(path, manifest, name)
+    return Artifact(path, manifest, name)
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    file = path / MANIFEST
+    if not file.is_file():
+        what = "no such directory" if not path.exists() else f"no {MANIFEST} in it"
+        raise ArtifactError(f"{path}: not an ftc artifact ({what})",
+                            hint="an artifact is the `artifact/` directory that `ftc export` writes")
+    try:
+        manifest = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ArtifactError(f"{file}: cannot read: {e}", hint=REEXPORT) from None
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{file}: expected a JSON object", hint=REEXPORT)
+    if manifest.get("format") != FORMAT:
+        raise ArtifactError(f"{file}: format {manifest.get('format')!r}, this ftc reads {FORMAT!r}",
+                            hint="export it again with this version of ftc")
+    missing = [k for k in REQUIRED if k not in manifest]
+    if missing:
+        raise ArtifactError(f"{file}: missing {', '.join(f'`{k}`' for k in missing)}", hint=REEXPORT)
+    if manifest["task"] not in TASKS:
+        raise ArtifactError(f"{file}: unknown task {manifest['task']!r}; expected one of {', '.join(TASKS)}")
+    variants = manifest["variants"]
+    if not isinstance(variants, dict) or not variants or not all(
+            isinstance(v, dict) and isinstance(v.get("path"), str) for v in variants.values()):
+        raise ArtifactError(f"{file}: `variants` must map names to {{\"path\": ...}}", hint=REEXPORT)
+    if not isinstance(manifest["files"], dict):
+        raise ArtifactError(f"{file}: `files` must map relative paths to sha256 digests", hint=REEXPORT)
+    return manifest
+
+
+def owner(rel: str, variants: dict[str, Any]) -> str | None:
+    """The variant a file belongs to: its graph, the graph's external data, or its directory."""
+    for name, v in variants.items():
+        p = v["path"].rstrip("/")
+        if rel == p or rel.startswith((p + "/", p + ".")):
+            return name
+    return None
+
+
+def verify(path: Path, manifest: dict[str, Any], variant: str) -> None:
+    """Every listed file exists; those `variant` reads match their sha256; none it reads is unlisted."""
+    files: dict[str, str] = manifest["files"]
+    variants = manifest["variants"]
+    for rel in sorted(files):
+        if not (path / rel).is_file():
+            raise ArtifactError(f"{path}: `{rel}` is missing (listed in {MANIFEST})", hint=REEXPORT)
+    for rel in sorted(files):
+        if owner(rel, variants) in (None, variant) and sha256(path / rel) != files[rel]:
+            raise ArtifactError(f"{path}: `{rel}` does not match its sha256 in {MANIFEST}: the file was changed "
+                                "or damaged after export", hint=REEXPORT)
+    for f in sorted(path.rglob("*")):
+        rel = f.relative_to(path).as_posix()
+        if f.is_file() and rel not in files and owner(rel, variants) == variant:
+            raise ArtifactError(f"{path}: `{rel}` is not listed in {MANIFEST}, so it cannot be verified",
+                                hint=f"remove it, or {REEXPORT}")
+    if not (path / variants[variant]["path"]).exists():
+        raise ArtifactError(f"{path}: variant `{variant}` has no `{variants[variant]['path']}`", hint=REEXPORT)
+    if "tokenizer.json" not in files:
+        raise ArtifactError(f"{path}: no tokenizer.json listed in {MANIFEST}", hint=REEXPORT)
+
+
+def sha256(file: Path) -> str:
+    h = hashlib.sha256()
+    with open(file, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def tokenizer_config(path: Path) -> dict[str, Any]:
+    """tokenizer_config.json, or {} when the artifact has none (padding and truncation sides)."""
+    file = path / "tokenizer_config.json"
+    try:
+        return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else {}
+    except (OSError, ValueError) as e:
+        raise ArtifactError(f"{file}: cannot read: {e}", hint=REEXPORT) from None
+
+
+def _names(variants: dict[str, Any]) -> str:
+    return ", ".join(f"`{n}`" for n in variants)

@@ -1,0 +1,43 @@
+"""Inputs of `ftc infer --file`: one text per line, or JSON Lines of objects.
+
+A `.jsonl` / `.json` file, or any file whose first line opens an object, is read as JSON Lines:
+each object has `text` (+ `text_pair`), `messages` (a conversation) or `prompt` (raw text).
+Otherwise every line is one text. Blank lines are not inputs, as in the data stage.
+
+    read_inputs(Path("in.jsonl"))   # [{"text": "great film"}, {"messages": [...]}]
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ftc.errors import InferenceError
+
+KINDS = {"text": str, "text_pair": str, "messages": list, "prompt": str}
+
+
+def read_inputs(file: Path) -> list[dict[str, Any]]:
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InferenceError(f"{file}: cannot read: {e}") from None
+    first = next((line for line in lines if line.strip()), "")
+    if file.suffix not in (".jsonl", ".json") and not first.lstrip().startswith("{"):
+        return [{"text": line} for line in lines if line.strip()]
+    return [_object(file, n, line) for n, line in enumerate(lines, 1) if line.strip()]
+
+
+def _object(file: Path, n: int, line: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(line)
+    except ValueError as e:
+        raise InferenceError(f"{file}:{n}: malformed JSON: {e}") from None
+    if not isinstance(obj, dict) or not {"text", "messages", "prompt"} & obj.keys():
+        raise InferenceError(f"{file}:{n}: expected an object with `text`, `messages` or `prompt`")
+    picked = {k: v for k, v in obj.items() if k in KINDS}
+    for key, value in picked.items():
+        if not isinstance(value, KINDS[key]):
+            raise InferenceError(f"{file}:{n}: `{key}` must be a {KINDS[key].__name__}")
+    return picked

@@ -1,0 +1,223 @@
+"""An HTTP JSON API over a loaded model, on the standard library's threading server.
+
+    GET  /health       → {"status": "ok", "task": ..., "variant": ..., "labels": [...] | null}
+    POST /v1/classify  {"texts": [...]} or {"text": "..."}, with "text_pairs" / "text_pair"
+                       → {"predictions": [{"label", "score", "probabilities"}, ...]}
+    POST /v1/generate  {"prompt": "..."} or {"messages": [{"role", "content"}, ...]}, with
+                       "max_new_tokens", "temperature", "top_p", "top_k", "seed"
+                       → {"text", "finish_reason", "prompt_tokens", "completion_tokens"}
+
+Every answer is JSON; an error is {"error": "..."} that names the offending field: 400 a
+malformed body or a missing, unknown or mistyped field; 404 an unknown path; 405 a wrong
+method (with `Allow`); 411 no Content-Length; 413 a body over `max_bytes` (refused before it
+is read) or more texts than `max_batch`; 422 the other task's endpoint. The server binds
+127.0.0.1 unless told otherwise: it has no authentication, so exposing it is a decision.
+Model calls take a lock: on CPU a second concurrent call would only split the same cores,
+while requests still parse, validate and queue in their own threads.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+from ftc.errors import InferenceError
+from ftc.runtime import Classifier, Generator, Model
+
+MAX_BATCH = 64
+MAX_BYTES = 1 << 20
+MAX_NEW_TOKENS = 512
+DEFAULT_NEW_TOKENS = 128  # when a request gives none (capped by the server's maximum)
+ROUTES = {"/health": "GET", "/v1/classify": "POST", "/v1/generate": "POST"}
+ENDPOINT_TASK = {"/v1/classify": "classification", "/v1/generate": "causal-lm"}
+CLASSIFY_FIELDS = {"text": str, "texts": list, "text_pair": str, "text_pairs": list}
+GENERATE_FIELDS = {"prompt": str, "messages": list, "max_new_tokens": int, "temperature": float, "top_p": float,
+                   "top_k": int, "seed": int}
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, model: Model, host: str, port: int, max_batch: int, max_bytes: int,
+                 max_new_tokens: int, quiet: bool = False) -> None:
+        self.model, self.max_batch, self.max_bytes, self.max_new_tokens = model, max_batch, max_bytes, max_new_tokens
+        self.quiet = quiet
+        self.lock = threading.Lock()
+        super().__init__((host, port), Handler)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}"
+
+
+def make_server(model: Model, host: str = "127.0.0.1", port: int = 8000, max_batch: int = MAX_BATCH,
+                max_bytes: int = MAX_BYTES, max_new_tokens: int = MAX_NEW_TOKENS, quiet: bool = False) -> Server:
+    """A bound server (port 0: any free port); call `serve_forever()` on it."""
+    return Server(model, host, port, max_batch, max_bytes, max_new_tokens, quiet)
+
+
+def checked(body: dict[str, Any], allowed: dict[str, type]) -> dict[str, Any]:
+    """`body` with every field known and of its type (an int is a float; a bool is neither)."""
+    for key, value in body.items():
+        want = allowed.get(key)
+        if want is None:
+            raise HttpError(400, f"unknown field `{key}`; allowed: {', '.join(allowed)}")
+        ok = isinstance(value, int | float) if want is float else isinstance(value, want)
+        if not ok or (want in (int, float) and isinstance(value, bool)):
+            raise HttpError(400, f"`{key}` must be {_noun(want)}, not {_json_type(value)}")
+    return body
+
+
+def one_of(body: dict[str, Any], a: str, b: str) -> str:
+    if (a in body) == (b in body):
+        raise HttpError(400, f"give exactly one of `{a}` and `{b}`")
+    return a if a in body else b
+
+
+def classify(server: Server, body: dict[str, Any]) -> dict[str, Any]:
+    checked(body, CLASSIFY_FIELDS)
+    single = one_of(body, "text", "texts") == "text"
+    texts = [body["text"]] if single else body["texts"]
+    pair_key = "text_pair" if single else "text_pairs"
+    if (other := "text_pairs" if single else "text_pair") in body:
+        raise HttpError(400, f"`{other}` goes with `{'texts' if single else 'text'}`; with this one use `{pair_key}`")
+    pairs = None if pair_key not in body else ([body[pair_key]] if single else body[pair_key])
+    if not texts:
+        raise HttpError(400, "`texts` is empty")
+    if len(texts) > server.max_batch:
+        raise HttpError(413, f"{len(texts)} texts; this server takes at most {server.max_batch} per request")
+    for key, values in (("texts", texts), ("text_pairs", pairs or [])):
+        if (bad := next((i for i, t in enumerate(values) if not isinstance(t, str)), None)) is not None:
+            raise HttpError(400, f"`{key}[{bad}]` must be a string, not {_json_type(values[bad])}")
+    if pairs is not None and len(pairs) != len(texts):
+        raise HttpError(400, f"{len(texts)} texts but {len(pairs)} text_pairs")
+    assert isinstance(server.model, Classifier)
+    with server.lock:
+        predictions = server.model.classify(texts, pairs, batch_size=server.max_batch)
+    return {"predictions": [p.as_dict() for p in predictions]}
+
+
+def generate(server: Server, body: dict[str, Any]) -> dict[str, Any]:
+    checked(body, GENERATE_FIELDS)
+    prompt = body[one_of(body, "prompt", "messages")]
+    n = body.get("max_new_tokens", min(DEFAULT_NEW_TOKENS, server.max_new_tokens))
+    if not 1 <= n <= server.max_new_tokens:
+        raise HttpError(400, f"`max_new_tokens` must be between 1 and {server.max_new_tokens}, not {n}")
+    options = {k: body[k] for k in ("temperature", "top_p", "top_k", "seed") if k in body}
+    assert isinstance(server.model, Generator)
+    with server.lock:
+        return server.model.generate(prompt, max_new_tokens=n, **options).as_dict()
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: Server
+    protocol_version = "HTTP/1.1"
+    timeout = 60  # a client that stops sending mid-request does not hold its thread forever
+
+    def do_GET(self) -> None:
+        self.route("GET")
+
+    def do_POST(self) -> None:
+        self.route("POST")
+
+    def do_PUT(self) -> None:
+        self.route("PUT")
+
+    def do_DELETE(self) -> None:
+        self.route("DELETE")
+
+    def do_PATCH(self) -> None:
+        self.route("PATCH")
+
+    def route(self, method: str) -> None:
+        start = time.perf_counter()
+        path = urlsplit(self.path).path.rstrip("/") or "/"
+        try:
+            if path not in ROUTES:
+                raise HttpError(404, f"no endpoint {path}; endpoints: {', '.join(ROUTES)}")
+            if method != ROUTES[path]:
+                raise HttpError(405, f"{path} takes {ROUTES[path]}, not {method}", {"Allow": ROUTES[path]})
+            if path == "/health":
+                status, answer = 200, self.health()
+            else:
+                if (task := ENDPOINT_TASK[path]) != self.server.model.task:
+                    raise HttpError(422, f"this server runs a {self.server.model.task} model; {path} needs {task}")
+                handler = classify if path == "/v1/classify" else generate
+                status, answer = 200, handler(self.server, self.body())
+        except HttpError as e:
+            self.close_connection = True  # an unread body must not be taken for the next request
+            status, answer, headers = e.status, {"error": e.message}, e.headers
+        except InferenceError as e:
+            status, answer, headers = 400, {"error": e.message}, {}
+        except Exception as e:  # a bug: answer, log, keep serving
+            self.log_error("internal error: %r", e)
+            status, answer, headers = 500, {"error": f"internal error: {type(e).__name__}"}, {}
+        else:
+            headers = {}
+        self.send(status, answer, headers, start)
+
+    def health(self) -> dict[str, Any]:
+        m = self.server.model
+        return {"status": "ok", "task": m.task, "variant": m.artifact.variant,
+                "labels": m.labels if isinstance(m, Classifier) else None}
+
+    def body(self) -> dict[str, Any]:
+        length = self.headers.get("Content-Length")
+        if length is None:
+            raise HttpError(411, "a Content-Length header is required (chunked bodies are not accepted)")
+        try:
+            n = int(length)
+        except ValueError:
+            raise HttpError(400, f"bad Content-Length {length!r}") from None
+        if n > self.server.max_bytes:
+            raise HttpError(413, f"body of {n} bytes; this server takes at most {self.server.max_bytes}")
+        raw = self.rfile.read(n)
+        try:
+            body = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise HttpError(400, "the body is not UTF-8") from None
+        except ValueError as e:
+            raise HttpError(400, f"malformed JSON: {e}") from None
+        if not isinstance(body, dict):
+            raise HttpError(400, f"expected a JSON object, found {_json_type(body)}")
+        return body
+
+    def send(self, status: int, answer: dict[str, Any], headers: dict[str, str], start: float) -> None:
+        data = json.dumps(answer, ensure_ascii=False).encode("utf-8")
+        self.elapsed = time.perf_counter() - start
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in headers.items():
+            self.send_header(k, v)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        if not self.server.quiet:
+            self.log_message('"%s" %s %.1fms', self.requestline, code, getattr(self, "elapsed", 0) * 1000)
+
+
+def _noun(t: type) -> str:
+    return {str: "a string", list: "a list", int: "an integer", float: "a number"}[t]
+
+
+def _json_type(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "a boolean"
+    return {str: "a string", list: "a list", dict: "an object", int: "an integer", float: "a number"}[type(v)]

@@ -1,0 +1,242 @@
+"""The export stage: merged weights equal the adapter model, ONNX equals PyTorch, quantized
+variants are measured, a failed check publishes nothing, and `ftc build` exports a cached run
+without retraining. Two tiny runs (a BERT classifier, a Llama LM) are trained once for the
+module, in a store the module's tests share."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from tiny import bpe_model_dir, write_spec
+
+from ftc import build as stages
+from ftc import export, store
+from ftc.cli import main
+from ftc.errors import ExportError
+from ftc.specload import load_spec
+
+
+@pytest.fixture(scope="module")
+def shared_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("ftc-home")
+
+
+@pytest.fixture(autouse=True)
+def ftc_home(shared_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The module's tests share one store, so its two runs are trained once."""
+    monkeypatch.setenv("FTC_HOME", str(shared_home))
+    return shared_home
+
+
+def _jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+CLASSIFIER = {"model": {"task": "classification"}, "tokenize": {"max_length": 32},
+              "data_split": {"valid": 0.0, "test": 0.2},
+              "train": {"method": "lora", "max_steps": 40, "batch_size": 8, "learning_rate": 1e-2,
+                        "logging_steps": 50, "lora": {"target_modules": ["query", "value"]}}}
+
+
+def classifier_spec(folder: Path, bert_dir: Path, **export_table: object) -> Path:
+    rng = random.Random(0)
+    words = "the quick brown fox jumps over lazy dog model data".split()  # in the tiny vocabulary
+    rows = [{"text": " ".join(rng.choice(words) for _ in range(6)) + (" good" if i % 2 else " clean"),
+             "label": "pos" if i % 2 else "neg"} for i in range(200)]
+    _jsonl(folder / "d.jsonl", rows)
+    tables = {**CLASSIFIER, **({"export": export_table} if export_table else {})}
+    return write_spec(folder / "spec.toml", bert_dir, [{"path": "d.jsonl"}], **tables)
+
+
+@pytest.fixture(scope="module")
+def classifier_run(shared_home: Path, bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> export.Run:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FTC_HOME", str(shared_home))
+        r = stages.build(load_spec(classifier_spec(tmp_path_factory.mktemp("cls"), bert_dir)))
+        return export.find_run(r.path)
+
+
+@pytest.fixture(scope="module")
+def llama16_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama whose head size is 16: onnxruntime's CPU GroupQueryAttention needs a multiple
+    of 16 (the shared tiny Llama has 8)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    path = bpe_model_dir(tmp_path_factory.mktemp("models") / "llama16")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=800, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         bos_token_id=None, eos_token_id=None, tie_word_embeddings=False)
+    LlamaForCausalLM(config).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def llama_run(shared_home: Path, llama16_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> export.Run:
+    rng = random.Random(0)
+    words = "the model learns to answer short questions about numbers and code".split()
+    rows = [{"prompt": " ".join(rng.choice(words) for _ in range(rng.randint(2, 20))),
+             "response": " ".join(rng.choice(words) for _ in range(rng.randint(1, 30)))} for _ in range(60)]
+    folder = tmp_path_factory.mktemp("lm")
+    _jsonl(folder / "d.jsonl", rows)
+    spec = write_spec(folder / "spec.toml", llama16_dir, [{"path": "d.jsonl"}], tokenize={"max_length": 128},
+                      data_split={"valid": 0.0, "test": 0.2},
+                      train={"method": "lora", "max_steps": 3, "batch_size": 2, "learning_rate": 1e-2,
+                             "logging_steps": 50})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FTC_HOME", str(shared_home))
+        return export.find_run(stages.build(load_spec(spec)).path)
+
+
+def _card(result: export.ExportResult) -> dict:
+    assert result.artifact is not None
+    return json.loads((result.artifact / "ftc-artifact.json").read_text(encoding="utf-8"))
+
+
+def test_merged_lora_equals_the_peft_model(llama_run: export.Run, llama16_dir: Path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    r = export.export(llama_run, export.override(llama_run.export, rows=4))
+    assert r.artifact is None and r.manifest["parity"]["merged"]["passed"]
+    merged = AutoModelForCausalLM.from_pretrained(r.path / "merged")
+    assert (r.path / "merged" / "model.safetensors").is_file() and (r.path / "merged" / "tokenizer.json").is_file()
+    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(llama16_dir), llama_run.path / "model")
+    ids = torch.randint(5, 800, (2, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        diff = (merged(input_ids=ids).logits - tuned.eval()(input_ids=ids).logits).abs().max()
+    assert float(diff) < 1e-5
+    assert not any("lora_" in n for n, _ in merged.named_parameters())
+
+
+def test_classifier_onnx_equals_torch_and_int8_is_measured(classifier_run: export.Run):
+    import onnxruntime as ort
+
+    settings = export.override(classifier_run.export, quantize=("int8",))
+    r = export.export(classifier_run, settings)
+    card = _card(r)
+    assert card["format"] == "ftc-artifact-v1" and card["task"] == "classification"
+    assert card["labels"] == ["neg", "pos"] and card["max_length"] == 32 and card["template"] is None
+    assert card["variants"] == {"fp32": {"path": "model.onnx"}, "int8": {"path": "model.int8.onnx"}}
+    assert card["inputs"][:2] == ["input_ids", "attention_mask"] and card["default"] == "int8"
+    p = card["parity"]
+    assert p["rows"] == 38 and p["fp32"]["reference"] == "torch" and p["int8"]["reference"] == "fp32"
+    assert p["fp32"]["max_abs_diff"] <= settings.max_abs_diff and p["fp32"]["agreement"] == 1.0
+    assert 0.0 < p["int8"]["max_abs_diff"] and 0.0 <= p["int8"]["agreement"] <= 1.0  # quantized: not bit-equal
+    assert p["fp32"]["accuracy"] == pytest.approx(p["torch"]["accuracy"])
+    assert p["torch"]["accuracy"] == pytest.approx(classifier_run.manifest["metrics"]["accuracy"])
+    # Independently of the parity stage: the graph's logits equal the merged PyTorch model's.
+    model = export.merge(export.load_trained(classifier_run, _tokenizer(classifier_run)))
+    ids = torch.tensor([[2, 17, 40, 33, 3, 0, 0], [2, 25, 18, 9, 44, 51, 3]])
+    mask = (torch.arange(7) < torch.tensor([[5], [7]])).long()
+    sess = ort.InferenceSession(str(r.artifact / "model.onnx"), providers=["CPUExecutionProvider"])
+    feed = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "token_type_ids": np.zeros_like(ids.numpy())}
+    onnx_logits = sess.run(["logits"], {i.name: feed[i.name] for i in sess.get_inputs()})[0]
+    with torch.no_grad():
+        torch_logits = model(input_ids=ids, attention_mask=mask).logits.numpy()
+    assert np.abs(onnx_logits - torch_logits).max() < 1e-4
+    # Every file is hashed, and the hashes are the files'.
+    files = {f.relative_to(r.artifact).as_posix() for f in r.artifact.rglob("*") if f.is_file()}
+    assert set(card["files"]) == files - {"ftc-artifact.json"} and "tokenizer.json" in files
+    for name, digest in card["files"].items():
+        assert hashlib.sha256((r.artifact / name).read_bytes()).hexdigest() == digest
+    assert export.export(classifier_run, settings).cache_hit
+
+
+def _tokenizer(run: export.Run):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(run.path / "model")
+
+
+def test_decoder_genai_equals_torch_logits_and_greedy_tokens(llama_run: export.Run):
+    import onnxruntime_genai as og
+    from transformers import AutoModelForCausalLM
+
+    r = export.export(llama_run, export.override(llama_run.export, quantize=("int4",), rows=8))
+    card = _card(r)
+    assert card["task"] == "causal-lm" and card["variants"] == {"fp32": {"path": "fp32"}, "int4": {"path": "int4"}}
+    assert card["template"] and "<|im_start|>" in card["template"] and card["eos_token_ids"] == [2]
+    p = card["parity"]
+    assert p["fp32"]["max_abs_diff"] < 1e-4 and p["fp32"]["agreement"] == 1.0
+    assert p["fp32"]["perplexity"] == pytest.approx(p["torch"]["perplexity"], rel=1e-5)
+    assert p["int4"]["reference"] == "fp32" and p["int4"]["perplexity"] > 1 and p["int4"]["passed"]
+    for variant in ("fp32", "int4"):
+        assert (r.artifact / variant / "genai_config.json").is_file()
+        assert (r.artifact / variant / "tokenizer.json").is_file()
+    # 32 greedy tokens through onnxruntime-genai (KV cache) equal torch's generate().
+    merged = AutoModelForCausalLM.from_pretrained(r.path / "merged").eval()
+    prompt = np.array([[3, 17, 99, 250, 31, 400, 12]], dtype=np.int64)
+    model = og.Model(str(r.artifact / "fp32"))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=prompt.shape[1] + 32, do_sample=False)
+    gen = og.Generator(model, params)
+    gen.append_tokens(prompt)
+    while not gen.is_done():
+        gen.generate_next_token()
+    ours = list(gen.get_sequence(0))[prompt.shape[1]:]
+    with torch.no_grad():
+        theirs = merged.generate(torch.from_numpy(prompt), max_new_tokens=32, do_sample=False, eos_token_id=2,
+                                 pad_token_id=0)[0, prompt.shape[1]:].tolist()
+    assert ours == theirs and len(ours) > 1
+
+
+def test_prompt_tuning_is_refused_with_a_reason(tmp_path: Path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    store.write_json(run_dir / "manifest.json", {"format": "runs-v1", "key": "0" * 64, "task": "causal-lm",
+                                                 "method": "prompt-tuning"})
+    with pytest.raises(ExportError, match="cannot be merged") as e:
+        export.export(export.find_run(run_dir))
+    assert "virtual token" in e.value.message and "retrain with `lora`" in (e.value.hint or "")
+
+
+def test_a_failed_parity_check_shows_the_figures_and_publishes_nothing(classifier_run: export.Run,
+                                                                         shared_home: Path):
+    settings = export.override(classifier_run.export, quantize=("int8",)).model_copy(
+        update={"max_abs_diff": 1e-12, "min_agreement": 1.0, "max_accuracy_drop": 0.0})
+    with pytest.raises(ExportError) as e:
+        export.export(classifier_run, settings)
+    text = e.value.render()
+    assert "does not match" in text and "max |Δ|" in text and "fp32: max |Δ|" in text and "max_abs_diff 1e-12" in text
+    assert "torch" in text and "int8" in text and "hint:" in text
+    key = store.key_of(export.export_inputs(classifier_run.key, settings))
+    assert store.lookup(export.ARTIFACTS, key) is None
+    assert not [p for p in (shared_home / export.ARTIFACTS).iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_cli_export_copies_a_verified_artifact(classifier_run: export.Run, tmp_path: Path):
+    out = tmp_path / "artifact"
+    result = CliRunner().invoke(main, ["export", classifier_run.key[:10], "--int8", "--rows", "16", "--out", str(out),
+                                       "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["variants"] == ["fp32", "int8"] and summary["parity"]["rows"] == 16 and summary["out"] == str(out)
+    assert "parity on 16 held-out rows" in result.stderr and "int8    fp32" in result.stderr
+    card = json.loads((out / "ftc-artifact.json").read_text(encoding="utf-8"))
+    assert set(card["files"]) == {"model.onnx", "model.int8.onnx", "tokenizer.json", "tokenizer_config.json"}
+    again = CliRunner().invoke(main, ["export", classifier_run.key[:10], "--int8", "--rows", "16", "--out", str(out)])
+    assert again.exit_code == 1 and "is not empty" in again.stderr
+
+
+def test_build_with_an_export_table_exports_without_retraining(classifier_run: export.Run, bert_dir: Path,
+                                                                tmp_path: Path):
+    spec = classifier_spec(tmp_path, bert_dir, onnx=True, quantize="int8", rows=24)
+    steps = [s.stage for s in stages.plan(load_spec(spec))]
+    assert steps == ["data", "train", "export"]
+    r = stages.build(load_spec(spec))
+    assert r.cache_hit and r.key == classifier_run.key  # [export] is not a train input
+    assert r.export is not None and not r.export.cache_hit
+    card = _card(r.export)
+    assert card["run"] == r.key and card["parity"]["rows"] == 24 and "onnx = true" in card["spec"]
+    spec = classifier_spec(tmp_path, bert_dir, onnx=True, quantize="int8", rows=24)
+    again = stages.build(load_spec(spec))
+    assert again.cache_hit and again.export.cache_hit and again.export.key == r.export.key

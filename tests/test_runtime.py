@@ -1,0 +1,437 @@
+"""The runtime: artifacts verified before loading, classification ids and probabilities equal
+to transformers + torch, greedy generation equal to `model.generate`, sampling options, the
+CLI, the HTTP server, and a process that refuses torch."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from tiny import SMOL_TEMPLATE, bpe_model_dir
+
+from ftc import runtime
+from ftc.cli import main
+from ftc.errors import ArtifactError, InferenceError
+from ftc.runtime.artifact import FORMAT, MANIFEST, Artifact, sha256
+from ftc.runtime.serve import make_server
+
+LABELS = ["neg", "neu", "pos"]
+MAX_LENGTH = 16
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+TEXTS = ["The quick brown fox jumps over the lazy dog.", "Fine", "",
+         "Wie geht es dir? Très bien, merci! numbers: 0 1 2 3 4 5 6 7 8 9 10 100 1000 and more words here",
+         "Emoji 🙂🚀 and symbols © ® ™"]
+PAIRS = ["a pair", "User: what is the capital of France? Assistant: Paris is the capital of France.", "x", "",
+         "tabs\tand\nnewlines"]
+CHATS = [[{"role": "user", "content": "what is the capital of France?"}],
+         [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "def add(a, b):"}],
+         [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello!"},
+          {"role": "user", "content": "Wie geht es dir? 🙂"}]]
+
+
+def write_manifest(art: Path, **fields: object) -> Path:
+    files = {f.relative_to(art).as_posix(): sha256(f) for f in sorted(art.rglob("*"))
+             if f.is_file() and f.name != MANIFEST}
+    manifest = {"format": FORMAT, "ftc_version": "test", "created": 0, "labels": None, "template": None,
+                "pad_token_id": None, "eos_token_ids": [], "files": files, "spec": "", "run": "", "export_key": "",
+                "parity": {}, **fields}
+    (art / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    return art
+
+
+def copy_tokenizer(src: Path, dst: Path) -> None:
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copy(src / name, dst / name)
+
+
+@pytest.fixture(scope="session")
+def classifier_dir(bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 3-label BERT classifier (random head, seeded) saved as an HF directory."""
+    import torch
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(1)
+    model = BertForSequenceClassification.from_pretrained(bert_dir, num_labels=len(LABELS),
+                                                          attn_implementation="eager").eval()
+    out = tmp_path_factory.mktemp("models") / "classifier"
+    model.save_pretrained(out)
+    copy_tokenizer(bert_dir, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def cls_artifact(classifier_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A classification artifact by the contract: model.onnx (legacy exporter) + model.int8.onnx."""
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(classifier_dir, attn_implementation="eager").eval()
+    art = tmp_path_factory.mktemp("artifacts") / "classifier"
+    art.mkdir()
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    dummy = tuple(torch.ones(2, 8, dtype=torch.long) for _ in names)
+    axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": {0: "batch"}}
+    torch.onnx.export(model, dummy, str(art / "model.onnx"), input_names=names, output_names=["logits"],
+                      dynamic_axes=axes, opset_version=17, dynamo=False)
+    quantize_dynamic(str(art / "model.onnx"), str(art / "model.int8.onnx"), weight_type=QuantType.QInt8)
+    copy_tokenizer(classifier_dir, art)
+    return write_manifest(art, task="classification", labels=LABELS, max_length=MAX_LENGTH, inputs=names,
+                          pad_token_id=0, variants={"fp32": {"path": "model.onnx"},
+                                                    "int8": {"path": "model.int8.onnx"}}, default="int8")
+
+
+@pytest.fixture(scope="session")
+def lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama whose head size (16) onnxruntime's GroupQueryAttention accepts on CPU."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    path = bpe_model_dir(tmp_path_factory.mktemp("models") / "lm", template=SMOL_TEMPLATE)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=800, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         bos_token_id=None, eos_token_id=None, tie_word_embeddings=False)
+    LlamaForCausalLM(config).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def lm_artifact(lm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A causal-LM artifact by the contract: one onnxruntime-genai directory per precision."""
+    from transformers import AutoTokenizer
+
+    art = tmp_path_factory.mktemp("artifacts") / "lm"
+    for precision in ("fp32", "int4"):
+        subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(lm_dir), "-o",
+                        str(art / precision), "-p", precision, "-e", "cpu", "-c", str(art.parent / "cache")],
+                       check=True, capture_output=True)
+    copy_tokenizer(lm_dir, art)
+    tok = AutoTokenizer.from_pretrained(lm_dir)
+    return write_manifest(art, task="causal-lm", max_length=256, template=SMOL_TEMPLATE,
+                          pad_token_id=tok.pad_token_id, eos_token_ids=[tok.convert_tokens_to_ids("<|im_end|>")],
+                          variants={"fp32": {"path": "fp32"}, "int4": {"path": "int4"}}, default="int4")
+
+
+@pytest.fixture(scope="session")
+def classifier(cls_artifact: Path) -> runtime.Classifier:
+    model = runtime.load(cls_artifact, variant="fp32")
+    assert isinstance(model, runtime.Classifier)
+    return model
+
+
+@pytest.fixture(scope="session")
+def generator(lm_artifact: Path) -> runtime.Generator:
+    model = runtime.load(lm_artifact, variant="fp32")
+    assert isinstance(model, runtime.Generator)
+    return model
+
+
+# ── classification ────────────────────────────────────────────────────────────────────────
+
+@pytest.mark.parametrize("pairs", [False, True])
+def test_classification_ids_equal_autotokenizer(classifier: runtime.Classifier, classifier_dir: Path, pairs: bool):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(classifier_dir)
+    expected = tok(TEXTS, PAIRS if pairs else None, truncation=True, max_length=MAX_LENGTH,
+                   return_token_type_ids=True)
+    got = classifier.encode(TEXTS, PAIRS if pairs else None)
+    assert [ids for ids, _ in got] == expected["input_ids"]
+    assert [types for _, types in got] == expected["token_type_ids"]
+    assert max(len(ids) for ids, _ in got) == MAX_LENGTH  # truncation happened
+
+
+def test_probabilities_equal_torch_in_input_order(classifier: runtime.Classifier, classifier_dir: Path):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(classifier_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(classifier_dir).eval()
+    with torch.no_grad():
+        logits = model(**tok(TEXTS, PAIRS, truncation=True, max_length=MAX_LENGTH, padding=True,
+                             return_token_type_ids=True, return_tensors="pt")).logits
+    expected = torch.softmax(logits.double(), -1).numpy()
+    predictions = classifier.classify(TEXTS, PAIRS, batch_size=2)  # sorted by length, three batches
+    got = np.array([[p.probabilities[label] for label in LABELS] for p in predictions])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert [p.label for p in predictions] == [LABELS[i] for i in expected.argmax(-1)]
+    assert all(p.score == max(p.probabilities.values()) for p in predictions)
+
+
+def test_int8_default_variant_is_close_to_fp32(cls_artifact: Path, classifier: runtime.Classifier):
+    int8 = runtime.load(cls_artifact)
+    assert int8.artifact.variant == "int8" and int8.artifact.model_path.name == "model.int8.onnx"
+    a = np.array([list(p.probabilities.values()) for p in int8.classify(TEXTS)])
+    b = np.array([list(p.probabilities.values()) for p in classifier.classify(TEXTS)])
+    np.testing.assert_allclose(a.sum(-1), 1.0, atol=1e-9)
+    assert np.abs(a - b).max() < 0.05
+    assert classifier.classify([]) == []
+
+
+# ── generation ────────────────────────────────────────────────────────────────────────────
+
+def test_prompt_and_ids_equal_apply_chat_template(generator: runtime.Generator, lm_artifact: Path, lm_dir: Path):
+    import onnxruntime_genai as og
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(lm_dir)
+    genai_tok = og.Tokenizer(generator.model)
+    for chat in CHATS:
+        text = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+        assert generator.render(chat) == text
+        ids = generator.encode(chat)
+        assert ids == list(tok.apply_chat_template(chat, tokenize=True, add_generation_prompt=True)["input_ids"])
+        assert [int(i) for i in genai_tok.encode(text)] == ids  # genai's own tokenizer file agrees
+    assert generator.encode("plain text") == tok("plain text")["input_ids"]
+
+
+def test_greedy_tokens_equal_torch_generate(generator: runtime.Generator, lm_dir: Path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(lm_dir).eval()
+    for chat in CHATS:
+        ids = generator.encode(chat)
+        with torch.no_grad():
+            out = model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=24,
+                                 eos_token_id=generator.eos, pad_token_id=0)[0, len(ids):].tolist()
+        expected = out[:-1] if out[-1] in generator.eos else out
+        got = generator.generate(chat, max_new_tokens=24)
+        assert got.token_ids == expected
+        assert got.prompt_tokens == len(ids)
+        assert got.finish_reason == ("eos" if len(expected) < 24 else "length")
+
+
+def test_generation_stops_at_any_eos_token(generator: runtime.Generator):
+    free = generator.generate(CHATS[0], max_new_tokens=12)
+    stop = free.token_ids[4]
+    first = free.token_ids.index(stop)
+    art = generator.artifact
+    stopping = runtime.Generator(Artifact(art.path, {**art.manifest, "eos_token_ids": [stop]}, art.variant))
+    assert stop in stopping.eos
+    got = stopping.generate(CHATS[0], max_new_tokens=12)
+    assert got.token_ids == free.token_ids[:first] and got.finish_reason == "eos"
+
+
+def test_sampling_is_seeded_and_narrows_to_greedy(generator: runtime.Generator):
+    greedy = generator.generate("The quick", max_new_tokens=16).token_ids
+    a = generator.generate("The quick", max_new_tokens=16, temperature=1.0, seed=7).token_ids
+    assert generator.generate("The quick", max_new_tokens=16, temperature=1.0, seed=7).token_ids == a
+    others = {tuple(generator.generate("The quick", max_new_tokens=16, temperature=1.0, seed=s).token_ids)
+              for s in range(3)}
+    assert len(others | {tuple(a)}) > 1
+    assert generator.generate("The quick", max_new_tokens=16, temperature=1.0, top_p=1e-6, seed=3).token_ids == greedy
+    assert generator.generate("The quick", max_new_tokens=16, temperature=1.0, top_k=1, seed=3).token_ids == greedy
+
+
+def test_generation_options_and_inputs_are_checked(generator: runtime.Generator):
+    for kwargs, word in [({"max_new_tokens": 0}, "max_new_tokens"), ({"temperature": -1}, "temperature"),
+                         ({"top_p": 0}, "top_p"), ({"top_k": -2}, "top_k")]:
+        with pytest.raises(InferenceError, match=word):
+            generator.generate("x", **kwargs)
+    with pytest.raises(InferenceError, match="no messages"):
+        generator.generate([])
+    with pytest.raises(InferenceError, match="message 0"):
+        generator.generate([{"content": "no role"}])
+    with pytest.raises(InferenceError, match="context holds 256"):
+        generator.generate("fox " * 300)
+
+
+def test_int4_default_variant_generates(lm_artifact: Path):
+    int4 = runtime.load(lm_artifact)
+    assert int4.artifact.variant == "int4"
+    out = int4.generate(CHATS[0], max_new_tokens=8)
+    assert 0 < len(out.token_ids) <= 8 or out.finish_reason == "eos"
+
+
+# ── loading refuses what it cannot verify ─────────────────────────────────────────────────
+
+def test_load_refuses_tampered_missing_and_unlisted_files(cls_artifact: Path, lm_artifact: Path, tmp_path: Path):
+    art = shutil.copytree(cls_artifact, tmp_path / "a")
+    data = bytearray((art / "model.int8.onnx").read_bytes())
+    data[-1] ^= 1
+    (art / "model.int8.onnx").write_bytes(data)
+    with pytest.raises(ArtifactError, match="`model.int8.onnx` does not match its sha256"):
+        runtime.load(art)
+    runtime.load(art, variant="fp32")  # the damaged file is not one fp32 reads
+    (art / "tokenizer.json").write_text((cls_artifact / "tokenizer.json").read_text() + " ")
+    with pytest.raises(ArtifactError, match="`tokenizer.json` does not match"):
+        runtime.load(art, variant="fp32")
+    (art / "model.onnx").unlink()
+    with pytest.raises(ArtifactError, match="`model.onnx` is missing"):
+        runtime.load(art, variant="fp32")
+    lm = shutil.copytree(lm_artifact, tmp_path / "lm")
+    (lm / "int4" / "extra.onnx").write_bytes(b"x")
+    with pytest.raises(ArtifactError, match="`int4/extra.onnx` is not listed"):
+        runtime.load(lm)
+    with pytest.raises(ArtifactError, match="no variant `int8`; this artifact has `fp32`, `int4`"):
+        runtime.load(lm, variant="int8")
+    with pytest.raises(ArtifactError, match="not an ftc artifact"):
+        runtime.load(tmp_path)
+    manifest = json.loads((lm / MANIFEST).read_text())
+    (lm / MANIFEST).write_text(json.dumps({**manifest, "format": "ftc-artifact-v9"}))
+    with pytest.raises(ArtifactError, match="ftc-artifact-v9"):
+        runtime.load(lm)
+
+
+def test_runtime_never_imports_torch(cls_artifact: Path, lm_artifact: Path):
+    """A fresh process where importing torch, transformers or peft fails: both tasks still run."""
+    script = textwrap.dedent(f"""
+        import sys
+        class Refuse:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("torch", "transformers", "peft"):
+                    raise ImportError("refused: " + name)
+        sys.meta_path.insert(0, Refuse())
+        from ftc import runtime
+        clf = runtime.load({str(cls_artifact)!r})
+        print(clf.classify(["a fine text", "another"])[0].label)
+        gen = runtime.load({str(lm_artifact)!r})
+        print(gen.generate([{{"role": "user", "content": "hi"}}], max_new_tokens=4, temperature=0.8, seed=1).finish_reason)
+        from ftc.runtime import serve
+        bad = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "peft"))
+        assert not bad, bad
+        print("clean")
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-1] == "clean"
+
+
+# ── the CLI ───────────────────────────────────────────────────────────────────────────────
+
+def test_infer_classification_cli(cls_artifact: Path, classifier: runtime.Classifier, tmp_path: Path):
+    runner = CliRunner()
+    res = runner.invoke(main, ["infer", str(cls_artifact), "--variant", "fp32", "--text", TEXTS[0], "--text",
+                               TEXTS[1], "--json"])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    expected = classifier.classify(TEXTS[:2])
+    assert [r["label"] for r in rows] == [p.label for p in expected]
+    assert rows[0]["probabilities"] == pytest.approx(expected[0].probabilities)
+    jsonl = tmp_path / "in.jsonl"
+    jsonl.write_text("".join(json.dumps({"text": t, "text_pair": p}) + "\n" for t, p in zip(TEXTS, PAIRS)))
+    res = runner.invoke(main, ["infer", str(cls_artifact), "--variant", "fp32", "--file", str(jsonl)])
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    assert len(lines) == len(TEXTS)
+    assert lines[0].split()[0] == classifier.classify(TEXTS[:1], PAIRS[:1])[0].label
+    txt = tmp_path / "in.txt"
+    txt.write_text("one text\n\nanother text\n")
+    res = runner.invoke(main, ["infer", str(cls_artifact), "--file", str(txt), "--json"])
+    assert res.exit_code == 0 and len(res.stdout.splitlines()) == 2
+
+
+def test_infer_generation_cli_and_errors(lm_artifact: Path, generator: runtime.Generator, tmp_path: Path):
+    runner = CliRunner()
+    res = runner.invoke(main, ["infer", str(lm_artifact), "--variant", "fp32", "--text", "hi",
+                               "--max-new-tokens", "6", "--json"])
+    assert res.exit_code == 0, res.output
+    row = json.loads(res.stdout)
+    assert row["text"] == generator.generate([{"role": "user", "content": "hi"}], max_new_tokens=6).text
+    res = runner.invoke(main, ["infer", str(lm_artifact), "--variant", "fp32", "--text", "hi", "--raw",
+                               "--max-new-tokens", "6", "--temperature", "0.9", "--top-p", "0.9", "--seed", "3"])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.rstrip("\n") == generator.generate("hi", max_new_tokens=6, temperature=0.9, top_p=0.9,
+                                                         seed=3).text
+    art = shutil.copytree(lm_artifact, tmp_path / "lm")
+    (art / "tokenizer.json").write_text("{}")
+    res = runner.invoke(main, ["infer", str(art), "--text", "hi"])
+    assert res.exit_code == 1
+    assert res.stderr.startswith("error: ") and "`tokenizer.json` does not match" in res.stderr
+    assert "Traceback" not in res.output
+    res = runner.invoke(main, ["infer", str(lm_artifact)])
+    assert res.exit_code == 2 and "--text or --file" in res.stderr
+
+
+# ── the HTTP server ───────────────────────────────────────────────────────────────────────
+
+def call(url: str, body: object = None, method: str | None = None, raw: bytes | None = None) -> tuple[int, dict]:
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+@pytest.fixture
+def served(request: pytest.FixtureRequest):
+    servers = []
+
+    def start(model: runtime.Model, **limits: int) -> str:
+        server = make_server(model, port=0, quiet=True, **limits)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return server.url
+
+    yield start
+    for s in servers:
+        s.shutdown()
+        s.server_close()
+
+
+def test_serve_classification(served, classifier: runtime.Classifier):
+    url = served(classifier, max_batch=3, max_bytes=2000)
+    assert url.startswith("http://127.0.0.1:")
+    assert call(url + "/health") == (200, {"status": "ok", "task": "classification", "variant": "fp32",
+                                           "labels": LABELS})
+    status, body = call(url + "/v1/classify", {"texts": TEXTS[:2], "text_pairs": PAIRS[:2]})
+    assert status == 200
+    assert body["predictions"] == [p.as_dict() for p in classifier.classify(TEXTS[:2], PAIRS[:2])]
+    status, body = call(url + "/v1/classify", {"text": TEXTS[0]})
+    assert status == 200 and body["predictions"][0]["label"] == classifier.classify(TEXTS[:1])[0].label
+    for payload, status, words in [
+        (b"{not json", 400, "malformed JSON"),
+        (b"[1, 2]", 400, "expected a JSON object"),
+        (json.dumps({"texts": ["a"], "labels": 1}).encode(), 400, "unknown field `labels`"),
+        (json.dumps({"texts": "a"}).encode(), 400, "`texts` must be a list, not a string"),
+        (json.dumps({"texts": ["a", 3]}).encode(), 400, "`texts[1]` must be a string, not an integer"),
+        (json.dumps({"text": "a", "texts": ["b"]}).encode(), 400, "exactly one of `text` and `texts`"),
+        (json.dumps({"texts": ["a", "b"], "text_pairs": ["c"]}).encode(), 400, "2 texts but 1 text_pairs"),
+        (json.dumps({"texts": []}).encode(), 400, "`texts` is empty"),
+        (json.dumps({"texts": ["a"] * 4}).encode(), 413, "at most 3 per request"),
+        (json.dumps({"text": "x" * 3000}).encode(), 413, "at most 2000"),
+    ]:
+        assert call(url + "/v1/classify", raw=payload, method="POST")[0] == status, payload
+        assert words in call(url + "/v1/classify", raw=payload, method="POST")[1]["error"]
+    assert call(url + "/v1/predict", {"texts": ["a"]})[0] == 404
+    status, body = call(url + "/v1/classify")
+    assert status == 405 and "takes POST, not GET" in body["error"]
+    assert call(url + "/health", {"x": 1})[0] == 405
+    status, body = call(url + "/v1/generate", {"prompt": "hi"})
+    assert status == 422 and "classification model" in body["error"]
+    assert call(url + "/health")[0] == 200  # still serving
+
+
+def test_serve_generation(served, generator: runtime.Generator):
+    url = served(generator, max_new_tokens=16)
+    assert call(url + "/health")[1]["task"] == "causal-lm"
+    status, body = call(url + "/v1/generate", {"messages": CHATS[0], "max_new_tokens": 8})
+    expected = generator.generate(CHATS[0], max_new_tokens=8)
+    assert status == 200 and body == expected.as_dict()
+    status, body = call(url + "/v1/generate", {"prompt": "The quick", "max_new_tokens": 8, "temperature": 0.7,
+                                               "top_p": 0.9, "seed": 2})
+    assert status == 200 and body["text"] == generator.generate("The quick", max_new_tokens=8, temperature=0.7,
+                                                                top_p=0.9, seed=2).text
+    for payload, words in [({"prompt": "a", "max_new_tokens": 17}, "between 1 and 16"),
+                           ({"prompt": "a", "temperature": True}, "`temperature` must be a number, not a boolean"),
+                           ({"prompt": "a", "temperature": -1}, "temperature must be 0"),
+                           ({"messages": [{"content": "x"}]}, "message 0"),
+                           ({"max_new_tokens": 4}, "exactly one of `prompt` and `messages`")]:
+        status, body = call(url + "/v1/generate", payload)
+        assert status == 400 and words in body["error"], body
+    assert call(url + "/v1/classify", {"text": "a"})[0] == 422
