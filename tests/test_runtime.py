@@ -5,6 +5,7 @@ CLI, the HTTP server, and a process that refuses torch."""
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import subprocess
 import sys
@@ -17,17 +18,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from tiny import SMOL_TEMPLATE, bpe_model_dir
+from tiny import SMOL_TEMPLATE, bpe_model_dir, write_spec
 
-from ftc import runtime
+from ftc import build as stages
+from ftc import export, runtime
 from ftc.cli import main
 from ftc.errors import ArtifactError, InferenceError
-from ftc.runtime.artifact import FORMAT, MANIFEST, Artifact, sha256
+from ftc.runtime.artifact import MANIFEST, Artifact
+from ftc.specload import load_spec
 from ftc.runtime.serve import make_server
 
 LABELS = ["neg", "neu", "pos"]
 MAX_LENGTH = 16
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Fine", "",
          "Wie geht es dir? Très bien, merci! numbers: 0 1 2 3 4 5 6 7 8 9 10 100 1000 and more words here",
          "Emoji 🙂🚀 and symbols © ® ™"]
@@ -39,61 +41,50 @@ CHATS = [[{"role": "user", "content": "what is the capital of France?"}],
           {"role": "user", "content": "Wie geht es dir? 🙂"}]]
 
 
-def write_manifest(art: Path, **fields: object) -> Path:
-    files = {f.relative_to(art).as_posix(): sha256(f) for f in sorted(art.rglob("*"))
-             if f.is_file() and f.name != MANIFEST}
-    manifest = {"format": FORMAT, "ftc_version": "test", "created": 0, "labels": None, "template": None,
-                "pad_token_id": None, "eos_token_ids": [], "files": files, "spec": "", "run": "", "export_key": "",
-                "parity": {}, **fields}
-    (art / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-    return art
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
 
 
-def copy_tokenizer(src: Path, dst: Path) -> None:
-    for name in TOKENIZER_FILES:
-        if (src / name).is_file():
-            shutil.copy(src / name, dst / name)
-
-
-@pytest.fixture(scope="session")
-def classifier_dir(bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 3-label BERT classifier (random head, seeded) saved as an HF directory."""
-    import torch
-    from transformers import BertForSequenceClassification
-
-    torch.manual_seed(1)
-    model = BertForSequenceClassification.from_pretrained(bert_dir, num_labels=len(LABELS),
-                                                          attn_implementation="eager").eval()
-    out = tmp_path_factory.mktemp("models") / "classifier"
-    model.save_pretrained(out)
-    copy_tokenizer(bert_dir, out)
-    return out
+def build_and_export(home: Path, spec: Path, **settings: object) -> export.ExportResult:
+    """`ftc build` then `ftc export` of a spec, in a store of its own shared by the session."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FTC_HOME", str(home))
+        run = export.find_run(stages.build(load_spec(spec)).path)
+        # A run of a few steps may miss int8's agreement threshold; the runtime serves it regardless.
+        return export.export(run, export.override(run.export, verify=False, rows=8, **settings))
 
 
 @pytest.fixture(scope="session")
-def cls_artifact(classifier_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A classification artifact by the contract: model.onnx (legacy exporter) + model.int8.onnx."""
-    import torch
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from transformers import AutoModelForSequenceClassification
-
-    model = AutoModelForSequenceClassification.from_pretrained(classifier_dir, attn_implementation="eager").eval()
-    art = tmp_path_factory.mktemp("artifacts") / "classifier"
-    art.mkdir()
-    names = ["input_ids", "attention_mask", "token_type_ids"]
-    dummy = tuple(torch.ones(2, 8, dtype=torch.long) for _ in names)
-    axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": {0: "batch"}}
-    torch.onnx.export(model, dummy, str(art / "model.onnx"), input_names=names, output_names=["logits"],
-                      dynamic_axes=axes, opset_version=17, dynamo=False)
-    quantize_dynamic(str(art / "model.onnx"), str(art / "model.int8.onnx"), weight_type=QuantType.QInt8)
-    copy_tokenizer(classifier_dir, art)
-    return write_manifest(art, task="classification", labels=LABELS, max_length=MAX_LENGTH, inputs=names,
-                          pad_token_id=0, variants={"fp32": {"path": "model.onnx"},
-                                                    "int8": {"path": "model.int8.onnx"}}, default="int8")
+def cls_export(bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> export.ExportResult:
+    """A 3-label BERT classifier trained for a few steps, exported to fp32 and int8 ONNX."""
+    folder = tmp_path_factory.mktemp("cls")
+    rng = random.Random(0)
+    words = "the quick brown fox jumps over lazy dog model data".split()
+    write_jsonl(folder / "d.jsonl", [{"text": " ".join(rng.choice(words) for _ in range(rng.randint(1, 20))),
+                                      "label": LABELS[i % 3]} for i in range(60)])
+    spec = write_spec(folder / "spec.toml", bert_dir, [{"path": "d.jsonl"}],
+                      model={"task": "classification", "labels": LABELS}, tokenize={"max_length": MAX_LENGTH},
+                      data_split={"valid": 0.0, "test": 0.2},
+                      train={"method": "full", "max_steps": 4, "batch_size": 8, "learning_rate": 1e-3,
+                             "logging_steps": 50})
+    return build_and_export(folder / "home", spec, quantize=("int8",))
 
 
 @pytest.fixture(scope="session")
-def lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def cls_artifact(cls_export: export.ExportResult) -> Path:
+    assert cls_export.artifact is not None
+    return cls_export.artifact
+
+
+@pytest.fixture(scope="session")
+def classifier_dir(cls_export: export.ExportResult) -> Path:
+    """The trained weights the artifact was exported from (an HF directory with its tokenizer)."""
+    return cls_export.path / "merged"
+
+
+@pytest.fixture(scope="session")
+def lm_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Llama whose head size (16) onnxruntime's GroupQueryAttention accepts on CPU."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -108,20 +99,30 @@ def lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def lm_artifact(lm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A causal-LM artifact by the contract: one onnxruntime-genai directory per precision."""
-    from transformers import AutoTokenizer
+def lm_export(lm_base: Path, tmp_path_factory: pytest.TempPathFactory) -> export.ExportResult:
+    """The Llama fine-tuned with LoRA on chat rows for a few steps, exported to genai fp32 and int4."""
+    folder = tmp_path_factory.mktemp("lm")
+    rng = random.Random(0)
+    words = "the model learns to answer short questions about numbers and code".split()
+    write_jsonl(folder / "d.jsonl", [{"prompt": " ".join(rng.choice(words) for _ in range(rng.randint(2, 12))),
+                                      "response": " ".join(rng.choice(words) for _ in range(rng.randint(1, 12)))}
+                                     for _ in range(40)])
+    spec = write_spec(folder / "spec.toml", lm_base, [{"path": "d.jsonl"}], tokenize={"max_length": 128},
+                      data_split={"valid": 0.0, "test": 0.2},
+                      train={"method": "lora", "max_steps": 2, "batch_size": 2, "learning_rate": 1e-2,
+                             "logging_steps": 50})
+    return build_and_export(folder / "home", spec, quantize=("int4",))
 
-    art = tmp_path_factory.mktemp("artifacts") / "lm"
-    for precision in ("fp32", "int4"):
-        subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(lm_dir), "-o",
-                        str(art / precision), "-p", precision, "-e", "cpu", "-c", str(art.parent / "cache")],
-                       check=True, capture_output=True)
-    copy_tokenizer(lm_dir, art)
-    tok = AutoTokenizer.from_pretrained(lm_dir)
-    return write_manifest(art, task="causal-lm", max_length=256, template=SMOL_TEMPLATE,
-                          pad_token_id=tok.pad_token_id, eos_token_ids=[tok.convert_tokens_to_ids("<|im_end|>")],
-                          variants={"fp32": {"path": "fp32"}, "int4": {"path": "int4"}}, default="int4")
+
+@pytest.fixture(scope="session")
+def lm_artifact(lm_export: export.ExportResult) -> Path:
+    assert lm_export.artifact is not None
+    return lm_export.artifact
+
+
+@pytest.fixture(scope="session")
+def lm_dir(lm_export: export.ExportResult) -> Path:
+    return lm_export.path / "merged"
 
 
 @pytest.fixture(scope="session")
@@ -170,14 +171,18 @@ def test_probabilities_equal_torch_in_input_order(classifier: runtime.Classifier
     assert all(p.score == max(p.probabilities.values()) for p in predictions)
 
 
-def test_int8_default_variant_is_close_to_fp32(cls_artifact: Path, classifier: runtime.Classifier):
-    int8 = runtime.load(cls_artifact)
-    assert int8.artifact.variant == "int8" and int8.artifact.model_path.name == "model.int8.onnx"
+def test_int8_variant_is_close_to_fp32(cls_artifact: Path, classifier: runtime.Classifier):
+    default = json.loads((cls_artifact / MANIFEST).read_text())["default"]
+    assert runtime.load(cls_artifact).artifact.variant == default
+    int8 = runtime.load(cls_artifact, variant="int8")
+    assert int8.artifact.model_path.name == "model.int8.onnx"
     a = np.array([list(p.probabilities.values()) for p in int8.classify(TEXTS)])
     b = np.array([list(p.probabilities.values()) for p in classifier.classify(TEXTS)])
     np.testing.assert_allclose(a.sum(-1), 1.0, atol=1e-9)
     assert np.abs(a - b).max() < 0.05
     assert classifier.classify([]) == []
+    with pytest.raises(InferenceError, match="text pair 1 is int"):
+        classifier.classify(["a", "b"], ["c", 2])
 
 
 # ── generation ────────────────────────────────────────────────────────────────────────────
@@ -249,9 +254,9 @@ def test_generation_options_and_inputs_are_checked(generator: runtime.Generator)
         generator.generate("fox " * 300)
 
 
-def test_int4_default_variant_generates(lm_artifact: Path):
-    int4 = runtime.load(lm_artifact)
-    assert int4.artifact.variant == "int4"
+def test_int4_variant_generates(lm_artifact: Path):
+    int4 = runtime.load(lm_artifact, variant="int4")
+    assert int4.artifact.model_path.name == "int4"
     out = int4.generate(CHATS[0], max_new_tokens=8)
     assert 0 < len(out.token_ids) <= 8 or out.finish_reason == "eos"
 
@@ -396,6 +401,7 @@ def test_serve_classification(served, classifier: runtime.Classifier):
     assert status == 200 and body["predictions"][0]["label"] == classifier.classify(TEXTS[:1])[0].label
     for payload, status, words in [
         (b"{not json", 400, "malformed JSON"),
+        (b"", 400, "empty body"),
         (b"[1, 2]", 400, "expected a JSON object"),
         (json.dumps({"texts": ["a"], "labels": 1}).encode(), 400, "unknown field `labels`"),
         (json.dumps({"texts": "a"}).encode(), 400, "`texts` must be a list, not a string"),
@@ -415,6 +421,15 @@ def test_serve_classification(served, classifier: runtime.Classifier):
     status, body = call(url + "/v1/generate", {"prompt": "hi"})
     assert status == 422 and "classification model" in body["error"]
     assert call(url + "/health")[0] == 200  # still serving
+    answers: list = [None] * 6
+    threads = [threading.Thread(target=lambda i=i: answers.__setitem__(i, call(url + "/v1/classify",
+                                                                                 {"texts": TEXTS[i % 5:][:3]})))
+               for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(a[0] == 200 and a == answers[i % 5] for i, a in enumerate(answers))  # concurrent requests agree
 
 
 def test_serve_generation(served, generator: runtime.Generator):

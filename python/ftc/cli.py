@@ -462,8 +462,9 @@ def infer(artifact: Path, texts: tuple[str, ...], file: Path | None, variant: st
                                    temperature=temperature, top_p=top_p, top_k=top_k, seed=seed).as_dict()
                    for i in inputs]
     for i, (inp, res) in enumerate(zip(inputs, results, strict=True)):
-        if as_json:
-            click.echo(json.dumps(inp | res, ensure_ascii=False))
+        if as_json:  # a classifier's row extends its input; a generation's `text` is its answer
+            row = inp | res if model.task == "classification" else {"input": inp} | res
+            click.echo(json.dumps(row, ensure_ascii=False))
         elif model.task == "classification":
             probs = " ".join(f"{k}={v:.4f}" for k, v in res["probabilities"].items())
             click.echo(f"{res['label']}\t{probs}\t{inp['text']}")

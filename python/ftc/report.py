@@ -248,7 +248,8 @@ def write_report(run_dir: Path, *, spec_text: str, keys: dict[str, str], metrics
     (run_dir / "metrics.json").write_text(json.dumps(_plain(record), indent=2, ensure_ascii=False,
                                                      allow_nan=False) + "\n", encoding="utf-8")
 
-    lines = [f"# ftc report: {run_dir.name}", "", f"Task: `{task}`.", "", "## Results", "",
+    run = keys.get("train", run_dir.name)  # run_dir may still be the store's staging directory
+    lines = [f"# ftc report: run {run[:12]}", "", f"Task: `{task}`.", "", "## Results", "",
              *results_table(metrics, base_metrics), ""]
     if base_metrics is not None:
         lines += ["Base: the base model on the same split; gain: tuned − base.", ""]

@@ -146,9 +146,7 @@ def load_model(spec: Spec, model_dir: Path, labels: list[str] | None) -> Any:
     try:
         if spec.model.task == "classification":
             assert labels is not None
-            model = AutoModelForSequenceClassification.from_pretrained(
-                model_dir, num_labels=len(labels), id2label=dict(enumerate(labels)),
-                label2id={n: i for i, n in enumerate(labels)}, **kwargs)
+            model = _classifier(model_dir, labels, kwargs)
         else:
             model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
     except (OSError, ValueError) as e:
@@ -193,6 +191,30 @@ def register_segmented_attention() -> str:
     AttentionInterface.register(SEGMENTED, segmented)
     AttentionMaskInterface.register(SEGMENTED, sdpa_mask)
     return SEGMENTED
+
+
+def _classifier(model_dir: Path, labels: list[str], kwargs: dict[str, Any]) -> Any:
+    """The base with a new classification head. transformers reports the head as missing
+    weights in a table on every load; that is expected here, so only other missing weights
+    are reported, in one line."""
+    import warnings
+
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            model_dir, num_labels=len(labels), id2label=dict(enumerate(labels)),
+            label2id={n: i for i, n in enumerate(labels)}, output_loading_info=True, **kwargs)
+    finally:
+        hf_logging.set_verbosity(level)
+    head = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad} - {model.base_model_prefix}
+    if missing := sorted(k for k in info.get("missing_keys", ()) if k.split(".")[0] not in head):
+        warnings.warn(f"{model_dir}: weights missing from the checkpoint, initialised at random: "
+                      f"{', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}", stacklevel=2)
+    return model
 
 
 def apply_method(model: Any, spec: Spec) -> Any:

@@ -86,9 +86,9 @@ class Classifier:
         """(input_ids, token_type_ids) per text, truncated, unpadded."""
         if pairs is not None and len(pairs) != len(texts):
             raise InferenceError(f"{len(texts)} texts but {len(pairs)} text pairs; give one pair per text")
-        for i, t in enumerate([*texts, *(pairs or [])]):
-            if not isinstance(t, str):
-                raise InferenceError(f"text {i % len(texts)} is {type(t).__name__}, not a string")
+        for what, values in (("text", texts), ("text pair", pairs or [])):
+            if (i := next((i for i, t in enumerate(values) if not isinstance(t, str)), None)) is not None:
+                raise InferenceError(f"{what} {i} is {type(values[i]).__name__}, not a string")
         batch = self.tokenizer.encode_batch(list(zip(texts, pairs, strict=True)) if pairs is not None else list(texts))
         return [(e.ids, e.type_ids) for e in batch]
 

@@ -25,6 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
+from ftc import __version__
 from ftc.errors import InferenceError
 from ftc.runtime import Classifier, Generator, Model
 
@@ -122,6 +123,7 @@ def generate(server: Server, body: dict[str, Any]) -> dict[str, Any]:
 
 class Handler(BaseHTTPRequestHandler):
     server: Server
+    server_version = f"ftc/{__version__}"
     protocol_version = "HTTP/1.1"
     timeout = 60  # a client that stops sending mid-request does not hold its thread forever
 
@@ -162,6 +164,7 @@ class Handler(BaseHTTPRequestHandler):
             status, answer, headers = 400, {"error": e.message}, {}
         except Exception as e:  # a bug: answer, log, keep serving
             self.log_error("internal error: %r", e)
+            self.close_connection = True
             status, answer, headers = 500, {"error": f"internal error: {type(e).__name__}"}, {}
         else:
             headers = {}
@@ -183,6 +186,8 @@ class Handler(BaseHTTPRequestHandler):
         if n > self.server.max_bytes:
             raise HttpError(413, f"body of {n} bytes; this server takes at most {self.server.max_bytes}")
         raw = self.rfile.read(n)
+        if not raw.strip():
+            raise HttpError(400, "empty body: expected a JSON object")
         try:
             body = json.loads(raw.decode("utf-8"))
         except UnicodeDecodeError:
