@@ -225,3 +225,22 @@ def test_killed_build_resumes_from_its_last_checkpoint(tmp_path: Path, llama_dir
     assert r.manifest["timing"]["resumed_from"].startswith("checkpoint-")
     assert r.manifest["timing"]["steps"] == 120
     assert not list((ftc_home / "work").glob("*"))  # the work directory goes once the run is complete
+
+
+def test_a_rebuild_trains_the_same_model(tmp_path: Path, bert_dir: Path):
+    """Same spec, same seed: the same new classification head and the same trained weights."""
+    from safetensors.torch import load_file
+
+    rows = [{"text": f"the quick fox {i % 7}", "label": i % 2} for i in range(40)]
+    write_jsonl(tmp_path / "d.jsonl", rows)
+    spec = write_spec(tmp_path / "spec.toml", bert_dir, [{"path": "d.jsonl"}], model={"task": "classification"},
+                      tokenize={"max_length": 16}, eval={"compare_base": True},
+                      train={"method": "lora", "max_steps": 2, "batch_size": 8,
+                             "lora": {"target_modules": ["query", "value"]}})
+    runs = []
+    for _ in range(2):
+        r = stages.build(load_spec(spec), force=True)
+        runs.append((r.manifest["base_metrics"], load_file(r.path / "model" / "adapter_model.safetensors")))
+    (base_a, weights_a), (base_b, weights_b) = runs
+    assert base_a == base_b
+    assert weights_a.keys() == weights_b.keys() and all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)

@@ -160,6 +160,9 @@ def _train(spec: Spec, data: data_stage.PrepResult, model_dir: Path, inputs: dic
     if train_ds is None:
         raise BuildError("the training split is empty: nothing to train on")
     collator: Any = train.ClassificationCollator(pad_id) if task == "classification" else train.PackedCollator(pad_id)
+    from transformers import set_seed
+
+    set_seed(spec.project.seed)  # before loading: a new head (classification) is initialised from it
     model = train.load_model(spec, model_dir, labels)
     if task == "classification" and model.config.pad_token_id is None:
         model.config.pad_token_id = pad_id
