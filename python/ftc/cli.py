@@ -22,6 +22,11 @@ from rich.table import Table
 from ftc import __version__
 
 UNK_WARNING = 0.02  # share of unknown tokens above which `prep` warns
+# The packages of the `train` and `export` extras (pyproject.toml): a command that needs one
+# names the extra to install instead of failing with a traceback.
+EXTRAS = {**dict.fromkeys(("torch", "transformers", "peft", "accelerate", "datasets", "gguf", "matplotlib",
+                           "sacrebleu", "rouge_score", "tensorboard"), "train"),
+          **dict.fromkeys(("onnx", "onnxscript"), "export")}
 err = Console(stderr=True, highlight=False, no_color="NO_COLOR" in os.environ)
 
 
@@ -41,6 +46,14 @@ def reported(fn: Callable[..., Any]) -> Callable[..., Any]:
                 raise
             text = e.render() if isinstance(e, FtcError) else f"error: {e}"
             err.print(text, markup=False, soft_wrap=True)
+            sys.exit(1)
+        except ModuleNotFoundError as e:
+            extra = EXTRAS.get((e.name or "").split(".")[0])
+            if extra is None or debug:
+                raise
+            err.print(f"error: `ftc {click.get_current_context().info_name}` needs {e.name}, which is not installed "
+                      f"(`pip install ftc` alone is the data stage and the runtime)\n\nhint: pip install 'ftc[{extra}]'",
+                      markup=False, soft_wrap=True)
             sys.exit(1)
         except KeyboardInterrupt:
             err.print("interrupted")
