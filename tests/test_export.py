@@ -117,6 +117,27 @@ def test_merged_lora_equals_the_peft_model(llama_run: export.Run, llama16_dir: P
     assert not any("lora_" in n for n, _ in merged.named_parameters())
 
 
+@pytest.mark.parametrize("method", ["lora", "dora", "ia3"])
+def test_every_mergeable_method_merges_exactly(llama16_dir: Path, method: str):
+    """Adapters with non-trivial weights (as if trained) fold into the base with the same logits."""
+    import peft
+    from transformers import AutoModelForCausalLM
+
+    config = peft.IA3Config(task_type="CAUSAL_LM") if method == "ia3" else peft.LoraConfig(
+        task_type="CAUSAL_LM", r=4, target_modules="all-linear", use_dora=method == "dora")
+    model = peft.get_peft_model(AutoModelForCausalLM.from_pretrained(llama16_dir), config).eval()
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name or "ia3_" in name:
+                p.add_(0.1 * torch.randn(p.shape, generator=gen))
+        ids = torch.randint(5, 800, (2, 30), generator=gen)
+        before = model(input_ids=ids).logits
+        merged = export.merge(model)
+        after = merged(input_ids=ids).logits
+    assert not isinstance(merged, peft.PeftModel) and float((before - after).abs().max()) < 1e-5
+
+
 def test_classifier_onnx_equals_torch_and_int8_is_measured(classifier_run: export.Run):
     import onnxruntime as ort
 

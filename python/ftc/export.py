@@ -104,7 +104,19 @@ def override(settings: Export, *, onnx: bool = False, quantize: tuple[str, ...] 
 
 
 def export_inputs(run_key: str, settings: Export) -> dict[str, Any]:
-    return {"format": ARTIFACTS, "run": run_key, "export": settings.model_dump(mode="json")}
+    """The key's inputs: the run, `[export]`, and what makes the graphs from them: the
+    exporters' versions and ftc's recipe (bumped when ftc changes how it calls them)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(package: str) -> str | None:
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return None
+
+    tools = {p: installed(p) for p in ("torch", "onnxruntime", "onnxruntime-genai")}
+    return {"format": ARTIFACTS, "recipe": onnx_export.RECIPE, "tools": tools, "run": run_key,
+            "export": settings.model_dump(mode="json")}
 
 
 def export(run: Run, settings: Export | None = None, *, spec_text: str | None = None,

