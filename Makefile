@@ -2,10 +2,11 @@
 # `make test`  every test: pytest and cargo test
 # `make bench` the data-stage benchmark (installs TRL for its baselines)
 # `make bench-train` packed vs padded SFT batches on a tiny Llama (CPU, ~8 minutes on 2 cores)
+# `make bench-export` torch vs ONNX fp32 / int8 / int4: the quickstart classifier and SmolLM2 chat-sft
 PY := .venv/bin/python
 export PYO3_PYTHON := $(CURDIR)/$(PY)
 
-.PHONY: all install demo test bench bench-train
+.PHONY: all install demo test bench bench-train bench-export
 
 all: install demo
 
@@ -35,3 +36,6 @@ bench: install
 bench-train: install
 	$(PY) -m pip install -q -e ".[train,export,test,demo,bench]"
 	$(PY) bench/train.py
+
+bench-export: install
+	$(PY) bench/export.py
