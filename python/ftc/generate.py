@@ -97,6 +97,7 @@ def text_metrics(model: Any, tokenizer: Any, dataset: Any, metrics: list[str], *
         result["bleu"] = evaluate.bleu(preds, refs)
     if "rouge" in metrics:
         result.update(evaluate.rouge(preds, refs))
-    result["samples"] = [{"prompt": tokenizer.decode(c.prompt[-200:], skip_special_tokens=False), "reference": r,
-                          "prediction": p} for c, r, p in list(zip(items, refs, preds, strict=True))[:3]]
+    result["generation_samples"] = [
+        {"prompt": tokenizer.decode(c.prompt[-200:], skip_special_tokens=False), "reference": r, "prediction": p}
+        for c, r, p in list(zip(items, refs, preds, strict=True))[:3]]
     return result

@@ -260,7 +260,7 @@ def write_report(run_dir: Path, *, spec_text: str, keys: dict[str, str], metrics
         lines += ["## Per class", "", *per_class_table(metrics.get("per_class", {})), "",
                   "## Confusion matrix", "", "Rows: true class; columns: predicted class.", "",
                   f"![confusion matrix]({CONFUSION_PNG})", ""]
-    if samples := metrics.get("samples"):
+    if samples := metrics.get("generation_samples"):
         lines += ["## Generations", "", f"Greedy answers to {metrics.get('generated')} test prompts "
                   f"(first {len(samples)} shown; the prompt's last 200 tokens).", ""]
         for i, g in enumerate(samples, 1):
