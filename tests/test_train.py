@@ -244,3 +244,14 @@ def test_a_rebuild_trains_the_same_model(tmp_path: Path, bert_dir: Path):
     (base_a, weights_a), (base_b, weights_b) = runs
     assert base_a == base_b
     assert weights_a.keys() == weights_b.keys() and all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+
+
+def test_a_hub_id_offline_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from ftc.errors import ModelError
+    from ftc.model import resolve_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty hub cache
+    with pytest.raises(ModelError, match="cannot download from the hub") as e:
+        resolve_model("ftc-test-org/no-such-model", tmp_path)
+    assert "local directory" in (e.value.hint or "")

@@ -82,6 +82,10 @@ def materialize_gguf(path: Path) -> Path:
     return store.entry_dir(store.MODELS, key)
 
 
+HUB_SKIP = ["*.gguf", "*.onnx", "*.onnx_data", "onnx/*", "openvino/*", "*.h5", "*.msgpack", "*.ot", "*.tflite",
+            "*.mlmodel", "coreml/*", "original/*"]
+
+
 def _from_hub(repo_id: str) -> Path:
     try:
         from huggingface_hub import snapshot_download
@@ -89,7 +93,8 @@ def _from_hub(repo_id: str) -> Path:
         raise ModelError(f"`{repo_id}` looks like a hub id, but huggingface_hub is not installed",
                          hint="give the path of a local model directory instead") from None
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=[*TOKENIZER_FILES, "config.json"]))
+        # The whole model (training needs the weights), without other frameworks' copies of them.
+        return Path(snapshot_download(repo_id, ignore_patterns=HUB_SKIP))
     except Exception as e:  # the hub client raises many types; all mean "not reachable here"
         raise ModelError(f"`{repo_id}`: cannot download from the hub ({type(e).__name__}: {e})",
                          hint="this machine may be offline: download the model elsewhere and set "
