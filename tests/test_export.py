@@ -261,3 +261,18 @@ def test_build_with_an_export_table_exports_without_retraining(classifier_run: e
     spec = classifier_spec(tmp_path, bert_dir, onnx=True, quantize="int8", rows=24)
     again = stages.build(load_spec(spec))
     assert again.cache_hit and again.export.cache_hit and again.export.key == r.export.key
+
+
+def test_an_agreement_failure_says_when_the_flips_are_near_ties():
+    """An unsure reference (top-two gap inside the rounding error) flips under any rounding:
+    the failure says so, and does not when the flipped rows were confident."""
+    from ftc.parity import Diff
+
+    d = Diff()
+    d.add(np.array([[0.0, 0.01], [0.0, 2.0], [0.0, 1.5]]), np.array([[0.02, 0.01], [0.0, 2.01], [0.0, 1.49]]))
+    assert (d.agree, d.predictions) == (2, 3) and d.flip_gaps == pytest.approx([0.01])
+    assert np.median(d.flip_gaps) <= 4 * d.mean_abs_diff  # what `judge` calls near-ties
+    confident = Diff()
+    ref = np.array([[3.0, 0.0]] + [[0.0, 2.0]] * 10)
+    confident.add(ref, np.array([[0.0, 3.0]] + [[0.0, 2.0]] * 10))  # one confident row broken
+    assert confident.flip_gaps == [3.0] and 3.0 > 4 * confident.mean_abs_diff
