@@ -26,6 +26,12 @@ def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def llama16_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama with head size 16, which onnxruntime's CPU attention accepts."""
+    return llama_model_dir(tmp_path_factory.mktemp("models") / "llama16", head_dim=16)
+
+
+@pytest.fixture(scope="session")
 def bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return bert_model_dir(tmp_path_factory.mktemp("models") / "bert")
 

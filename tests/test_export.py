@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from tiny import bpe_model_dir, write_spec
+from tiny import write_spec
 
 from ftc import build as stages
 from ftc import export, store
@@ -62,21 +62,6 @@ def classifier_run(shared_home: Path, bert_dir: Path, tmp_path_factory: pytest.T
         mp.setenv("FTC_HOME", str(shared_home))
         r = stages.build(load_spec(classifier_spec(tmp_path_factory.mktemp("cls"), bert_dir)))
         return export.find_run(r.path)
-
-
-@pytest.fixture(scope="module")
-def llama16_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny Llama whose head size is 16: onnxruntime's CPU GroupQueryAttention needs a multiple
-    of 16 (the shared tiny Llama has 8)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    path = bpe_model_dir(tmp_path_factory.mktemp("models") / "llama16")
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=800, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         bos_token_id=None, eos_token_id=None, tie_word_embeddings=False)
-    LlamaForCausalLM(config).save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from tiny import SMOL_TEMPLATE, bpe_model_dir, write_spec
+from tiny import write_spec
 
 from ftc import build as stages
 from ftc import export, runtime
@@ -84,22 +84,7 @@ def classifier_dir(cls_export: export.ExportResult) -> Path:
 
 
 @pytest.fixture(scope="session")
-def lm_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny Llama whose head size (16) onnxruntime's GroupQueryAttention accepts on CPU."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    path = bpe_model_dir(tmp_path_factory.mktemp("models") / "lm", template=SMOL_TEMPLATE)
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=800, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         bos_token_id=None, eos_token_id=None, tie_word_embeddings=False)
-    LlamaForCausalLM(config).save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="session")
-def lm_export(lm_base: Path, tmp_path_factory: pytest.TempPathFactory) -> export.ExportResult:
+def lm_export(llama16_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> export.ExportResult:
     """The Llama fine-tuned with LoRA on chat rows for a few steps, exported to genai fp32 and int4."""
     folder = tmp_path_factory.mktemp("lm")
     rng = random.Random(0)
@@ -107,7 +92,7 @@ def lm_export(lm_base: Path, tmp_path_factory: pytest.TempPathFactory) -> export
     write_jsonl(folder / "d.jsonl", [{"prompt": " ".join(rng.choice(words) for _ in range(rng.randint(2, 12))),
                                       "response": " ".join(rng.choice(words) for _ in range(rng.randint(1, 12)))}
                                      for _ in range(40)])
-    spec = write_spec(folder / "spec.toml", lm_base, [{"path": "d.jsonl"}], tokenize={"max_length": 128},
+    spec = write_spec(folder / "spec.toml", llama16_dir, [{"path": "d.jsonl"}], tokenize={"max_length": 128},
                       data_split={"valid": 0.0, "test": 0.2},
                       train={"method": "lora", "max_steps": 2, "batch_size": 2, "learning_rate": 1e-2,
                              "logging_steps": 50})
@@ -250,8 +235,8 @@ def test_generation_options_and_inputs_are_checked(generator: runtime.Generator)
         generator.generate([])
     with pytest.raises(InferenceError, match="message 0"):
         generator.generate([{"content": "no role"}])
-    with pytest.raises(InferenceError, match="context holds 256"):
-        generator.generate("fox " * 300)
+    with pytest.raises(InferenceError, match="context holds 512"):
+        generator.generate("fox " * 600)
 
 
 def test_int4_variant_generates(lm_artifact: Path):

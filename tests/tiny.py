@@ -100,14 +100,15 @@ def write_spec(path: Path, base: Path | str, sources: list[dict], model: dict | 
     return path
 
 
-def llama_model_dir(path: Path, seed: int = 0) -> Path:
-    """A tiny Llama (random weights) with the byte-level BPE tokenizer and SmolLM2's template."""
+def llama_model_dir(path: Path, seed: int = 0, head_dim: int = 8) -> Path:
+    """A tiny Llama (random weights) with the byte-level BPE tokenizer and SmolLM2's template.
+    Four heads of `head_dim`; onnxruntime's CPU attention (export, runtime) needs a multiple of 16."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     bpe_model_dir(path)
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=800, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    config = LlamaConfig(vocab_size=800, hidden_size=4 * head_dim, intermediate_size=8 * head_dim, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                          bos_token_id=None, eos_token_id=None, tie_word_embeddings=False)
     LlamaForCausalLM(config).save_pretrained(path)

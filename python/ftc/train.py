@@ -122,7 +122,7 @@ def precision(spec: Spec) -> str:
 
 def load_model(spec: Spec, model_dir: Path, labels: list[str] | None) -> Any:
     import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import AutoModelForCausalLM
 
     kwargs: dict[str, Any] = {}
     prec = precision(spec)
