@@ -23,6 +23,9 @@ from ftc.model import resolve_model
 from ftc.spec import Spec
 
 RUNS = "runs-v1"
+# Bumped when ftc itself changes what training produces from the same inputs, so a run built by
+# an older ftc is not reused (2: the seed is set before a new head is initialised).
+TRAIN_RECIPE = 2
 
 
 @dataclass
@@ -49,6 +52,7 @@ def train_inputs(spec: Spec, data_key: str, model_dir: Path, threads: int = 0) -
     hashes = _data.hash_files([str(f) for f in files], threads)
     return {
         "format": RUNS,
+        "recipe": TRAIN_RECIPE,
         "data": data_key,
         "base": {str(f.relative_to(model_dir)): h for f, h in zip(files, hashes, strict=True)},
         "model": spec.model.model_dump(mode="json"),
