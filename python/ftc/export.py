@@ -230,15 +230,14 @@ def load_trained(run: Run, tokenizer: Any) -> Any:
     """The run's model as trained, on CPU in fp32 with eager attention: the reference every
     export is compared with, and the graph the legacy ONNX exporter traces."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import AutoModelForCausalLM
+
+    from ftc.train import load_classifier
 
     kwargs: dict[str, Any] = {"dtype": torch.float32, "attn_implementation": "eager"}
     source = _weights_dir(run)
     if run.task == "classification":
-        labels = run.manifest["labels"]
-        model = AutoModelForSequenceClassification.from_pretrained(
-            source, num_labels=len(labels), id2label=dict(enumerate(labels)),
-            label2id={n: i for i, n in enumerate(labels)}, **kwargs)
+        model = load_classifier(source, run.manifest["labels"], **kwargs)  # the head comes with the adapter
         if model.config.pad_token_id is None:
             model.config.pad_token_id = _pad_id(tokenizer)
     else:

@@ -146,7 +146,7 @@ def load_model(spec: Spec, model_dir: Path, labels: list[str] | None) -> Any:
     try:
         if spec.model.task == "classification":
             assert labels is not None
-            model = _classifier(model_dir, labels, kwargs)
+            model = load_classifier(model_dir, labels, **kwargs)
         else:
             model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
     except (OSError, ValueError) as e:
@@ -193,7 +193,7 @@ def register_segmented_attention() -> str:
     return SEGMENTED
 
 
-def _classifier(model_dir: Path, labels: list[str], kwargs: dict[str, Any]) -> Any:
+def load_classifier(model_dir: Path, labels: list[str], **kwargs: Any) -> Any:
     """The base with a new classification head. transformers reports the head as missing
     weights in a table on every load; that is expected here, so only other missing weights
     are reported, in one line."""
