@@ -263,10 +263,13 @@ GENERATION_METRICS = ("perplexity", "bleu", "rouge")
 
 
 class Eval(Table):
-    metrics: list[Literal["accuracy", "precision", "recall", "f1", "perplexity", "bleu", "rouge"]] = Field(default_factory=list)
-    compare_base: bool = False
-    max_new_tokens: Positive = 64
-    samples: Positive = 200  # test examples answered by generation for bleu / rouge
+    metrics: list[Literal["accuracy", "precision", "recall", "f1", "perplexity", "bleu", "rouge"]] = Field(
+        default_factory=list, description="Metrics on the test split: accuracy, precision, recall, f1 for "
+        "classification; perplexity, bleu, rouge (greedy answers to the test prompts) for causal-lm.")
+    compare_base: bool = Field(False, description="Evaluate the base model on the same split: the report shows "
+                               "the gain.")
+    max_new_tokens: Positive = Field(64, description="bleu / rouge: the longest answer generated.")
+    samples: Positive = Field(200, description="bleu / rouge: test examples answered by generation.")
 
 
 class Export(Table):
