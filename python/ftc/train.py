@@ -4,10 +4,11 @@ The engine is the HF Trainer, so `torchrun` / `accelerate launch` (DDP, FSDP, De
 the same spec unchanged. ftc supplies what the Trainer does not know:
 
 - Packed rows train exactly: each row carries `position_ids` that restart at every example
-  and no attention mask, which transformers turns into a block-diagonal causal mask (eager,
-  SDPA) or varlen flash attention (GPU), so attention never crosses examples; the collator
-  also removes the label of each example's first token, which only the previous example
-  could have predicted. The per-token loss of a packed row equals each example's alone.
+  and no attention mask, and attention runs per example: varlen flash attention on a GPU
+  with flash-attn, else `register_segmented_attention` (SDPA on each segment), so attention
+  never crosses examples and costs Σ len², not row_len²; the collator also removes the label
+  of each example's first token, which only the previous example could have predicted. The
+  per-token loss of a packed row equals each example's alone.
 - The methods of the spec (full, freeze, LoRA, DoRA, QLoRA, IA3, prompt and prefix tuning)
   as PEFT configs or frozen parameters, and class-weighted loss for classification.
 """
