@@ -157,7 +157,7 @@ def _train(spec: Spec, data: data_stage.PrepResult, model_dir: Path, inputs: dic
     task = spec.model.task
     labels = m.get("labels")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = train.pad_id(tokenizer)
     if pad_id is None:
         raise BuildError(f"{model_dir}: the tokenizer has neither a pad nor an eos token to pad batches with")
     train_ds, valid_ds, test_ds = (load_split(data.path, m, s) for s in ("train", "valid", "test"))

@@ -14,7 +14,6 @@ torch weights. With `verify = true` nothing is published unless every variant pa
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -24,12 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ftc import __version__, onnx_export, store
 from ftc.errors import ExportError
 from ftc.parity import Parity
 from ftc.spec import Export
+from ftc.train import IGNORE, load_classifier, pad_id, segments
 
 ARTIFACTS = "artifacts-v1"
 FORMAT = "ftc-artifact-v1"
@@ -209,7 +207,7 @@ def _export(run: Run, settings: Export, inputs: dict[str, Any], key: str, spec_t
         candidates["merged"] = auto.from_pretrained(merged_dir, attn_implementation="eager").eval()
     if not settings.merge:
         shutil.rmtree(merged_dir)
-    parity = Parity(run.task, held_out, reference, candidates, _pad_id(tokenizer)).measure(progress)
+    parity = Parity(run.task, held_out, reference, candidates, pad_id(tokenizer)).measure(progress)
     failures = parity.judge(settings)
     if failures and settings.verify:
         raise ExportError(parity.explain(failures, held_out.split),
@@ -232,14 +230,12 @@ def load_trained(run: Run, tokenizer: Any) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from ftc.train import load_classifier
-
     kwargs: dict[str, Any] = {"dtype": torch.float32, "attn_implementation": "eager"}
     source = _weights_dir(run)
     if run.task == "classification":
         model = load_classifier(source, run.manifest["labels"], **kwargs)  # the head comes with the adapter
         if model.config.pad_token_id is None:
-            model.config.pad_token_id = _pad_id(tokenizer)
+            model.config.pad_token_id = pad_id(tokenizer)
     else:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     if source != run.path / "model":
@@ -312,15 +308,10 @@ def _held_out(run: Run, data_dir: Path, data: dict[str, Any], n: int) -> HeldOut
 def _examples(ds: Any, n: int) -> Iterator[dict[str, Any]]:
     """Packed rows → their examples, each alone (positions restart, so each is exactly the
     sequence the packed row computed), with at least one labelled token after the first."""
-    from ftc.train import IGNORE
-
     count = 0
     for row in ds:
-        ids, labels = np.asarray(row["input_ids"]), np.asarray(row["labels"])
-        start = 0
-        for length in row.get("seq_lengths") or [len(ids)]:
-            seg, lab = ids[start:start + length], labels[start:start + length].copy()
-            start += length
+        for seg, lab in segments(row):
+            lab = lab.copy()
             lab[0] = IGNORE  # as in training: only the previous example could predict it
             if (lab != IGNORE).any():
                 yield {"input_ids": seg, "labels": lab}
@@ -332,20 +323,12 @@ def _examples(ds: Any, n: int) -> Iterator[dict[str, Any]]:
 # ── the artifact ─────────────────────────────────────────────────────────────────────────────
 
 def eos_token_ids(tokenizer: Any, model: Any, end_tokens: list[int]) -> list[int]:
-    """The tokenizer's EOS, the generation config's, and the tokens that closed the held-out
-    answers when they are special tokens (a chat template's end of turn, e.g. `<|im_end|>`)."""
-    found: list[int] = []
-    if tokenizer.eos_token_id is not None:
-        found.append(tokenizer.eos_token_id)
+    """Where the exported decoder stops: as `ftc build`'s evaluation does (`stop_tokens`), plus
+    the generation config's EOS."""
+    from ftc.generate import stop_tokens
+
     gen = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    found += gen if isinstance(gen, list) else [gen] if isinstance(gen, int) else []
-    specials = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
-    found += [t for t in end_tokens if t in specials]
-    return list(dict.fromkeys(int(t) for t in found))
-
-
-def _pad_id(tokenizer: Any) -> int | None:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return stop_tokens(tokenizer, end_tokens, gen if isinstance(gen, list) else [gen] if isinstance(gen, int) else [])
 
 
 def artifact_card(run: Run, settings: Export, tokenizer: Any, data: dict[str, Any], names: list[str],
@@ -363,7 +346,7 @@ def artifact_card(run: Run, settings: Export, tokenizer: Any, data: dict[str, An
         "format": FORMAT, "ftc_version": __version__, "created": time.time(), "task": run.task,
         "labels": run.manifest.get("labels"), "max_length": data["max_length"],
         "template": None if classify else data.get("template_source"),
-        "inputs": inputs, "pad_token_id": _pad_id(tokenizer), "eos_token_ids": eos,
+        "inputs": inputs, "pad_token_id": pad_id(tokenizer), "eos_token_ids": eos,
         "variants": {n: {"path": p} for n, p in paths.items()},
         "default": min(passed, key=lambda n: _bytes(art / paths[n])),
         "files": file_hashes(art), "spec": spec_text, "run": run.key, "export_key": key, "parity": figures,
@@ -378,14 +361,10 @@ def _bytes(path: Path) -> int:
 
 def file_hashes(root: Path) -> dict[str, str]:
     """sha256 of every file under `root` but ftc-artifact.json, by relative POSIX path."""
-    out = {}
-    for f in sorted(p for p in root.rglob("*") if p.is_file() and p.name != "ftc-artifact.json"):
-        h = hashlib.sha256()
-        with f.open("rb") as fh:
-            while chunk := fh.read(1 << 20):
-                h.update(chunk)
-        out[f.relative_to(root).as_posix()] = h.hexdigest()
-    return out
+    from ftc.runtime.artifact import MANIFEST, sha256  # what loading checks them with
+
+    return {f.relative_to(root).as_posix(): sha256(f)
+            for f in sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)}
 
 
 def copy_out(result: ExportResult, out: Path) -> Path:

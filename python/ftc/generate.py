@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ftc.train import IGNORE
+from ftc.train import IGNORE, pad_id, segments
 
 
 @dataclass
@@ -29,11 +29,7 @@ def completions(dataset: Any, limit: int) -> list[Completion]:
     """Up to `limit` (prompt, reference) pairs in split order; see the module docstring."""
     out: list[Completion] = []
     for row in dataset:
-        ids, labels = np.asarray(row["input_ids"]), np.asarray(row["labels"])
-        start = 0
-        for n in row.get("seq_lengths") or [len(ids)]:
-            seg_ids, seg_labels = ids[start:start + n], labels[start:start + n]
-            start += n
+        for seg_ids, seg_labels in segments(row):
             labelled = np.flatnonzero(seg_labels != IGNORE)
             if len(labelled) < 2:
                 continue
@@ -74,6 +70,15 @@ def generate(model: Any, items: list[Completion], *, pad_id: int, stops: list[in
     return out
 
 
+def stop_tokens(tokenizer: Any, end_tokens: list[int], extra: list[int] = ()) -> list[int]:
+    """Where generation stops: the tokenizer's EOS, `extra` ids, and the tokens that close
+    answers in the data when they are special (a chat template's end of turn, `<|im_end|>`); a
+    closing word that is not special would cut answers at every occurrence of it."""
+    specials = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
+    found = [tokenizer.eos_token_id, *extra, *(t for t in end_tokens if t in specials)]
+    return list(dict.fromkeys(int(t) for t in found if t is not None))
+
+
 def text_metrics(model: Any, tokenizer: Any, dataset: Any, metrics: list[str], *, limit: int, max_new_tokens: int,
                  batch_size: int) -> dict[str, Any]:
     """BLEU and/or ROUGE of the model's answers against the references, with a few samples."""
@@ -82,13 +87,8 @@ def text_metrics(model: Any, tokenizer: Any, dataset: Any, metrics: list[str], *
     items = completions(dataset, limit)
     if not items:
         return {"generation_skipped": "no example of the test split has a prompt before its labelled answer"}
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    # The model's EOS, and the special tokens that close answers in the data (a template's end
-    # of turn); a closing word that is not special would cut answers at every occurrence.
-    specials = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
-    stops = sorted({t for t in (tokenizer.eos_token_id,) if t is not None}
-                   | {c.reference[-1] for c in items if c.reference[-1] in specials})
-    outputs = generate(model, items, pad_id=pad_id, stops=stops, max_new_tokens=max_new_tokens,
+    stops = stop_tokens(tokenizer, [c.reference[-1] for c in items])
+    outputs = generate(model, items, pad_id=pad_id(tokenizer), stops=stops, max_new_tokens=max_new_tokens,
                        batch_size=batch_size)
     preds = [tokenizer.decode(o, skip_special_tokens=True).strip() for o in outputs]
     refs = [tokenizer.decode(c.reference, skip_special_tokens=True).strip() for c in items]

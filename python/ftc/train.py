@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,22 @@ class PackedCollator:
             pos[i, :n] = p
             pos[i, n:] = torch.arange(width - n)
         return {"input_ids": ids, "labels": labels, "position_ids": pos}
+
+
+def segments(row: dict[str, Any]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The examples of a causal-LM row, as (input_ids, labels): one per `seq_lengths` entry of
+    a packed row, the whole row otherwise. Positions restart at each, so each is exactly the
+    sequence its part of the row computed."""
+    ids, labels = np.asarray(row["input_ids"]), np.asarray(row["labels"])
+    start = 0
+    for n in row.get("seq_lengths") or [len(ids)]:
+        yield ids[start:start + n], labels[start:start + n]
+        start += n
+
+
+def pad_id(tokenizer: Any) -> int | None:
+    """The id batches are padded with: the pad token, else EOS (decoders often have no pad)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 @dataclass
