@@ -46,63 +46,61 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def build_and_export(home: Path, spec: Path, **settings: object) -> export.ExportResult:
-    """`ftc build` then `ftc export` of a spec, in a store of its own shared by the session."""
+def tiny_export(factory: pytest.TempPathFactory, name: str, base: Path, rows: list[dict], *, max_length: int,
+                train: dict, quantize: tuple[str, ...], model: dict | None = None) -> export.ExportResult:
+    """A spec over `rows` built for a few steps (`ftc build`) then exported (`ftc export`), in a store of
+    its own shared by the session."""
+    folder = factory.mktemp(name)
+    write_jsonl(folder / "d.jsonl", rows)
+    spec = write_spec(folder / "spec.toml", base, [{"path": "d.jsonl"}], model=model,
+                      tokenize={"max_length": max_length}, data_split={"valid": 0.0, "test": 0.2},
+                      train={**train, "logging_steps": 50})
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FTC_HOME", str(home))
+        mp.setenv("FTC_HOME", str(folder / "home"))
         run = export.find_run(stages.build(load_spec(spec)).path)
         # A run of a few steps may miss int8's agreement threshold; the runtime serves it regardless.
-        return export.export(run, export.override(run.export, verify=False, rows=8, **settings))
+        result = export.export(run, export.override(run.export, verify=False, rows=8, quantize=quantize))
+    assert result.artifact is not None
+    return result
 
 
 @pytest.fixture(scope="session")
 def cls_export(bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> export.ExportResult:
     """A 3-label BERT classifier trained for a few steps, exported to fp32 and int8 ONNX."""
-    folder = tmp_path_factory.mktemp("cls")
     rng = random.Random(0)
     words = "the quick brown fox jumps over lazy dog model data".split()
-    write_jsonl(folder / "d.jsonl", [{"text": " ".join(rng.choice(words) for _ in range(rng.randint(1, 20))),
-                                      "label": LABELS[i % 3]} for i in range(60)])
-    spec = write_spec(folder / "spec.toml", bert_dir, [{"path": "d.jsonl"}],
-                      model={"task": "classification", "labels": LABELS}, tokenize={"max_length": MAX_LENGTH},
-                      data_split={"valid": 0.0, "test": 0.2},
-                      train={"method": "full", "max_steps": 4, "batch_size": 8, "learning_rate": 1e-3,
-                             "logging_steps": 50})
-    return build_and_export(folder / "home", spec, quantize=("int8",))
+    rows = [{"text": " ".join(rng.choice(words) for _ in range(rng.randint(1, 20))), "label": LABELS[i % 3]}
+            for i in range(60)]
+    return tiny_export(tmp_path_factory, "cls", bert_dir, rows, max_length=MAX_LENGTH, quantize=("int8",),
+                       model={"task": "classification", "labels": LABELS},
+                       train={"method": "full", "max_steps": 4, "batch_size": 8, "learning_rate": 1e-3})
+
+
+@pytest.fixture(scope="session")
+def lm_export(llama16_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> export.ExportResult:
+    """The Llama fine-tuned with LoRA on chat rows for a few steps, exported to genai fp32 and int4."""
+    rng = random.Random(0)
+    words = "the model learns to answer short questions about numbers and code".split()
+    rows = [{"prompt": " ".join(rng.choice(words) for _ in range(rng.randint(2, 12))),
+             "response": " ".join(rng.choice(words) for _ in range(rng.randint(1, 12)))} for _ in range(40)]
+    return tiny_export(tmp_path_factory, "lm", llama16_dir, rows, max_length=128, quantize=("int4",),
+                       train={"method": "lora", "max_steps": 2, "batch_size": 2, "learning_rate": 1e-2})
 
 
 @pytest.fixture(scope="session")
 def cls_artifact(cls_export: export.ExportResult) -> Path:
-    assert cls_export.artifact is not None
     return cls_export.artifact
+
+
+@pytest.fixture(scope="session")
+def lm_artifact(lm_export: export.ExportResult) -> Path:
+    return lm_export.artifact
 
 
 @pytest.fixture(scope="session")
 def classifier_dir(cls_export: export.ExportResult) -> Path:
     """The trained weights the artifact was exported from (an HF directory with its tokenizer)."""
     return cls_export.path / "merged"
-
-
-@pytest.fixture(scope="session")
-def lm_export(llama16_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> export.ExportResult:
-    """The Llama fine-tuned with LoRA on chat rows for a few steps, exported to genai fp32 and int4."""
-    folder = tmp_path_factory.mktemp("lm")
-    rng = random.Random(0)
-    words = "the model learns to answer short questions about numbers and code".split()
-    write_jsonl(folder / "d.jsonl", [{"prompt": " ".join(rng.choice(words) for _ in range(rng.randint(2, 12))),
-                                      "response": " ".join(rng.choice(words) for _ in range(rng.randint(1, 12)))}
-                                     for _ in range(40)])
-    spec = write_spec(folder / "spec.toml", llama16_dir, [{"path": "d.jsonl"}], tokenize={"max_length": 128},
-                      data_split={"valid": 0.0, "test": 0.2},
-                      train={"method": "lora", "max_steps": 2, "batch_size": 2, "learning_rate": 1e-2,
-                             "logging_steps": 50})
-    return build_and_export(folder / "home", spec, quantize=("int4",))
-
-
-@pytest.fixture(scope="session")
-def lm_artifact(lm_export: export.ExportResult) -> Path:
-    assert lm_export.artifact is not None
-    return lm_export.artifact
 
 
 @pytest.fixture(scope="session")

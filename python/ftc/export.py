@@ -26,11 +26,11 @@ from typing import Any
 from ftc import __version__, onnx_export, store
 from ftc.errors import ExportError
 from ftc.parity import Parity
+from ftc.runtime.artifact import FORMAT, MANIFEST, sha256  # the format loading checks
 from ftc.spec import Export
 from ftc.train import IGNORE, load_classifier, pad_id, segments
 
 ARTIFACTS = "artifacts-v1"
-FORMAT = "ftc-artifact-v1"
 RUNS = "runs-v1"
 UNMERGEABLE = ("prompt-tuning", "prefix-tuning")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -217,7 +217,7 @@ def _export(run: Run, settings: Export, inputs: dict[str, Any], key: str, spec_t
     figures = parity.figures()
     if names:
         card = artifact_card(run, settings, tokenizer, data, names, figures, eos, key, spec_text, art)
-        store.write_json(art / "ftc-artifact.json", card)
+        store.write_json(art / MANIFEST, card)
     return {"key": key, "name": run.manifest.get("name", ""), "format": ARTIFACTS, "ftc_version": __version__,
             "created": time.time(), "run": run.key, "task": run.task, "method": run.manifest["method"],
             "variants": names, "merged": settings.merge, "parity": figures, "failures": failures,
@@ -361,8 +361,6 @@ def _bytes(path: Path) -> int:
 
 def file_hashes(root: Path) -> dict[str, str]:
     """sha256 of every file under `root` but ftc-artifact.json, by relative POSIX path."""
-    from ftc.runtime.artifact import MANIFEST, sha256  # what loading checks them with
-
     return {f.relative_to(root).as_posix(): sha256(f)
             for f in sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)}
 

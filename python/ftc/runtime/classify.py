@@ -18,11 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from ftc import onnx_export
 from ftc.errors import ArtifactError, InferenceError
 from ftc.runtime.artifact import REEXPORT, Artifact, tokenizer_config
 
@@ -40,16 +41,10 @@ class Prediction:
         return {"label": self.label, "score": self.score, "probabilities": self.probabilities}
 
 
-def session(model: str, threads: int = 0) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads  # 0: onnxruntime's default, one per physical core
-    opts.log_severity_level = 3  # only errors: quantized graphs warn about unfused nodes
-    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
-
-
-def classification_tokenizer(artifact: Artifact) -> Tokenizer:
+def classification_tokenizer(artifact: Artifact, config: dict[str, Any]) -> Tokenizer:
+    """`tokenizer.json` set up as transformers runs it; `config` is the artifact's tokenizer_config.json."""
     tok = Tokenizer.from_file(str(artifact.path / "tokenizer.json"))
-    side = tokenizer_config(artifact.path).get("truncation_side", "right")
+    side = config.get("truncation_side", "right")
     tok.no_padding()  # batches are padded here, after sorting by length
     tok.enable_truncation(artifact.max_length, strategy="longest_first", direction=side)
     return tok
@@ -63,20 +58,21 @@ class Classifier:
     def __init__(self, artifact: Artifact, threads: int = 0) -> None:
         self.artifact = artifact
         try:
-            self.session = session(str(artifact.model_path), threads)
+            self.session = onnx_export.session(artifact.model_path, threads)
         except Exception as e:  # onnxruntime raises its own untyped errors for a bad graph
             raise ArtifactError(f"{artifact.model_path}: onnxruntime cannot load it: {e}", hint=REEXPORT) from None
         self.inputs = [i.name for i in self.session.get_inputs()]
         if unknown := set(self.inputs) - KNOWN_INPUTS:
             raise ArtifactError(f"{artifact.model_path}: unexpected graph inputs {sorted(unknown)}; a classifier "
                                 f"takes {sorted(KNOWN_INPUTS)}", hint=REEXPORT)
-        if "logits" not in [o.name for o in self.session.get_outputs()]:
+        logits = next((o for o in self.session.get_outputs() if o.name == "logits"), None)
+        if logits is None:
             raise ArtifactError(f"{artifact.model_path}: the graph has no `logits` output", hint=REEXPORT)
-        self.tokenizer = classification_tokenizer(artifact)
         config = tokenizer_config(artifact.path)
+        self.tokenizer = classification_tokenizer(artifact, config)
         self.pad_left = config.get("padding_side", "right") == "left"
         self.pad_id = artifact.pad_token_id if artifact.pad_token_id is not None else 0
-        n = next(o for o in self.session.get_outputs() if o.name == "logits").shape[-1]
+        n = logits.shape[-1]
         self.labels = artifact.labels or ([str(i) for i in range(n)] if isinstance(n, int) else [])
         if not self.labels or (isinstance(n, int) and n != len(self.labels)):
             raise ArtifactError(f"{artifact.path}: the graph gives {n} logits per text but the manifest names "

@@ -27,6 +27,7 @@ from tokenizers import Tokenizer
 
 from ftc import _data
 from ftc.errors import ArtifactError, InferenceError
+from ftc.model import load_tokenizer_info
 from ftc.runtime.artifact import REEXPORT, Artifact
 
 Prompt = str | Sequence[Mapping[str, Any]]  # plain text, or chat messages {role, content}
@@ -68,10 +69,13 @@ class Generator:
         except (OSError, ValueError, RuntimeError) as e:
             raise ArtifactError(f"{directory}: onnxruntime-genai cannot load it: {e}", hint=REEXPORT) from None
         self.context = int(own["model"].get("context_length") or own.get("search", {}).get("max_length") or 0)
-        self.tokenizer = Tokenizer.from_file(str(artifact.path / "tokenizer.json"))
+        # `bos_token`, `eos_token`, ... as the chat template sees them, read as the data stage reads them;
+        # the same read gives tokenizer.json's text, so the file is not read twice.
+        info = load_tokenizer_info(artifact.path)
+        self.tokenizer = Tokenizer.from_str(info.tokenizer_json)
         self.tokenizer.no_truncation()
         self.tokenizer.no_padding()
-        self.special = special_tokens(artifact)
+        self.special = info.special_tokens
 
     def render(self, messages: Sequence[Mapping[str, Any]]) -> str:
         """The prompt text of a conversation: the chat template with the assistant header."""
@@ -140,10 +144,3 @@ def check_options(max_new_tokens: int, temperature: float, top_p: float, top_k: 
         raise InferenceError(f"top_p must be in (0, 1], not {top_p}")
     if top_k < 0:
         raise InferenceError(f"top_k must be 0 (off) or more, not {top_k}")
-
-
-def special_tokens(artifact: Artifact) -> dict[str, str]:
-    """`bos_token`, `eos_token`, ... as the chat template sees them, read as the data stage reads them."""
-    from ftc.model import load_tokenizer_info
-
-    return load_tokenizer_info(artifact.path).special_tokens

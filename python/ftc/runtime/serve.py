@@ -38,6 +38,8 @@ ENDPOINT_TASK = {"/v1/classify": "classification", "/v1/generate": "causal-lm"}
 CLASSIFY_FIELDS = {"text": str, "texts": list, "text_pair": str, "text_pairs": list}
 GENERATE_FIELDS = {"prompt": str, "messages": list, "max_new_tokens": int, "temperature": float, "top_p": float,
                    "top_k": int, "seed": int}
+NOUNS = {str: "a string", list: "a list", dict: "an object", int: "an integer", float: "a number",
+         bool: "a boolean", type(None): "null"}  # JSON values' types, as errors name them
 
 
 class HttpError(Exception):
@@ -76,7 +78,7 @@ def checked(body: dict[str, Any], allowed: dict[str, type]) -> dict[str, Any]:
             raise HttpError(400, f"unknown field `{key}`; allowed: {', '.join(allowed)}")
         ok = isinstance(value, int | float) if want is float else isinstance(value, want)
         if not ok or (want in (int, float) and isinstance(value, bool)):
-            raise HttpError(400, f"`{key}` must be {_noun(want)}, not {_json_type(value)}")
+            raise HttpError(400, f"`{key}` must be {NOUNS[want]}, not {_json_type(value)}")
     return body
 
 
@@ -216,13 +218,5 @@ class Handler(BaseHTTPRequestHandler):
             self.log_message('"%s" %s %.1fms', self.requestline, code, getattr(self, "elapsed", 0) * 1000)
 
 
-def _noun(t: type) -> str:
-    return {str: "a string", list: "a list", int: "an integer", float: "a number"}[t]
-
-
 def _json_type(v: Any) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "a boolean"
-    return {str: "a string", list: "a list", dict: "an object", int: "an integer", float: "a number"}[type(v)]
+    return NOUNS[type(v)]
