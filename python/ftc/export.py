@@ -277,7 +277,8 @@ def _gptq(run: Run, model: Any, folder: Path, rows: int, progress: Progress) -> 
     from ftc.build import load_split
 
     data_dir, data = _dataset(run)
-    examples = [torch.as_tensor(np.asarray(e["input_ids"])) for e in _examples(load_split(data_dir, data, "train"), rows)]
+    train = load_split(data_dir, data, "train")
+    examples = [torch.as_tensor(np.asarray(e["input_ids"])) for e in _examples(train, rows)]
     targets = onnx_export.nbits_targets(folder, model, GPTQ_GROUP)
     linears = {n: model.get_submodule(n) for names in targets.values() for n in names}
     advance = _advancer(progress, "gptq calibration", len(examples))

@@ -4,7 +4,7 @@ Round-to-nearest and k-quant round each weight on its own. GPTQ quantizes a weig
 input column at a time and moves each column's rounding error onto the columns not yet
 quantized, weighted by the inverse of the layer's input second moment H = E[x xᵀ], so that
 the layer's *outputs* on real inputs move least. On SmolLM2-135M fine-tuned by
-specs/chat-sft.toml, test perplexity rose ×1.084 with the builder's k-quant and ×1.01 with
+specs/chat-sft.toml, test perplexity rose ×1.084 with the builder's k-quant and ×1.017 with
 these codes, in the same MatMulNBits layout, so decoding is exactly as fast.
 
 The codes are what MatMulNBits stores: for each output row, blocks of `group` input columns,
