@@ -67,6 +67,21 @@ def test_prep_json_then_cache_hit(spec: Path):
     assert json.loads(second.stdout)["cache"] == "hit" and "cache hit" in second.stderr
 
 
+def test_build_json_is_the_only_thing_on_stdout(tmp_path: Path, llama_dir: Path):
+    """transformers prints its training logs to stdout; `--json` output must still parse."""
+    with open(tmp_path / "chat.jsonl", "w") as f:
+        for i in range(80):
+            f.write(json.dumps({"messages": [{"role": "user", "content": f"hi {i}"},
+                                             {"role": "assistant", "content": f"hello {i}"}]}) + "\n")
+    s = write_spec(tmp_path / "spec.toml", llama_dir, [{"path": "chat.jsonl"}], tokenize={"max_length": 128},
+                   data_split={"valid": 0.1, "test": 0.1},
+                   train={"method": "lora", "max_steps": 2, "batch_size": 2, "logging_steps": 1})
+    out = ftc("build", str(s), "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["train"]["cache"] == "miss"
+    assert "'loss'" in out.stderr  # the training log moved, not lost
+
+
 def test_inspect_marks_masked_tokens(spec: Path):
     ftc("prep", str(spec))
     out = ftc("inspect", str(spec), "--rows", "1")

@@ -5,12 +5,13 @@ Exit codes: 0 success; 1 a reported error (no traceback, unless `--debug`); 2 us
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -103,10 +104,15 @@ def schema() -> None:
     click.echo(json.dumps(Spec.model_json_schema(by_alias=True), indent=2))
 
 
-def _bars() -> Progress:
-    """Progress bars on stderr, only on a terminal; they vanish when done."""
-    return Progress(TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+@contextlib.contextmanager
+def _bars() -> Iterator[Progress]:
+    """Progress bars on stderr, only on a terminal; they vanish when done. What the stages'
+    libraries print meanwhile (transformers' training logs) goes to stderr too: stdout is
+    for `--json`."""
+    bars = Progress(TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                     console=err, transient=True, disable=not err.is_terminal)
+    with contextlib.redirect_stdout(sys.stderr), bars:
+        yield bars
 
 
 def _progress_callback(progress: Progress) -> Callable[[str, int, int | None], None]:
