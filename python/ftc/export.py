@@ -196,7 +196,7 @@ def _export(run: Run, settings: Export, inputs: dict[str, Any], key: str, spec_t
         art.mkdir()
         for name in names:
             progress(f"onnx {name}", 0, 1)
-            candidates[name] = _make_variant(run, name, model, merged_dir, art, settings, eos, progress)
+            candidates[name] = _make_variant(run, name, model, merged_dir, art, settings, eos, (data_dir, data), progress)
             progress(f"onnx {name}", 1, 1)
         for f in TOKENIZER_FILES:
             if (merged_dir / f).is_file():
@@ -255,11 +255,11 @@ def merge(model: Any) -> Any:
 
 
 def _make_variant(run: Run, name: str, model: Any, merged_dir: Path, art: Path, settings: Export,
-                  eos: list[int], progress: Progress) -> Any:
+                  eos: list[int], dataset: tuple[Path, dict[str, Any]], progress: Progress) -> Any:
     if run.task == "causal-lm":  # a genai directory per precision, built from the merged checkpoint
         onnx_export.build_decoder(merged_dir, art / name, name, eos)
         if name == "int4" and settings.int4_method == "gptq":
-            _gptq(run, model, art / name, settings.calibration_rows, progress)
+            _gptq(model, art / name, calibration(*dataset, settings.calibration_rows), progress)
         return art / name
     path = art / ("model.onnx" if name == "fp32" else f"model.{name}.onnx")
     if name == "fp32":
@@ -269,16 +269,22 @@ def _make_variant(run: Run, name: str, model: Any, merged_dir: Path, art: Path, 
     return path
 
 
-def _gptq(run: Run, model: Any, folder: Path, rows: int, progress: Progress) -> None:
-    """Re-round the builder's int4 weights with GPTQ, calibrated on the run's training examples."""
+def calibration(data_dir: Path, data: dict[str, Any], n: int) -> list[Any]:
+    """The first `n` training examples' ids, each a 1-D tensor: what GPTQ measures layer inputs on
+    (never the held-out rows the parity check scores)."""
+    import torch
+
+    from ftc.build import load_split
+
+    return [torch.as_tensor(np.asarray(e["input_ids"])) for e in _examples(load_split(data_dir, data, "train"), n)]
+
+
+def _gptq(model: Any, folder: Path, examples: list[Any], progress: Progress) -> None:
+    """Re-round the builder's int4 weights with GPTQ, calibrated on `examples`."""
     import torch
 
     from ftc import gptq
-    from ftc.build import load_split
 
-    data_dir, data = _dataset(run)
-    train = load_split(data_dir, data, "train")
-    examples = [torch.as_tensor(np.asarray(e["input_ids"])) for e in _examples(train, rows)]
     targets = onnx_export.nbits_targets(folder, model, GPTQ_GROUP)
     linears = {n: model.get_submodule(n) for names in targets.values() for n in names}
     advance = _advancer(progress, "gptq calibration", len(examples))

@@ -221,8 +221,7 @@ def write_nbits(folder: Path, codes: dict[str, Any], group: int) -> None:
         q, scale, zero = (t.numpy() for t in (c.q, c.scale, c.zero))
         rows, blocks = scale.shape
         old = _dequantize(*(numpy_helper.to_array(inits[n]) for n in node.input[1:4]), group=group)
-        new = ((q.reshape(rows, blocks, group).astype(np.float32) - zero[..., None]) * scale[..., None])
-        drift = np.linalg.norm(new.reshape(rows, -1) - old) / max(np.linalg.norm(old), 1e-12)
+        drift = np.linalg.norm(c.dequantize(group).numpy() - old) / max(np.linalg.norm(old), 1e-12)
         if drift > 0.5:
             raise ExportError(f"GPTQ codes for {node.name} do not match the weights the builder quantized "
                               f"(relative difference {drift:.2f})", hint="set `[export] int4_method = \"k-quant\"`")
