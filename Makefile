@@ -3,10 +3,11 @@
 # `make bench` the data-stage benchmark (installs TRL for its baselines)
 # `make bench-train` packed vs padded SFT batches on a tiny Llama (CPU, ~8 minutes on 2 cores)
 # `make bench-export` torch vs ONNX fp32 / int8 / int4: the quickstart classifier and SmolLM2 chat-sft
+# `make bench-quality` ftc against the plain Trainer / TRL script on the same rows and budget, 3 seeds (~1.5 h on 2 cores)
 PY := .venv/bin/python
 export PYO3_PYTHON := $(CURDIR)/$(PY)
 
-.PHONY: all install demo test bench bench-train bench-export
+.PHONY: all install demo test bench bench-train bench-export bench-quality
 
 all: install demo
 
@@ -39,3 +40,7 @@ bench-train: install
 
 bench-export: install
 	$(PY) bench/export.py
+
+bench-quality: install
+	$(PY) -m pip install -q -e ".[train,export,test,demo,bench]"
+	$(PY) bench/quality.py

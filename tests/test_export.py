@@ -9,6 +9,7 @@ import hashlib
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -325,16 +326,120 @@ def test_build_with_an_export_table_exports_without_retraining(classifier_run: e
     assert again.cache_hit and again.export.cache_hit and again.export.key == r.export.key
 
 
-def test_an_agreement_failure_says_when_the_flips_are_near_ties():
-    """An unsure reference (top-two gap inside the rounding error) flips under any rounding:
-    the failure says so, and does not when the flipped rows were confident."""
+def test_flips_are_near_ties_where_the_reference_was_unsure():
+    """A flip where the reference's top-two gap is under `near_tie` × its median gap is a
+    near-tie; one where it was sure is not, whatever the size of the rounding."""
     from ftc.parity import Diff
 
     d = Diff()
-    d.add(np.array([[0.0, 0.01], [0.0, 2.0], [0.0, 1.5]]), np.array([[0.02, 0.01], [0.0, 2.01], [0.0, 1.49]]))
+    d.add(np.array([[0.0, 0.01], [0.0, 2.0], [0.0, 1.5]]), np.array([[0.02, 0.01], [0.0, 2.01], [0.0, 1.49]]),
+          targets=np.array([1, 1, 1]))
     assert (d.agree, d.predictions) == (2, 3) and d.flip_gaps == pytest.approx([0.01])
-    assert np.median(d.flip_gaps) <= 4 * d.mean_abs_diff  # what `judge` calls near-ties
+    assert d.near_tie_gap(0.1) == pytest.approx(0.15)  # 0.1 × the median gap, 1.5
+    assert d.flips(0.1) == (1, 0, 1)  # one near-tie, which turned a right row wrong
+    assert d.flips(0.0) == (0, 1, 0)  # `near_tie = 0`: every flip counts
     confident = Diff()
     ref = np.array([[3.0, 0.0]] + [[0.0, 2.0]] * 10)
-    confident.add(ref, np.array([[0.0, 3.0]] + [[0.0, 2.0]] * 10))  # one confident row broken
-    assert confident.flip_gaps == [3.0] and 3.0 > 4 * confident.mean_abs_diff
+    confident.add(ref, np.array([[0.0, 3.0]] + [[0.0, 2.0]] * 10))  # one sure row broken
+    assert confident.flip_gaps == [3.0] and confident.flips(0.1) == (0, 1, 0)
+
+
+# ── what parity judges, and on which rows ────────────────────────────────────────────────────
+
+def test_the_parity_sample_is_seeded_stratified_and_the_same_for_every_variant(classifier_run: export.Run):
+    """A test split whose file order runs one class after the other still gives both classes in
+    proportion; the card says how the rows were drawn."""
+    labels = np.array([0] * 900 + [1] * 100)
+    picked = export.stratified_sample(labels, 256, seed=42)
+    assert len(picked) == 256 and list(np.bincount(labels[picked])) == [230, 26]
+    assert np.array_equal(picked, export.stratified_sample(labels, 256, seed=42))
+    assert not np.array_equal(picked, export.stratified_sample(labels, 256, seed=7))
+    assert len(np.unique(picked)) == 256 and np.array_equal(picked, np.sort(picked))
+    assert np.array_equal(export.stratified_sample(labels, 5000, seed=1), np.arange(1000))
+    r = export.export(classifier_run, export.override(classifier_run.export, quantize=("int8",), rows=16))
+    sample = _card(r)["parity"]["sample"]
+    assert sample == {"split": "test", "of": 38, "seed": 42, "drawn": "seeded random sample, stratified by label",
+                      "labels": sample["labels"]}
+    test_labels = np.asarray(_split_labels(classifier_run))
+    for k, count in enumerate(np.bincount(test_labels)):
+        assert abs(sample["labels"][classifier_run.manifest["labels"][k]] - 16 * count / len(test_labels)) < 1
+
+
+def _split_labels(run: export.Run) -> list[int]:
+    from ftc.build import load_split
+
+    data_dir, data = export._dataset(run)
+    return load_split(data_dir, data, "test")["label"]
+
+
+def _synthetic(n: int = 2000, noise: float = 0.03, broken: float = 0.0) -> tuple[Any, np.ndarray]:
+    """A trained classifier's logits (right 85% of the time, top-two gaps exponential with mean 1)
+    and an export of it: rounding noise of `noise` logits, and, if `broken`, that fraction of the
+    rows where the model was sure with their classes swapped."""
+    from ftc.parity import Parity
+
+    rng = np.random.default_rng(0)
+    targets = rng.integers(0, 2, n)
+    gap = rng.exponential(1.0, n) * np.where(rng.random(n) < 0.85, 1, -1)
+    ref = np.zeros((n, 2))
+    ref[np.arange(n), targets], ref[np.arange(n), 1 - targets] = gap / 2, -gap / 2
+    got = ref + rng.normal(0, noise, ref.shape)
+    swap = (np.abs(gap) > 1.0) & (rng.random(n) < broken / np.mean(np.abs(gap) > 1.0))
+    got[swap] = got[swap][:, ::-1]
+    parity = Parity("classification", export.HeldOut("test", [{}] * n, []), None, {"fp32": None, "int8": None}, 0)
+    parity.add({"torch": ref, "fp32": ref.astype(np.float32), "int8": got.astype(np.float32)}, targets)
+    return parity, swap
+
+
+def test_a_healthy_int8_classifier_passes_the_defaults_and_the_strict_figures_stay_available():
+    from ftc.spec import Export
+
+    parity, _ = _synthetic()
+    d = parity.diffs["int8"]
+    assert 0.975 < d.agreement < 0.995  # what the old default (min_agreement 0.995) failed
+    assert parity.judge(Export()) == []
+    near, confident, _ = d.flips(Export().near_tie)
+    assert near > 5 * confident and confident / d.predictions <= 0.005
+    strict = parity.judge(Export(min_agreement=0.995, near_tie=0.0, max_confident_flips=0.0))
+    assert strict and all(f.startswith("int8: ") for f in strict) and "< min_agreement 99.50%" in strict[0]
+    figures = parity.figures()["int8"]
+    assert figures["flips"]["near_tie"] + figures["flips"]["confident"] == round((1 - d.agreement) * d.predictions)
+
+
+def test_a_broken_classifier_export_fails_the_defaults():
+    from ftc.spec import Export
+
+    parity, swapped = _synthetic(broken=0.02)
+    failures = parity.judge(Export())
+    assert swapped.sum() >= 30 and parity.diffs["int8"].agreement > 0.95  # most rows still agree
+    assert any("flipped where fp32 was sure" in f for f in failures)
+    assert any("outside near-tie flips > max_accuracy_drop" in f for f in failures)
+    assert not parity.passed["int8"] and parity.passed["fp32"]
+
+
+def test_a_corrupted_int8_graph_fails_the_export_by_default(classifier_run: export.Run, monkeypatch: pytest.MonkeyPatch):
+    """The int8 graph with its classifier's two output channels swapped (weights, scales, zero
+    points and bias): the default thresholds refuse it, and the healthy graph passes them."""
+    import onnx
+    from onnx import numpy_helper
+
+    from ftc import onnx_export
+
+    quantize = onnx_export.quantize_int8
+
+    def corrupted(src: Path, dst: Path) -> None:
+        quantize(src, dst)
+        model = onnx.load(str(dst))
+        for init in model.graph.initializer:
+            if init.name.startswith("model.classifier."):
+                w = numpy_helper.to_array(init)
+                init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(w[..., ::-1]), init.name))
+        onnx.save(model, str(dst))
+
+    settings = export.override(classifier_run.export, quantize=("int8",))
+    assert settings.min_agreement is None  # the defaults, nothing loosened
+    assert export.export(classifier_run, settings).manifest["parity"]["int8"]["passed"]
+    monkeypatch.setattr(onnx_export, "quantize_int8", corrupted)
+    with pytest.raises(ExportError) as e:
+        export.export(classifier_run, settings, force=True)
+    assert "int8: " in e.value.message and "flipped where fp32 was sure" in e.value.message

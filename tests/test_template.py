@@ -119,3 +119,68 @@ def test_tojson_like_transformers(tmp_path):
     ref = AutoTokenizer.from_pretrained(d)
     assert pa.array(enc.render(as_arrow([conv]))).to_pylist() == [ref.apply_chat_template(conv, tokenize=False)]
     assert json.loads(ref.apply_chat_template(conv, tokenize=False).split("]")[0] + "]") == conv
+
+
+# Qwen2.5's handling of tools, condensed: a tool call is written from `function`, a tool's answer
+# goes into a user turn, and a `name` shows in the header.
+TOOL_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m.role == 'assistant' %}<|im_start|>assistant\n{% if m.content %}{{ m.content }}{% endif %}"
+    "{% for c in m.tool_calls %}{% if c.function is defined %}{% set c = c.function %}{% endif %}"
+    "<tool_call>\n{\"name\": \"{{ c.name }}\", \"arguments\": {{ c.arguments | tojson }}}\n</tool_call>"
+    "{% endfor %}<|im_end|>\n"
+    "{% elif m.role == 'tool' %}<|im_start|>user\n<tool_response>\n{{ m.content }}\n</tool_response><|im_end|>\n"
+    "{% else %}<|im_start|>{{ m.role }}{% if m.name %} ({{ m.name }}){% endif %}{{ '\\n' + m.content }}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+TOOL_CONVERSATION = [
+    {"role": "system", "content": "You can call tools."},
+    {"role": "user", "content": "What is 2+3?", "name": "ann"},
+    {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "add", "arguments": {"b": 3, "a": 2}}}]},
+    {"role": "tool", "tool_call_id": "c1", "content": "5"},
+    {"role": "assistant", "content": "It is 5."},
+]
+
+
+def with_extra(convs: list[list[dict]]) -> pa.Array:
+    """OpenAI messages as the data stage holds them: role, content, the other keys as JSON."""
+    struct = pa.struct([("role", pa.large_string()), ("content", pa.large_string()), ("extra", pa.large_string())])
+    rows = [[{"role": m["role"], "content": m.get("content"),
+              "extra": json.dumps(rest) if (rest := {k: v for k, v in m.items() if k not in ("role", "content")})
+              else None} for m in conv] for conv in convs]
+    return pa.array(rows, pa.large_list(struct))
+
+
+def test_tool_calls_and_names_render_as_transformers_does_and_train_whole(tmp_path):
+    d = bpe_model_dir(tmp_path / "m", template=TOOL_TEMPLATE)
+    info = load_tokenizer_info(d)
+    enc = _data.DataEncoder(info.tokenizer_json, info.model_template, info.special_tokens, info.eos_token)
+    ref = AutoTokenizer.from_pretrained(d)
+    expected = ref.apply_chat_template(TOOL_CONVERSATION, tokenize=False)
+    assert pa.array(enc.render(with_extra([TOOL_CONVERSATION]))).to_pylist() == [expected]
+    assert '<|im_start|>user (ann)\n' in expected and '{"name": "add", "arguments": {"b": 3, "a": 2}}' in expected
+    ids, labels, status, errors, *_ = (pa.array(a).to_pylist()[0] for a in enc.encode_chat(with_extra([TOOL_CONVERSATION]), 4096))
+    assert status == 0 and errors is None
+    assert ids == list(ref.apply_chat_template(TOOL_CONVERSATION, tokenize=True, return_dict=True)["input_ids"])
+    runs, run = [], []
+    for tok, lab in zip(ids, labels, strict=True):
+        if lab != -100:
+            run.append(tok)
+        elif run:
+            runs, run = [*runs, run], []
+    decoded = [ref.decode(r) for r in runs + ([run] if run else [])]
+    call = '<tool_call>\n{"name": "add", "arguments": {"b": 3, "a": 2}}\n</tool_call><|im_end|>'
+    assert decoded == [call, "It is 5.<|im_end|>"]
+
+
+def test_tool_calls_or_answers_the_template_drops_fail_their_row(bpe_dir):
+    info = load_tokenizer_info(bpe_dir)  # SmolLM2's template: no tool calls
+    enc = _data.DataEncoder(info.tokenizer_json, info.model_template, info.special_tokens, info.eos_token)
+    alpaca = _data.DataEncoder(info.tokenizer_json, _data.builtin_template("alpaca"), info.special_tokens, info.eos_token)
+    said = [m | {"content": "Let me add them."} if "tool_calls" in m else m for m in TOOL_CONVERSATION]
+    _i, _l, status, errors, *_ = (pa.array(a).to_pylist() for a in enc.encode_chat(with_extra([said]), 4096))
+    assert status == [3] and "does not render tool calls" in errors[0]
+    tool_answer = [m for m in TOOL_CONVERSATION if "tool_calls" not in m]
+    _i, _l, status, errors, *_ = (pa.array(a).to_pylist() for a in alpaca.encode_chat(with_extra([tool_answer]), 4096))
+    assert status == [3] and "does not render 'tool' messages" in errors[0]

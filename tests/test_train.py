@@ -71,6 +71,59 @@ def test_packed_row_loss_equals_each_example_alone(tmp_path: Path, llama_dir: Pa
     assert worst < 1e-5
 
 
+def test_example_batches_hold_batch_size_examples_each_computed_alone(tmp_path: Path, llama_dir: Path):
+    """`batch_unit = "examples"`: the packed split seen example by example is exactly its rows
+    cut at `seq_lengths`, a batch of k examples joined into one row gives each example's own
+    per-token loss, and an epoch takes ceil(examples / batch_size) steps (rows: ceil(rows / bs))."""
+    from transformers import AutoModelForCausalLM
+
+    write_jsonl(tmp_path / "d.jsonl", chat_rows(60))
+    tables = {"tokenize": {"max_length": 256}, "data_split": {"valid": 0.0, "test": 0.0},
+              "train": {"epochs": 1, "batch_size": 4, "logging_steps": 1}}
+    spec = write_spec(tmp_path / "spec.toml", llama_dir, [{"path": "d.jsonl"}], **tables)
+    data = prep(load_spec(spec))
+    ds = stages.load_split(data.path, data.manifest, "train")
+    view = train.ExampleView(ds)
+    expected = [(list(ids), list(labels)) for row in ds for ids, labels in train.segments(row)]
+    assert len(view) == len(expected) == data.manifest["stats"]["splits"]["train"]["examples"] > len(ds)
+    assert [(view[i]["input_ids"], view[i]["labels"]) for i in range(len(view))] == expected
+    assert all(view[i]["position_ids"] == list(range(len(expected[i][0]))) for i in range(len(view)))
+
+    model = AutoModelForCausalLM.from_pretrained(llama_dir, attn_implementation=train.register_segmented_attention())
+    model.eval().config.use_cache = False
+    picked = [view[i] for i in (5, 0, 17, 3)]
+    batch = train.FlatCollator(pad_id=0)(picked)
+    assert batch["input_ids"].shape == (1, sum(len(e["input_ids"]) for e in picked))
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
+        start = 0
+        for e in picked:
+            n = len(e["input_ids"])
+            alone = model(input_ids=torch.tensor([e["input_ids"]])).logits
+            assert torch.allclose(logits[0, start:start + n], alone[0], atol=1e-5)
+            start += n
+
+    steps = {}
+    for unit in ("examples", "rows"):
+        tables["train"]["batch_unit"] = unit
+        spec = write_spec(tmp_path / "spec.toml", llama_dir, [{"path": "d.jsonl"}], **tables)
+        steps[unit] = stages.build(load_spec(spec)).manifest["timing"]["steps"]
+    assert steps == {"examples": -(-len(view) // 4), "rows": -(-len(ds) // 4)}
+
+
+def test_the_last_checkpoint_is_the_model_unless_the_best_is_asked_for(tmp_path: Path, llama_dir: Path):
+    write_jsonl(tmp_path / "d.jsonl", chat_rows(10))
+    kept = {}
+    for name, extra in (("default", {}), ("keep_best", {"keep_best": True}),
+                        ("early", {"early_stopping": {"patience": 2}})):
+        spec = load_spec(write_spec(tmp_path / "spec.toml", llama_dir, [{"path": "d.jsonl"}], train=extra))
+        for has_eval in (True, False):
+            args = train.training_arguments(spec, tmp_path / "out", has_eval, steps_per_epoch=5)
+            kept[name, has_eval] = args.load_best_model_at_end
+    assert kept == {("default", True): False, ("default", False): False, ("keep_best", True): True,
+                    ("keep_best", False): False, ("early", True): True, ("early", False): False}
+
+
 def test_lora_build_saves_a_peft_adapter_and_reuses_stages(tmp_path: Path, llama_dir: Path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -212,7 +265,7 @@ def test_killed_build_resumes_from_its_last_checkpoint(tmp_path: Path, llama_dir
     write_jsonl(tmp_path / "d.jsonl", chat_rows(60))
     spec = write_spec(tmp_path / "spec.toml", llama_dir, [{"path": "d.jsonl"}], tokenize={"max_length": 128},
                       data_split={"valid": 0.0, "test": 0.1},
-                      train={"max_steps": 120, "save_steps": 30, "batch_size": 2, "logging_steps": 50})
+                      train={"max_steps": 300, "save_steps": 30, "batch_size": 2, "logging_steps": 50})
     proc = subprocess.Popen([sys.executable, "-m", "ftc.cli", "build", str(spec)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
@@ -222,8 +275,9 @@ def test_killed_build_resumes_from_its_last_checkpoint(tmp_path: Path, llama_dir
     proc.wait()
     assert list((ftc_home / "work").glob("*/checkpoint-*")), "no checkpoint was written before the kill"
     r = stages.build(load_spec(spec))
+    assert not r.cache_hit, "the build finished before it was killed"
     assert r.manifest["timing"]["resumed_from"].startswith("checkpoint-")
-    assert r.manifest["timing"]["steps"] == 120
+    assert r.manifest["timing"]["steps"] == 300
     assert not list((ftc_home / "work").glob("*"))  # the work directory goes once the run is complete
 
 

@@ -11,6 +11,7 @@ the run is complete, so a build killed mid-training resumes from its last checkp
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -19,13 +20,15 @@ from typing import Any
 
 from ftc import __version__, _data, prep as data_stage, store, train
 from ftc.errors import BuildError
-from ftc.model import resolve_model
+from ftc.model import check_remote_code, resolve_model
 from ftc.spec import Spec
 
 RUNS = "runs-v1"
 # Bumped when ftc itself changes what training produces from the same inputs, so a run built by
-# an older ftc is not reused (2: the seed is set before a new head is initialised).
-TRAIN_RECIPE = 2
+# an older ftc is not reused (2: the seed is set before a new head is initialised; 3: classifiers
+# train on shuffled batches, not length-grouped ones; packed causal-LM batches count examples; the
+# last checkpoint is the model unless early stopping or `keep_best` asks for the best one).
+TRAIN_RECIPE = 3
 
 
 @dataclass
@@ -116,6 +119,7 @@ def _build_run(spec: Spec, *, threads: int = 0, progress: data_stage.Progress | 
                force: bool = False) -> BuildResult:
     t0 = time.perf_counter()
     train.check_method(spec)  # before any work: a QLoRA spec on CPU fails here, not after prep
+    check_remote_code(resolve_model(spec.model.base, spec.root), spec.model.trust_remote_code)
     data = data_stage.prep(spec, threads=threads, progress=progress)
     model_dir = resolve_model(spec.model.base, spec.root)
     inputs = train_inputs(spec, data.key, model_dir, threads)
@@ -128,7 +132,11 @@ def _build_run(spec: Spec, *, threads: int = 0, progress: data_stage.Progress | 
         work = store.home() / "work" / key
         work.mkdir(parents=True, exist_ok=True)
         with store.staging(RUNS, key) as tmp:
-            manifest = _train(spec, data, model_dir, inputs, key, work, tmp)
+            try:
+                manifest = _train(spec, data, model_dir, inputs, key, work, tmp)
+            except DivergedError:
+                shutil.rmtree(work, ignore_errors=True)  # its checkpoints hold the diverged weights
+                raise
             manifest["seconds"] = round(time.perf_counter() - t0, 3)
             store.write_json(tmp / store.MANIFEST, manifest)
         shutil.rmtree(work, ignore_errors=True)
@@ -156,7 +164,7 @@ def _train(spec: Spec, data: data_stage.PrepResult, model_dir: Path, inputs: dic
     m = data.manifest
     task = spec.model.task
     labels = m.get("labels")
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=spec.model.trust_remote_code)
     pad_id = train.pad_id(tokenizer)
     if pad_id is None:
         raise BuildError(f"{model_dir}: the tokenizer has neither a pad nor an eos token to pad batches with")
@@ -170,6 +178,9 @@ def _train(spec: Spec, data: data_stage.PrepResult, model_dir: Path, inputs: dic
     model = train.load_model(spec, model_dir, labels)
     if task == "classification" and model.config.pad_token_id is None:
         model.config.pad_token_id = pad_id
+    train_collator = collator
+    if task == "causal-lm" and spec.tokenize.pack and spec.train.batch_unit == "examples":
+        train_ds, train_collator = train.ExampleView(train_ds), train.FlatCollator(pad_id)
     bs = spec.train.batch_size
     eval_ds = test_ds or valid_ds
     base_metrics = _evaluate(spec, model, tokenizer, eval_ds, collator, labels) if spec.eval.compare_base and eval_ds \
@@ -179,13 +190,15 @@ def _train(spec: Spec, data: data_stage.PrepResult, model_dir: Path, inputs: dic
     steps_per_epoch = -(-len(train_ds) // (bs * spec.train.grad_accum))
     args = train.training_arguments(spec, work, valid_ds is not None, steps_per_epoch)
     class_weights = m.get("class_weights") if task == "classification" else None
-    trainer = train.make_trainer(spec, model, args, train_ds, valid_ds, collator, class_weights)
+    trainer = train.make_trainer(spec, model, args, train_ds, valid_ds, train_collator, class_weights)
     resume = train.last_checkpoint(work)
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - t0
     model = trainer.model
+    _check_finite(spec, model, trainer.state.log_history, result.training_loss, "training")
     metrics = _evaluate(spec, model, tokenizer, eval_ds, collator, labels) if eval_ds else {}
+    _check_finite(spec, None, [], metrics.get("loss"), "evaluation")
     (out / "model").mkdir()
     model.save_pretrained(out / "model")  # PEFT's own format for adapters
     if (work / "runs").is_dir():  # TensorBoard event files, kept with the run
@@ -216,6 +229,7 @@ def _train(spec: Spec, data: data_stage.PrepResult, model_dir: Path, inputs: dic
         "labels": labels,
         "data_key": data.key,
         "base": str(model_dir),
+        "trust_remote_code": spec.model.trust_remote_code,
         "trainable_parameters": n_trainable,
         "parameters": n_total,
         "metrics": metrics,
@@ -223,6 +237,32 @@ def _train(spec: Spec, data: data_stage.PrepResult, model_dir: Path, inputs: dic
         "timing": timing,
         "inputs": inputs,
     }
+
+
+class DivergedError(BuildError):
+    """Training diverged: a loss or a weight is NaN or infinite."""
+
+
+def _check_finite(spec: Spec, model: Any, log_history: list[dict[str, Any]], loss: float | None, stage: str) -> None:
+    """A NaN or infinite loss (or trained weight) fails the run: the Trainer finishes such a run
+    without complaint, and a cached model of NaNs would be reused as good."""
+    bad = [(e.get("step"), k, e[k]) for e in log_history for k in ("loss", "eval_loss", "grad_norm")
+           if isinstance(e.get(k), float) and not math.isfinite(e[k])]
+    where = f"at step {bad[0][0]} (`{bad[0][1]}` = {bad[0][2]})" if bad else None
+    if where is None and loss is not None and not math.isfinite(loss):
+        where = f"(loss = {loss})"
+    if where is None and model is not None:
+        import torch
+
+        if any(not torch.isfinite(p).all() for p in model.parameters() if p.requires_grad):
+            where = "(trained weights hold NaN or infinite values)"
+    if where is not None:
+        t = spec.train
+        raise DivergedError(
+            f"{stage} diverged {where}: nothing was stored (learning_rate = {t.learning_rate:g}, lora.alpha = "
+            f"{t.lora.alpha:g}, precision = {t.precision})",
+            hint="lower `train.learning_rate` (or `train.lora.alpha`), keep `train.max_grad_norm` above 0, or "
+                 "train in `precision = \"fp32\"`")
 
 
 def _train_tokens(m: dict[str, Any], spec: Spec) -> int:

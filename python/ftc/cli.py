@@ -191,6 +191,9 @@ def _print_prep(r: Any) -> None:
         table.add_row(s["name"], f"{s['read']:,}", f"{s['quarantined']:,}", f"{sum(s['removed'].values()):,}",
                       f"{s['kept']:,}", f"{ex['train']:,}", f"{ex['valid']:,}", f"{ex['test']:,}")
     err.print(table)
+    for s in st["sources"]:
+        for note in s.get("notes", []):  # how a reader decided to read a file (its encoding)
+            err.print(f"note: {s['name']}: {note}", markup=False, soft_wrap=True)
     _print_funnel(m, examples=False)
     sp = st["splits"]
     cache = "cache hit" if r.cache_hit else "cache miss, built"
@@ -356,7 +359,9 @@ def _print_export(r: Any) -> None:
     variants = ", ".join(m["variants"]) or "merged weights"
     state = "cached" if r.cache_hit else f"built in {m['seconds']:.1f}s"
     err.print(f"export · {variants} · {state}", markup=False, soft_wrap=True)
-    err.print(f"parity on {m['parity']['rows']} held-out rows:", markup=False, soft_wrap=True)
+    sample = m["parity"].get("sample")
+    drawn = f" ({sample['drawn']} of {sample['of']:,} {sample['split']} rows)" if sample else ""
+    err.print(f"parity on {m['parity']['rows']} held-out rows{drawn}:", markup=False, soft_wrap=True)
     for line in table(m["parity"]):
         err.print(line, markup=False, soft_wrap=True)
     for failure in m.get("failures") or []:
@@ -454,7 +459,8 @@ def inspect(target: str, split: str, n_rows: int, as_json: bool) -> None:
               help="0 is greedy decoding.")
 @click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True)
 @click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True, help="0 is off.")
-@click.option("--seed", type=int, default=None, help="Seed of the sampler (with --temperature above 0).")
+@click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=None,
+              help="Seed of the sampler (with --temperature above 0), 0 to 2³¹−1.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per input on stdout (JSON Lines).")
 @reported
 def infer(artifact: Path, texts: tuple[str, ...], file: Path | None, variant: str | None, batch_size: int, raw: bool,
@@ -563,8 +569,10 @@ def _size(text: str) -> int:
     try:
         value = float(number) * units[unit]
     except (ValueError, KeyError):
-        raise click.BadParameter(f"{text!r}: expected bytes, e.g. 1048576, 512KiB or 1MiB",
-                                 param_hint="--max-bytes") from None
+        value = math.nan
+    if not 1 <= value < 2**63:  # NaN fails this too
+        raise click.BadParameter(f"{text!r}: expected a positive number of bytes, e.g. 1048576, 512KiB or 1MiB",
+                                 param_hint="--max-bytes")
     return int(value)
 
 

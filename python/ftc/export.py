@@ -27,6 +27,7 @@ import numpy as np
 
 from ftc import __version__, onnx_export, store
 from ftc.errors import ExportError
+from ftc.model import check_remote_code
 from ftc.parity import Parity
 from ftc.runtime.artifact import FORMAT, MANIFEST, sha256  # the format loading checks
 from ftc.spec import Export
@@ -54,6 +55,11 @@ class Run:
     @property
     def task(self) -> str:
         return self.manifest["task"]
+
+    @property
+    def trust_remote_code(self) -> bool:
+        """What the spec allowed when the run was trained (runs from before it was recorded: no)."""
+        return self.manifest.get("trust_remote_code") is True
 
 
 @dataclass
@@ -152,6 +158,7 @@ def _quiet(phase: str, advance: int, total: int | None) -> None:
 
 def check(run: Run, settings: Export) -> None:
     """What must hold before any work starts."""
+    check_remote_code(_weights_dir(run), run.trust_remote_code)
     method = run.manifest["method"]
     if method in UNMERGEABLE:
         raise ExportError(f"`train.method = \"{method}\"` cannot be merged into the model: it learns virtual "
@@ -165,7 +172,8 @@ def check(run: Run, settings: Export) -> None:
     if settings.onnx and run.task == "causal-lm":
         from transformers import AutoConfig
 
-        onnx_export.check_decoder(AutoConfig.from_pretrained(_weights_dir(run)))
+        config = AutoConfig.from_pretrained(_weights_dir(run), trust_remote_code=run.trust_remote_code)
+        onnx_export.check_decoder(config)
 
 
 def _weights_dir(run: Run) -> Path:
@@ -179,7 +187,7 @@ def _export(run: Run, settings: Export, inputs: dict[str, Any], key: str, spec_t
             progress: Progress) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(run.path / "model")
+    tokenizer = AutoTokenizer.from_pretrained(run.path / "model", trust_remote_code=run.trust_remote_code)
     data_dir, data = _dataset(run)
     held_out = _held_out(run, data_dir, data, settings.rows)
     merged_dir = tmp / "merged" if settings.merge else tmp / ".merged"
@@ -207,16 +215,17 @@ def _export(run: Run, settings: Export, inputs: dict[str, Any], key: str, spec_t
         from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
         auto = AutoModelForSequenceClassification if run.task == "classification" else AutoModelForCausalLM
-        candidates["merged"] = auto.from_pretrained(merged_dir, attn_implementation="eager").eval()
+        candidates["merged"] = auto.from_pretrained(merged_dir, attn_implementation="eager",
+                                                    trust_remote_code=run.trust_remote_code).eval()
     if not settings.merge:
         shutil.rmtree(merged_dir)
     parity = Parity(run.task, held_out, reference, candidates, pad_id(tokenizer)).measure(progress)
     failures = parity.judge(settings)
     if failures and settings.verify:
         raise ExportError(parity.explain(failures, held_out.split),
-                          hint="loosen the thresholds in `[export]` (max_abs_diff, min_agreement, "
-                          "max_accuracy_drop, max_perplexity_ratio), drop the failing quantization, or set "
-                          "`verify = false` (`--no-verify`) to publish with the figures recorded")
+                          hint="loosen the thresholds in `[export]` (max_abs_diff, max_confident_flips, near_tie, "
+                          "max_accuracy_drop, max_perplexity_ratio, min_agreement), drop the failing quantization, "
+                          "or set `verify = false` (`--no-verify`) to publish with the figures recorded")
     figures = parity.figures()
     if names:
         card = artifact_card(run, settings, tokenizer, data, names, figures, eos, key, spec_text, art)
@@ -233,7 +242,8 @@ def load_trained(run: Run, tokenizer: Any) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
-    kwargs: dict[str, Any] = {"dtype": torch.float32, "attn_implementation": "eager"}
+    kwargs: dict[str, Any] = {"dtype": torch.float32, "attn_implementation": "eager",
+                              "trust_remote_code": run.trust_remote_code}
     source = _weights_dir(run)
     if run.task == "classification":
         model = load_classifier(source, run.manifest["labels"], **kwargs)  # the head comes with the adapter
@@ -318,6 +328,7 @@ class HeldOut:
     split: str
     rows: list[dict[str, Any]]  # classification rows, or one causal-lm example per row
     end_tokens: list[int]  # last labelled token of each causal-lm example: the template's end of turn
+    sample: dict[str, Any] | None = None  # how the rows were drawn, for the card
 
 
 def _dataset(run: Run) -> tuple[Path, dict[str, Any]]:
@@ -330,6 +341,9 @@ def _dataset(run: Run) -> tuple[Path, dict[str, Any]]:
 
 
 def _held_out(run: Run, data_dir: Path, data: dict[str, Any], n: int) -> HeldOut:
+    """A seeded sample of `n` rows of the whole test split (else validation): in file order the
+    first rows can all be of one kind (one class, the longest examples, which packing puts
+    first), and every variant is measured on this same sample."""
     from ftc.build import load_split
 
     for split in ("test", "valid"):
@@ -338,10 +352,53 @@ def _held_out(run: Run, data_dir: Path, data: dict[str, Any], n: int) -> HeldOut
     else:
         raise ExportError("the run's dataset has no test or validation rows to check the export on",
                           hint="set `data.split.test` above 0 and rebuild, or `verify = false`")
+    seed = int(data.get("inputs", {}).get("seed", 0))
     if run.task == "classification":
-        return HeldOut(split, [ds[i] for i in range(min(n, len(ds)))], [])
-    rows = list(_examples(ds, n))
-    return HeldOut(split, rows, sorted({int(r["labels"][-1]) for r in rows if r["labels"][-1] >= 0}))
+        labels = ds.data.column("label").to_numpy()
+        picked = stratified_sample(labels, n, seed)
+        names = run.manifest.get("labels") or []
+        counts = np.bincount(labels[picked], minlength=len(names))
+        sample = {"split": split, "of": len(ds), "seed": seed,
+                  "drawn": "seeded random sample, stratified by label" if len(picked) < len(ds) else "the whole split",
+                  "labels": {str(names[i]) if i < len(names) else str(i): int(c) for i, c in enumerate(counts)}}
+        return HeldOut(split, [ds[int(i)] for i in picked], [], sample)
+    rows, total = _sampled_examples(ds, n, seed)
+    sample = {"split": split, "of": total, "seed": seed,
+              "drawn": "seeded random sample of the examples" if len(rows) < total else "the whole split"}
+    return HeldOut(split, rows, sorted({int(r["labels"][-1]) for r in rows if r["labels"][-1] >= 0}), sample)
+
+
+def stratified_sample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Indices of `n` rows (all, when there are fewer), each label taking its share of the
+    split (largest remainders round), drawn at random within the label; in ascending order."""
+    if n >= len(labels):
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    kinds, counts = np.unique(labels, return_counts=True)
+    exact = n * counts / len(labels)
+    quota = np.floor(exact).astype(np.int64)
+    quota[np.argsort(-(exact - quota), kind="stable")[:n - int(quota.sum())]] += 1
+    picked = [rng.permutation(np.flatnonzero(labels == k))[:q] for k, q in zip(kinds, quota, strict=True)]
+    return np.sort(np.concatenate(picked))
+
+
+def _sampled_examples(ds: Any, n: int, seed: int) -> tuple[list[dict[str, Any]], int]:
+    """`n` examples drawn at random from every example of the split (packed rows hold several),
+    and how many there are; an example with nothing to score is passed over."""
+    lengths = [ls or [len(ds[r]["input_ids"])] for r, ls in enumerate(ds.data.column("seq_lengths").to_pylist())]
+    where = [(r, start, k) for r, ls in enumerate(lengths)
+             for start, k in zip(np.cumsum([0, *ls])[:-1].tolist(), ls, strict=True)]
+    rows: list[tuple[int, int, dict[str, Any]]] = []
+    for i in np.random.default_rng(seed).permutation(len(where)):
+        r, start, k = where[i]
+        row = ds[r]
+        lab = np.asarray(row["labels"][start:start + k]).copy()
+        lab[0] = IGNORE  # as in training: only the previous example could predict it
+        if (lab != IGNORE).any():
+            rows.append((r, start, {"input_ids": np.asarray(row["input_ids"][start:start + k]), "labels": lab}))
+            if len(rows) == n:
+                break
+    return [e for *_, e in sorted(rows, key=lambda t: t[:2])], len(where)
 
 
 def _examples(ds: Any, n: int) -> Iterator[dict[str, Any]]:

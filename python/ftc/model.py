@@ -66,8 +66,8 @@ def materialize_gguf(path: Path) -> Path:
             try:
                 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-                tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-                model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
+                tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, trust_remote_code=False)
+                model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, trust_remote_code=False)
             except Exception as e:  # the GGUF loader raises many types for unsupported files
                 raise ModelError(f"{path}: transformers cannot load this GGUF file: {str(e).splitlines()[0]}",
                                  hint="use a GGUF of an architecture and quantization transformers supports, "
@@ -80,6 +80,26 @@ def materialize_gguf(path: Path) -> Path:
             model.save_pretrained(tmp)
             store.write_json(tmp / store.MANIFEST, {"key": key, "name": path.stem, "source": str(path)})
     return store.entry_dir(store.MODELS, key)
+
+
+def check_remote_code(model_dir: Path, trusted: bool) -> None:
+    """Refuses, before transformers is asked, a model whose config names Python classes of its
+    own (`auto_map`): loading it runs that code, and transformers would otherwise prompt on
+    stdin, where a piped `y` is enough to run it."""
+    if trusted:
+        return
+    for name in ("config.json", "tokenizer_config.json"):
+        try:
+            data = json.loads((model_dir / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # absent or unreadable: the loader reports it
+        if isinstance(data, dict) and data.get("auto_map"):
+            amap = data["auto_map"]
+            classes = ", ".join(f"{k}: {v}" for k, v in amap.items()) if isinstance(amap, dict) else str(amap)
+            raise ModelError(f"{model_dir / name}: the model needs its own Python code (`auto_map`: {classes}); "
+                             "ftc does not run code from a model directory unless the spec allows it",
+                             hint="read the directory's .py files, and if you trust them set "
+                             "`model.trust_remote_code = true`")
 
 
 HUB_SKIP = ["*.gguf", "*.onnx", "*.onnx_data", "onnx/*", "openvino/*", "*.h5", "*.msgpack", "*.ot", "*.tflite",
@@ -176,8 +196,15 @@ def resolve_template(choice: str, info: TokenizerInfo, root: Path) -> tuple[str,
     path = (root / choice).resolve()
     if path.suffix in (".jinja", ".j2") or path.exists():
         try:
-            return str(path), path.read_text(encoding="utf-8")
+            source = path.read_text(encoding="utf-8")
         except OSError as e:
-            raise ModelError(f"`tokenize.template`: cannot read {path}: {e}") from None
+            raise ModelError(f"`tokenize.template`: cannot read {path}: {e.strerror or e}") from None
+        except UnicodeDecodeError as e:
+            raise ModelError(f"`tokenize.template`: {path}: not UTF-8 text (byte {e.start}: {e.reason})",
+                             hint="a template is a Jinja text file, saved as UTF-8") from None
+        if "\0" in source:
+            raise ModelError(f"`tokenize.template`: {path}: holds a NUL byte, not a Jinja text file",
+                             hint="a template is a Jinja text file, saved as UTF-8") from None
+        return str(path), source
     raise ModelError(f"`tokenize.template`: unknown template `{choice}`",
                      hint="use `auto`, `model`, `chatml`, `alpaca` or the path of a .jinja file")

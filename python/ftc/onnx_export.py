@@ -151,7 +151,8 @@ def build_decoder(hf_dir: Path, out: Path, precision: str, eos_token_ids: list[i
 
     assert precision in PRECISIONS
     cache = out.parent / f".builder-cache-{precision}"
-    options = ["hf_token=false", *(["algo_config=k_quant"] if precision == "int4" else [])]
+    # hf_remote=false: the builder loads the config and tokenizer; no code from the directory runs
+    options = ["hf_token=false", "hf_remote=false", *(["algo_config=k_quant"] if precision == "int4" else [])]
     cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf_dir), "-o", str(out),
            "-p", precision, "-e", "cpu", "-c", str(cache), "--extra_options", *options]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}

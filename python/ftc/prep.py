@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -57,6 +58,7 @@ class SourceStats:
     removed: dict[str, int] = field(default_factory=dict)
     kept: int = 0
     examples: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
+    notes: list[str] = field(default_factory=list)  # how a file was read, when a reader decided it (encoding)
 
 
 class Spool:
@@ -167,6 +169,30 @@ class Run:
     unk_id: int | None = None
     origins: Origins = field(default_factory=lambda: Origins())
     names: list[str] = field(default_factory=list)
+    weighted_tokens: int = 0  # training tokens once mixing weights apply: what the output will hold
+
+
+# Bytes a training token costs in the written split (input_ids, labels and position_ids as int32).
+TOKEN_BYTES = 12
+
+
+def _free_bytes() -> int:
+    at = store.home()
+    while not at.exists() and at != at.parent:
+        at = at.parent
+    return shutil.disk_usage(at).free
+
+
+def _check_output_size(run: Run, tokens: int, src: str, weight: float) -> None:
+    """Refuses, before it is written, a training split the store's disk cannot hold: a large
+    mixing weight multiplies a source, and the build would otherwise fill the disk."""
+    run.weighted_tokens += tokens
+    need, free = run.weighted_tokens * TOKEN_BYTES, _free_bytes()
+    if need > free:
+        raise SourceError(f"source '{src}' with `weight` = {weight:g}: the training split would hold at least "
+                          f"{run.weighted_tokens:,} tokens ({need / 1e9:.1f} GB), more than the {free / 1e9:.1f} "
+                          f"GB free at {store.home()}",
+                          hint="lower the source's `weight`, set its `max_rows`, or free disk space")
 
 
 def key_inputs(spec: Spec, files: list[list[Path]], info: TokenizerInfo, template: tuple[str, str] | None,
@@ -278,6 +304,8 @@ def _build(spec: Spec, files: list[list[Path]], info: TokenizerInfo, template: t
             run.names.append(st.name)
             on_bytes = (lambda n: progress("read", n, None)) if progress else None
             for batch in read_source(src, fs, threads, on_bytes, spec.data.split.column):
+                if batch.note:
+                    st.notes.append(f"{_rel(batch.file, spec.root)}: {batch.note}")
                 _process_batch(run, batch, idx, src.weight, st)
     finally:
         run.quarantine.close()
@@ -385,6 +413,9 @@ def _process_batch(run: Run, batch: SourceBatch, idx: int, weight: float, st: So
             int(sel.sum()), np.int64)
         st.examples[s_name] += int(reps.sum())
         sel_pa = pa.array(sel)
+        if s_name == "train":
+            lengths = np.asarray(pc.list_value_length(pc.filter(ids, sel_pa)), dtype=np.int64)
+            _check_output_size(run, int((lengths * reps).sum()), st.name, weight)
         run.spools[s_name].append(pc.filter(ids, sel_pa), pc.filter(second, sel_pa), reps)  # type: ignore[index]
         if s_name == "train":
             funnel.train_weighted = (funnel.train_weighted or 0) + int(reps.sum())
@@ -425,6 +456,10 @@ def _finish_classification(run: Run, stats: list[SourceStats], tmp: Path) -> tup
     train = np.flatnonzero(split == 0)
     weights = np.array([s.weight for s in spec.data.sources])
     reps = quality.repeats(hashes[train], weights[source[train]], spec.project.seed)
+    if len(train):
+        worst = int(np.argmax(reps * lengths[train]))
+        _check_output_size(run, int((reps * lengths[train]).sum()), run.names[source[train][worst]],
+                           float(weights[source[train][worst]]))
     order = np.repeat(train, reps)
     funnel.train_weighted = len(order)
     parts_ids, parts_types, parts_len = [ids.take(pa.array(order))], [type_ids.take(pa.array(order))], [lengths[order]]
@@ -607,7 +642,9 @@ def _check_bad_fraction(spec: Spec, stats: list[SourceStats], tmp: Path) -> None
     bad = sum(s.quarantined for s in stats)
     limit = spec.data.max_bad_fraction
     if read and bad / read > limit:
-        kept = store.home() / "quarantine" / f"{spec.project.name}-{int(time.time())}.jsonl"
+        # the schema allows only slugs; a Spec built in code is held to the same file name here
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", spec.project.name)[:100].lstrip(".") or "ftc-run"
+        kept = store.home() / "quarantine" / f"{name}-{int(time.time())}.jsonl"
         kept.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp / "quarantine.jsonl", kept)
         lines = "\n".join(f"  {s.name}: {s.quarantined} of {s.read} rows unusable" for s in stats)

@@ -135,8 +135,9 @@ def row_text(rows: pl.DataFrame) -> pl.Series:
     """One text per row, as dedup compares them and examples show them."""
     if "messages" in rows.columns:
         el = pl.element().struct
+        extra = (pl.lit(" ") + el.field("extra")).fill_null("")  # tool calls, names: part of the row
         return rows.select(pl.col("messages").list.eval(
-            pl.concat_str(el.field("role"), pl.lit(": "), el.field("content").fill_null(""))
+            pl.concat_str(el.field("role"), pl.lit(": "), el.field("content").fill_null(""), extra)
         ).list.join("\n")).to_series()
     if "text_pair" in rows.columns:
         return rows.select(pl.concat_str("text", pl.lit("\n"), "text_pair")).to_series()
@@ -148,14 +149,18 @@ def _contents(rows: pl.DataFrame) -> tuple[pa.Array, np.ndarray, pa.LargeListArr
     msgs = rows["messages"].to_arrow()
     if isinstance(msgs, pa.ChunkedArray):
         msgs = msgs.combine_chunks()
-    msgs = msgs.cast(pa.large_list(pa.struct([("role", pa.large_string()), ("content", pa.large_string())])))
+    msgs = msgs.cast(pa.large_list(pa.struct([("role", pa.large_string()), ("content", pa.large_string()),
+                                              ("extra", pa.large_string())])))
     values = msgs.flatten()
     owner = np.repeat(np.arange(len(msgs)), np.diff(np.asarray(msgs.offsets)))
     return values.field("content"), owner, msgs
 
 
-def _rebuild_messages(msgs: pa.LargeListArray, roles: pa.Array, contents: pa.Array) -> pl.Series:
-    values = pa.StructArray.from_arrays([roles, contents], names=["role", "content"])
+def _rebuild_messages(msgs: pa.LargeListArray, contents: pa.Array) -> pl.Series:
+    """`msgs` with new contents; roles and the other keys as they were."""
+    old = msgs.flatten()
+    values = pa.StructArray.from_arrays([old.field("role"), contents, old.field("extra")],
+                                        names=["role", "content", "extra"])
     return pl.Series("messages", pa.LargeListArray.from_arrays(msgs.offsets, values))
 
 
@@ -194,7 +199,7 @@ def clean_rows(cleaner: Any | None, spec: Spec, rows: pl.DataFrame, funnel: Funn
             text, bits, dropped = (pa.array(a) for a in cleaner.clean(contents))
             text = pc.if_else(pa.array(nulls), pa.nulls(len(nulls), pa.large_string()), text)
             _reduce_into(changed, drop_rule, owner, np.asarray(bits), np.asarray(dropped))
-            rows = rows.with_columns(_rebuild_messages(msgs, msgs.flatten().field("role"), text))
+            rows = rows.with_columns(_rebuild_messages(msgs, text))
         else:
             for col in ("text", "text_pair"):
                 if col in rows.columns:
@@ -233,17 +238,19 @@ def _reduce_into(changed: np.ndarray, drop_rule: np.ndarray, owner: np.ndarray, 
 
 
 def _sizes(rows: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Characters per row (every part), and whether a part is now empty: the text or pair, or
-    a user or assistant turn (a system turn may be empty)."""
+    """Characters per row (every part; a message's other keys, tool calls, as their JSON), and
+    whether a part is now empty: the text or pair, or a user or assistant turn (a system turn
+    may be empty, and so may the content of a turn that calls tools)."""
     if not rows.height:
         return np.zeros(0, np.int64), np.zeros(0, bool)
     if "messages" in rows.columns:
         el = pl.element().struct
+        bare = el.field("role").is_in(["user", "assistant"]) & el.field("extra").is_null()
         per = rows.select(
-            total=pl.col("messages").list.eval(el.field("content").fill_null("").str.len_chars()).list.sum(),
+            total=pl.col("messages").list.eval(el.field("content").fill_null("").str.len_chars()
+                                               + el.field("extra").fill_null("").str.len_chars()).list.sum(),
             shortest=pl.col("messages").list.eval(
-                el.field("content").filter(el.field("role").is_in(["user", "assistant"])).fill_null("")
-                .str.strip_chars().str.len_chars()).list.min().fill_null(1),
+                el.field("content").filter(bare).fill_null("").str.strip_chars().str.len_chars()).list.min().fill_null(1),
         )
         return per["total"].to_numpy().astype(np.int64), per["shortest"].to_numpy() == 0
     cols = [c for c in ("text", "text_pair") if c in rows.columns]
@@ -445,7 +452,7 @@ class Augmentation:
             keys = mix(hashes[owner] ^ mix(turn.astype(np.uint64) + np.uint64(1)))
             new = self._texts(contents.filter(pa.array(user)), keys[user], copy)
             merged = pc.replace_with_mask(contents, pa.array(user), new.cast(pa.large_string()))
-            out = rows.with_columns(_rebuild_messages(msgs, roles, merged))
+            out = rows.with_columns(_rebuild_messages(msgs, merged))
         else:
             out = rows
             for salt, col in enumerate(("text", "text_pair")):

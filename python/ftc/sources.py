@@ -2,13 +2,18 @@
 
 Every batch has `line` (1-based line of JSON Lines/text files, data row of CSV/TSV counting
 the header as line 1, row number for Parquet/JSON) and one shape of content:
-`text` (str, + `text_pair`) or `messages` (list<struct<role, content>>), plus `label` (str)
-when mapped or given on the source, and `split` (str or null) when a split column is named.
-`prompt`/`response`/`system` become `messages`. Unusable rows come back in `bad` with a reason;
-nothing is dropped silently and no source file is modified.
+`text` (str, + `text_pair`) or `messages` (list<struct<role, content, extra>>), plus `label`
+(str) when mapped or given on the source, and `split` (str or null) when a split column is
+named. `prompt`/`response`/`system` become `messages`. A message comes as `role`/`content`
+(OpenAI) or `from`/`value` (ShareGPT); its role is named by its canonical name (`ROLES`) and
+its other keys (`name`, `tool_calls`, ...) travel in `extra` as JSON, for the template. Unusable
+rows come back in `bad` with a reason; nothing is dropped silently and no source file is modified.
 
 Cost: one streaming pass per file; JSON Lines and text are validated line by line in Rust
-before polars decodes them, so one malformed line costs one row, not the file.
+before polars decodes them, so one malformed line costs one row, not the file. Conversations
+from JSON and Parquet files take the same path (one JSON line per record), so every format
+reads a message alike. Files in another encoding than UTF-8 are transcoded as they stream
+(`ftc.encodings`).
 """
 
 from __future__ import annotations
@@ -16,21 +21,27 @@ from __future__ import annotations
 import codecs
 import glob
 import json
-from collections.abc import Callable, Iterator
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
 
-from ftc import _data
+from ftc import _data, encodings, jsonfile
+from ftc.encodings import Decoding
 from ftc.errors import SourceError
 from ftc.model import resolve_pkg
 from ftc.spec import Columns, Source
 
 CHUNK_BYTES = 8 << 20
 CHUNK_ROWS = 10_000
-MESSAGE = pl.Struct({"role": pl.String, "content": pl.String})
+MESSAGE = pl.Struct({"role": pl.String, "content": pl.String, "extra": pl.String})
+# The role names each role answers to (ShareGPT's and its variants'); `columns.roles` adds more.
+# ShareGPT's `function_call` turn is the assistant calling a tool: it becomes a tool call.
+ROLES = {"user": ("user", "human"), "assistant": ("assistant", "gpt", "chatgpt", "bing", "function_call"),
+         "system": ("system",), "tool": ("tool", "function", "observation")}
 EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json",
               ".parquet": "parquet", ".pq": "parquet", ".txt": "txt", ".text": "txt"}
 
@@ -41,6 +52,7 @@ class SourceBatch:
     rows: pl.DataFrame
     bad: pl.DataFrame  # line: u64, reason: str
     nbytes: int  # bytes of the file consumed by this batch, for progress
+    note: str | None = None  # on a file's first batch: how its encoding was decided, when worth saying
 
 
 def source_files(source: Source, root: Path) -> list[Path]:
@@ -72,13 +84,17 @@ def file_format(source: Source, file: Path) -> str:
                           hint="set `format` on the source: csv, tsv, jsonl, json, parquet or txt")
     if fmt == "json":  # many `.json` files are JSON Lines
         with file.open("rb") as f:
-            head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
-        fmt = "json" if head.startswith(b"[") else "jsonl"
+            head = f.read(4096)
+        codec = next((c for bom, c in encodings.BOMS if head.startswith(bom)), None)
+        codec = codec or (source.encoding if source.encoding != "auto" else "utf-8")
+        text = head.decode(codecs.lookup(codec).name, "ignore").lstrip("\ufeff \t\r\n")
+        fmt = "json" if text.startswith("[") else "jsonl"
     return fmt
 
 
 def resolve_columns(cols: Columns, available: list[str], fmt: str, file: Path) -> Columns:
-    """An explicit mapping stands; otherwise pick by common column names."""
+    """An explicit mapping stands; otherwise pick by common column names (how messages are
+    read, `role`/`content`/`roles`, carries over)."""
     if fmt == "txt":
         return Columns(text="text")
     if any(v is not None for v in (cols.text, cols.prompt, cols.messages)):
@@ -90,9 +106,16 @@ def resolve_columns(cols: Columns, available: list[str], fmt: str, file: Path) -
         if set(shape.values()) <= have:
             extra = {"system": "system"} if "prompt" in shape and "system" in have else {}
             label = {"label": cols.label or ("label" if "label" in have else None)}
-            return Columns(**shape, **extra, **label)
+            keys = {"role": cols.role, "content": cols.content, "roles": cols.roles} if "messages" in shape else {}
+            return Columns(**shape, **extra, **label, **keys)
     raise SourceError(f"{file}: cannot tell which columns to use; found {', '.join(available) or 'none'}",
                       hint="map them on the source, e.g. `columns = { prompt = \"q\", response = \"a\" }`")
+
+
+def role_table(cols: Columns) -> dict[str, str]:
+    """Each role name → its canonical role: `ROLES`, then the source's own names."""
+    table = {name: role for role, names in ROLES.items() for name in names}
+    return table | {name: role for role, names in cols.roles.items() for name in names}
 
 
 def read_source(source: Source, files: list[Path], threads: int = 0,
@@ -102,7 +125,11 @@ def read_source(source: Source, files: list[Path], threads: int = 0,
     left = source.max_rows
     for file in files:
         fmt = file_format(source, file)
-        for batch in _read_file(file, fmt, source.columns, threads, split_column):
+        decoding = _decoding(source, file, fmt)
+        note = decoding.note
+        for batch in _read_file(file, fmt, source.columns, threads, split_column, decoding, left):
+            batch.bad = encodings.name_codec(batch.bad, decoding)
+            batch.note, note = note, None
             if source.label is not None:
                 batch.rows = batch.rows.with_columns(label=pl.lit(source.label, dtype=pl.String))
             if left is not None:
@@ -119,55 +146,105 @@ def read_source(source: Source, files: list[Path], threads: int = 0,
                 return
 
 
+def _decoding(source: Source, file: Path, fmt: str) -> Decoding:
+    if fmt == "parquet":  # Parquet strings are UTF-8 by definition
+        if source.encoding != "auto" and encodings.codec_name(source.encoding) not in encodings.UTF8:
+            raise SourceError(f"{file}: `encoding = \"{source.encoding}\"` does not apply to Parquet, whose strings "
+                              "are UTF-8", hint="remove `encoding` from the source, or give it the text files alone")
+        return Decoding("utf-8")
+    return encodings.detect(file, source.encoding)
+
+
 def _nth_line(batch: SourceBatch, n: int) -> int:
     lines = pl.concat([batch.rows.select("line"), batch.bad.select("line")]).sort("line")
     return int(lines["line"][n - 1])
 
 
-def _read_file(file: Path, fmt: str, cols: Columns, threads: int, split: str | None) -> Iterator[SourceBatch]:
+def _read_file(file: Path, fmt: str, cols: Columns, threads: int, split: str | None, decoding: Decoding,
+               limit: int | None) -> Iterator[SourceBatch]:
     try:
         if fmt in ("jsonl", "txt"):
-            yield from _read_lines(file, fmt, cols, threads, split)
+            blocks = _raw_blocks(file) if decoding.native else encodings.utf8_blocks(file, decoding)
+            yield from _scan(file, _whole_lines(blocks), fmt, cols, threads, split)
         elif fmt in ("csv", "tsv"):
-            yield from _read_csv(file, "\t" if fmt == "tsv" else ",", cols, split)
+            yield from _read_csv(file, "\t" if fmt == "tsv" else ",", cols, split, decoding)
         elif fmt == "parquet":
-            lf = pl.scan_parquet(file)
-            yield from _read_frames(file, lf, cols, file.stat().st_size, split)
+            yield from _read_frames(file, pl.scan_parquet(file), cols, file.stat().st_size, split, threads=threads)
         else:
-            yield from _read_frames(file, pl.read_json(file).lazy(), cols, file.stat().st_size, split)
+            yield from _scan(file, _json_lines(file, decoding, limit), "jsonl", cols, threads, split)
     except (pl.exceptions.PolarsError, OSError) as e:
         raise SourceError(f"{file}: cannot read as {fmt}: {str(e).splitlines()[0]}") from None
 
 
-def _read_lines(file: Path, fmt: str, cols: Columns, threads: int, split: str | None) -> Iterator[SourceBatch]:
+def _raw_blocks(file: Path) -> Iterator[tuple[bytes, int]]:
+    with file.open("rb") as f:
+        while block := f.read(CHUNK_BYTES):
+            yield block, len(block)
+
+
+# A chunk of whole lines for the scanner: (UTF-8 bytes, bytes of the file consumed, reasons of
+# records the reader could not give, by line index in the chunk: blank lines there).
+Chunk = tuple[bytes, int, dict[int, str]]
+
+
+def _whole_lines(blocks: Iterable[tuple[bytes, int]]) -> Iterator[Chunk]:
+    """Blocks of UTF-8 → chunks of whole lines (the last may lack its newline)."""
+    carry, consumed = b"", 0
+    for block, n in blocks:
+        consumed += n
+        buf = carry + block
+        cut = buf.rfind(b"\n") + 1
+        if cut == 0:  # one line longer than the block: read on
+            carry = buf
+            continue
+        yield buf[:cut], consumed, {}
+        carry, consumed = buf[cut:], 0
+    if carry or consumed:
+        yield carry, consumed, {}
+
+
+def _json_lines(file: Path, decoding: Decoding, limit: int | None) -> Iterator[Chunk]:
+    """A JSON array as JSON Lines, one line per record; a record that cannot be used is a blank
+    line (no row, but the numbering holds) and its reason."""
+    lines: list[str] = []
+    reasons: dict[int, str] = {}
+    for record, why in jsonfile.records(encodings.read_text(file, decoding), file, decoding.codec, limit):
+        if why is not None:
+            reasons[len(lines)] = why
+        lines.append("" if why is not None else json.dumps(record, ensure_ascii=False))
+        if len(lines) == CHUNK_ROWS:
+            yield "".join(x + "\n" for x in lines).encode("utf-8"), 0, reasons
+            lines, reasons = [], {}
+    yield "".join(x + "\n" for x in lines).encode("utf-8"), file.stat().st_size, reasons
+
+
+def _scan(file: Path, chunks: Iterable[Chunk], fmt: str, cols: Columns, threads: int,
+          split: str | None) -> Iterator[SourceBatch]:
+    """Chunks of whole lines (JSON Lines or text) through the Rust scanner, then polars."""
     resolved: Columns | None = Columns(text="text") if fmt == "txt" else None
     line = 1
-    with file.open("rb") as f:
-        carry = b""
-        while True:
-            block = f.read(CHUNK_BYTES)
-            buf = carry + block
-            if not buf:
-                break
-            cut = buf.rfind(b"\n") + 1 if block else len(buf)
-            if cut == 0:  # one line longer than the chunk: read on
-                carry = buf
-                continue
-            chunk, carry = buf[:cut], buf[cut:]
-            if resolved is None:
-                resolved = resolve_columns(cols, _first_keys(chunk), fmt, file)
-            fields = None if fmt == "txt" else _json_fields(resolved) + ([(split, "scalar")] if split else [])
-            good, good_lines, bad_lines, reasons, n_lines = _data.scan_lines(chunk, line, fields, threads)
-            line += n_lines
-            bad = pl.DataFrame({"line": pl.Series(pa.array(bad_lines)), "reason": pl.Series(pa.array(reasons))})
-            texts = pl.Series("raw", pa.array(good))
-            if fmt == "txt":
-                frame = pl.DataFrame({"line": pl.Series(pa.array(good_lines)), "text": texts})
-            else:
-                dtype = pl.Struct({name: _field_dtype(kind) for name, kind in fields})
-                frame = texts.str.json_decode(dtype).struct.unnest().with_columns(line=pl.Series(pa.array(good_lines)))
-            rows, more_bad = normalize(frame, resolved, split)
-            yield SourceBatch(file, rows, pl.concat([bad, more_bad]), len(chunk))
+    for chunk, nbytes, known in chunks:
+        given = pl.DataFrame({"line": [line + i for i in known], "reason": list(known.values())},
+                             schema={"line": pl.UInt64, "reason": pl.String})
+        if not chunk.strip():  # blank lines only: the end, or records a JSON file could not give
+            line += chunk.count(b"\n")
+            yield SourceBatch(file, _empty_rows(resolved or Columns(text="text"), split), given, nbytes)
+            continue
+        if resolved is None:
+            resolved = resolve_columns(cols, _first_keys(chunk), fmt, file)
+        fields = None if fmt == "txt" else _json_fields(resolved) + ([(split, "scalar")] if split else [])
+        good, good_lines, bad_lines, reasons, n_lines = _data.scan_lines(
+            chunk, line, fields, threads, resolved.role, resolved.content, role_table(resolved))
+        line += n_lines
+        bad = pl.DataFrame({"line": pl.Series(pa.array(bad_lines)), "reason": pl.Series(pa.array(reasons))})
+        texts = pl.Series("raw", pa.array(good))
+        if fmt == "txt":
+            frame = pl.DataFrame({"line": pl.Series(pa.array(good_lines)), "text": texts})
+        else:
+            dtype = pl.Struct({name: _field_dtype(kind) for name, kind in fields})
+            frame = texts.str.json_decode(dtype).struct.unnest().with_columns(line=pl.Series(pa.array(good_lines)))
+        rows, more_bad = normalize(frame, resolved, split)
+        yield SourceBatch(file, rows, pl.concat([given, bad, more_bad]), nbytes)
 
 
 def _first_keys(chunk: bytes) -> list[str]:
@@ -184,19 +261,32 @@ def _first_keys(chunk: bytes) -> list[str]:
 def _json_fields(cols: Columns) -> list[tuple[str, str]]:
     kinds = {"text": "string", "text_pair": "string", "prompt": "string", "response": "string",
              "system": "string", "messages": "messages", "label": "scalar"}
-    return [(name, kinds[k]) for k, name in cols.model_dump().items() if name is not None]
+    return [(name, kinds[k]) for k, name in cols.model_dump().items() if k in kinds and name is not None]
 
 
 def _field_dtype(kind: str) -> pl.DataType:
     return pl.List(MESSAGE) if kind == "messages" else pl.String()
 
 
-def _read_csv(file: Path, sep: str, cols: Columns, split: str | None) -> Iterator[SourceBatch]:
+def _read_csv(file: Path, sep: str, cols: Columns, split: str | None, decoding: Decoding) -> Iterator[SourceBatch]:
+    # polars reads UTF-8 only: another encoding is transcoded to a temporary file first.
+    if decoding.native:
+        yield from _read_utf8_csv(file, file, sep, cols, split, decoding.codec)
+        return
+    with tempfile.TemporaryDirectory(prefix="ftc-csv-") as tmp:
+        utf8 = Path(tmp) / "utf8.csv"
+        with utf8.open("wb") as out:
+            for block, _ in encodings.utf8_blocks(file, decoding):
+                out.write(block)
+        yield from _read_utf8_csv(file, utf8, sep, cols, split, decoding.codec)
+
+
+def _read_utf8_csv(file: Path, utf8: Path, sep: str, cols: Columns, split: str | None,
+                   codec: str) -> Iterator[SourceBatch]:
     # polars cannot say which row held invalid UTF-8; read lossily and flag the rows whose
     # fields gained a replacement character, but only for a file that is not valid UTF-8.
-    lossy = not _valid_utf8(file)
-    encoding = "utf8-lossy" if lossy else "utf8"
-    lf = pl.scan_csv(file, separator=sep, infer_schema=False, encoding=encoding)
+    lossy = not _valid_utf8(utf8)
+    lf = pl.scan_csv(utf8, separator=sep, infer_schema=False, encoding="utf8-lossy" if lossy else "utf8")
     for batch in _read_frames(file, lf, cols, file.stat().st_size, split, first_line=2):
         if lossy and batch.rows.height:
             broken = _has_replacement_char(batch.rows)
@@ -228,13 +318,20 @@ def _has_replacement_char(rows: pl.DataFrame) -> pl.Expr:
 
 
 def _read_frames(file: Path, lf: pl.LazyFrame, cols: Columns, size: int, split: str | None,
-                 first_line: int = 1) -> Iterator[SourceBatch]:
+                 first_line: int = 1, threads: int = 0) -> Iterator[SourceBatch]:
     names = lf.collect_schema().names()
     resolved = resolve_columns(cols, names, "frame", file)
-    lf = lf.with_row_index("line", offset=first_line).with_columns(pl.col("line").cast(pl.UInt64))
-    for frame in lf.collect_batches(chunk_size=CHUNK_ROWS):
-        rows, bad = normalize(frame, resolved, split)
-        yield SourceBatch(file, rows, bad, 0)
+    if resolved.messages is not None and all(c in names for c, _ in _json_fields(resolved)):
+        # Conversations take the JSON Lines path, where every format reads a message alike.
+        wanted = [c for c, _ in _json_fields(resolved) + ([(split, "")] if split else []) if c in names]
+        chunks = ((frame.select(wanted).write_ndjson().encode("utf-8"), 0, {})
+                  for frame in lf.collect_batches(chunk_size=CHUNK_ROWS))
+        yield from _scan(file, chunks, "jsonl", resolved, threads, split)
+    else:
+        lf = lf.with_row_index("line", offset=first_line).with_columns(pl.col("line").cast(pl.UInt64))
+        for frame in lf.collect_batches(chunk_size=CHUNK_ROWS):
+            rows, bad = normalize(frame, resolved, split)
+            yield SourceBatch(file, rows, bad, 0)
     # Columnar readers do not report bytes; a last empty batch moves progress past the file.
     yield SourceBatch(file, _empty_rows(resolved, split), _empty_bad(), size)
 
@@ -280,16 +377,19 @@ def normalize(frame: pl.DataFrame, cols: Columns, split: str | None = None) -> t
     content: pl.Expr
     if cols.text is not None:
         content = pl.col(cols.text).cast(pl.String).alias("text")
-    elif cols.messages is not None:
+    elif cols.messages is not None:  # already {role, content, extra} (the scanner's)
         el = pl.element()
         content = pl.col(cols.messages).list.eval(
-            pl.struct(role=el.struct.field("role"), content=el.struct.field("content"))
+            pl.struct(role=el.struct.field("role"), content=el.struct.field("content"),
+                      extra=el.struct.field("extra"))
         ).alias("messages")
     else:
-        turns = [pl.struct(role=pl.lit("user"), content=pl.col(cols.prompt).cast(pl.String)),
-                 pl.struct(role=pl.lit("assistant"), content=pl.col(cols.response).cast(pl.String))]
+        def turn(role: str, col: str) -> pl.Expr:
+            return pl.struct(role=pl.lit(role), content=pl.col(col).cast(pl.String), extra=pl.lit(None, pl.String))
+
+        turns = [turn("user", cols.prompt), turn("assistant", cols.response)]
         if cols.system is not None and cols.system in frame.columns:
-            turns.insert(0, pl.struct(role=pl.lit("system"), content=pl.col(cols.system).cast(pl.String)))
+            turns.insert(0, turn("system", cols.system))
         el = pl.element().struct.field("content")
         content = pl.concat_list(turns).list.eval(pl.element().filter(el.is_not_null() & (el != ""))).alias("messages")
     out = [pl.col("line").cast(pl.UInt64), content]

@@ -14,15 +14,31 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator,
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 Positive = Annotated[int, Field(gt=0)]
+# Upper bounds where a value is legal but would exhaust the machine long before it finished.
+Bounded = Annotated[int, Field(gt=0, le=1 << 20)]
+
+# A project name becomes part of file names in the store: a slug, never a path.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 class Table(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # NaN and infinity are never a meaningful rate, weight or threshold; a TOML `inf` is refused here.
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
 
 class Project(Table):
-    name: str = Field("ftc-run", description="Name of the run, used in run directories and reports.")
-    seed: int = Field(42, description="Seed for splits, sampling, augmentation and training.")
+    name: str = Field("ftc-run", description="Name of the run, used in run directories and reports: letters, "
+                      "digits, `.`, `_` and `-`, at most 100 characters.")
+    seed: int = Field(42, ge=0, le=2**32 - 1, description="Seed for splits, sampling, augmentation and training "
+                      "(0 to 2³²−1, what numpy and torch accept).")
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, v: str) -> str:
+        if not NAME.fullmatch(v) or ".." in v:
+            raise ValueError("a project name is used in file names: 1 to 100 letters, digits, `.`, `_` or `-`, "
+                             "starting with a letter or digit (no `/`, `..`, spaces or control characters)")
+        return v
 
 
 class ModelSpec(Table):
@@ -32,11 +48,15 @@ class ModelSpec(Table):
     )
     task: Literal["causal-lm", "classification"] = Field("causal-lm", description="What the model learns.")
     labels: list[str] | None = Field(None, description="Class names (classification); inferred from the data if unset.")
+    trust_remote_code: bool = Field(False, description="Allow a model whose config names its own Python classes "
+                                    "(`auto_map`): loading it runs the .py files of its directory.")
 
 
 class Columns(Table):
     """Which source column holds each field. Causal-LM: `text`, or `prompt`/`response` (+`system`),
-    or `messages`; classification: `text` (+`text_pair`) and `label`."""
+    or `messages`; classification: `text` (+`text_pair`) and `label`. A message is `{role,
+    content}` (OpenAI, with `name` and `tool_calls` where the template renders them) or ShareGPT's
+    `{from, value}`; `role`, `content` and `roles` say how to read other forms."""
 
     text: str | None = None
     text_pair: str | None = None
@@ -45,6 +65,12 @@ class Columns(Table):
     system: str | None = None
     messages: str | None = None
     label: str | None = None
+    role: str | None = Field(None, description="Key of a message's role (default: `role`, else ShareGPT's `from`).")
+    content: str | None = Field(None, description="Key of a message's content (default: `content`, else `value`).")
+    roles: dict[Literal["user", "assistant", "system", "tool"], list[str]] = Field(
+        default_factory=dict, description="More names for each role, e.g. `{ assistant = [\"bot\"] }`, besides "
+        "human/user, gpt/assistant/chatgpt/bing, system, tool/function/observation; a message with a role no "
+        "name covers is quarantined.")
 
     @model_validator(mode="after")
     def _one_shape(self) -> Columns:
@@ -55,6 +81,13 @@ class Columns(Table):
             raise ValueError("`prompt` and `response` go together")
         if self.system is not None and self.prompt is None:
             raise ValueError("`system` needs `prompt`/`response`")
+        if (self.role or self.content or self.roles) and (shapes[0] or shapes[1]):
+            raise ValueError("`role`, `content` and `roles` say how messages are read: they go with `messages`")
+        seen: dict[str, str] = {}
+        for role, names in self.roles.items():
+            for name in names:
+                if seen.setdefault(name, role) != role:
+                    raise ValueError(f"`roles`: '{name}' is given to both `{seen[name]}` and `{role}`")
         return self
 
 
@@ -64,12 +97,25 @@ class Source(Table):
     format: Literal["auto", "csv", "tsv", "jsonl", "json", "parquet", "txt"] = Field(
         "auto", description="File format; `auto` goes by the extension."
     )
+    encoding: str = Field("auto", description="Text encoding of the files: any codec Python knows (utf-8, "
+                          "latin-1, cp1252, utf-16, shift_jis, ...), or `auto`: a byte-order mark decides, else "
+                          "UTF-8, else (mostly invalid UTF-8) cp1252, and `ftc prep` says so.")
     columns: Columns = Field(default_factory=Columns, description="Column mapping; defaults by name.")
-    weight: float = Field(1.0, gt=0.0, description="Mixing weight: each training row is used `weight` times "
+    weight: float = Field(1.0, gt=0.0, le=1000.0, description="Mixing weight: each training row is used `weight` times "
                           "on average (2.0 doubles the source, 0.5 keeps a seeded half).")
     max_rows: Positive | None = Field(None, description="Read at most this many rows (in file order).")
     label: str | None = Field(None, description="Classification: the label of every row of this source "
                               "(e.g. one file per class), instead of a label column.")
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_codec(cls, v: str) -> str:
+        from ftc.encodings import codec_name
+
+        if v != "auto" and codec_name(v) is None:
+            raise ValueError(f"unknown text encoding {v!r}: give `auto` or a codec Python knows (utf-8, latin-1, "
+                             "cp1252, utf-16, ...)")
+        return v
 
     @model_validator(mode="after")
     def _one_label(self) -> Source:
@@ -91,8 +137,8 @@ class Replace(Table):
 
 class NearDedup(Table):
     threshold: Fraction = Field(0.8, description="Jaccard similarity above which two documents are duplicates.")
-    shingle: Positive = Field(5, description="Characters per shingle.")
-    num_perm: Positive = Field(128, description="MinHash permutations.")
+    shingle: Annotated[int, Field(gt=0, le=1000)] = Field(5, description="Characters per shingle.")
+    num_perm: Annotated[int, Field(gt=0, le=4096)] = Field(128, description="MinHash permutations (at most 4096).")
 
 
 class Clean(Table):
@@ -148,7 +194,7 @@ class Augment(Table):
     """Training rows only. Each copy applies synonym replacement, insertion, swap and deletion
     (those with a rate above 0, in that order), then the hook; chat data changes user turns only."""
 
-    copies: Annotated[int, Field(ge=0)] = Field(0, description="Augmented copies per training row.")
+    copies: Annotated[int, Field(ge=0, le=1000)] = Field(0, description="Augmented copies per training row.")
     swap: Fraction = Field(0.0, description="Swaps: this fraction of the words (at least one).")
     delete: Fraction = Field(0.0, description="Each word is deleted with this probability (one always stays).")
     insert: Fraction = Field(0.0, description="Insertions of a synonym of a word (of a word when no synonym).")
@@ -208,14 +254,14 @@ class Tokenize(Table):
 
 
 class Lora(Table):
-    r: Positive = 8
+    r: Annotated[int, Field(gt=0, le=65_536)] = 8
     alpha: float = Field(16, gt=0)
     dropout: Fraction = 0.05
     target_modules: str | list[str] = "all-linear"
 
 
 class PromptTuning(Table):
-    num_virtual_tokens: Positive = 20
+    num_virtual_tokens: Annotated[int, Field(gt=0, le=65_536)] = 20
 
 
 class EarlyStopping(Table):
@@ -235,11 +281,15 @@ class EarlyStopping(Table):
 
 class Train(Table):
     method: Literal["full", "freeze", "lora", "dora", "qlora", "ia3", "prompt-tuning", "prefix-tuning"] = "lora"
-    epochs: float = Field(3.0, gt=0)
-    max_steps: Positive | None = None
+    epochs: float = Field(3.0, gt=0, le=100_000)
+    max_steps: Annotated[int, Field(gt=0, le=100_000_000)] | None = None
     learning_rate: float = Field(2e-4, gt=0)
-    batch_size: Positive = 8
-    grad_accum: Positive = 1
+    batch_size: Bounded = 8
+    batch_unit: Literal["examples", "rows"] = Field(
+        "examples", description="Causal-LM with packing: what `batch_size` counts. `examples`, as an unpacked "
+        "script's steps (each step's examples are joined into one padding-free row); `rows`: packed rows of "
+        "`max_length` tokens (several examples each, so fewer, larger steps).")
+    grad_accum: Bounded = 1
     optimizer: Literal["adamw", "adafactor", "sgd", "paged-adamw-8bit"] = "adamw"
     scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup", "polynomial"] = "cosine"
     warmup_ratio: Fraction = 0.03
@@ -247,9 +297,13 @@ class Train(Table):
     max_grad_norm: Annotated[float, Field(ge=0.0)] = 1.0
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     gradient_checkpointing: bool = False
+    group_by_length: bool = Field(False, description="Classification: batch texts of similar length together "
+                                  "(less padding, but batches are no longer shuffled mixtures and train worse).")
     trainable_layers: Positive = Field(2, description="`freeze`: train only the top N layers and the head.")
     layer_lr_decay: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
     early_stopping: EarlyStopping | None = None
+    keep_best: bool = Field(False, description="End with the checkpoint of the best validation metric instead of "
+                            "the last one (always so with `early_stopping`).")
     eval_steps: Positive | None = None
     save_steps: Positive | None = None
     save_total_limit: Positive = 2
@@ -268,8 +322,9 @@ class Eval(Table):
         "classification; perplexity, bleu, rouge (greedy answers to the test prompts) for causal-lm.")
     compare_base: bool = Field(False, description="Evaluate the base model on the same split: the report shows "
                                "the gain.")
-    max_new_tokens: Positive = Field(64, description="bleu / rouge: the longest answer generated.")
-    samples: Positive = Field(200, description="bleu / rouge: test examples answered by generation.")
+    max_new_tokens: Annotated[int, Field(gt=0, le=65_536)] = Field(
+        64, description="bleu / rouge: the longest answer generated.")
+    samples: Bounded = Field(200, description="bleu / rouge: test examples answered by generation.")
 
 
 class Export(Table):
@@ -289,13 +344,23 @@ class Export(Table):
     verify: bool = Field(True, description="Fail the export when a parity check fails (the figures are always "
                          "measured and recorded).")
     opset: Positive | None = Field(None, description="ONNX opset of the classifier graph (default: the exporter's).")
-    rows: Positive = Field(256, description="Held-out test examples the parity check runs.")
+    rows: Positive = Field(256, description="Held-out test examples the parity check runs: a seeded sample of the "
+                           "whole test split (stratified by label for classification), the same for every variant.")
     max_abs_diff: Annotated[float, Field(gt=0.0)] = Field(
         1e-3, description="Largest absolute logit difference allowed between fp32 ONNX and PyTorch.")
-    min_agreement: Fraction = Field(0.995, description="Argmax agreement required of fp32 with PyTorch, and of a "
-                                    "quantized classifier with fp32.")
-    max_accuracy_drop: Fraction = Field(0.005, description="Largest accuracy loss of a quantized classifier "
-                                        "against PyTorch (0.005 = half a point).")
+    near_tie: Annotated[float, Field(ge=0.0)] = Field(
+        0.1, description="A flipped argmax is a near-tie when the reference's top-two logit gap there is under this "
+        "× its median gap over the sample: the model was unsure, and rounding goes either way. Near-ties are "
+        "reported, not judged; 0 judges every flip.")
+    max_confident_flips: Fraction = Field(
+        0.005, description="Largest fraction of the rows whose argmax may flip where the reference was sure (not a "
+        "near-tie): fp32 against PyTorch, a quantized classifier against fp32.")
+    min_agreement: Fraction | None = Field(
+        None, description="Argmax agreement required of fp32 with PyTorch, and of a quantized classifier with fp32, "
+        "near-ties included (the strict check; unset: agreement is reported, and `max_confident_flips` judges).")
+    max_accuracy_drop: Fraction = Field(
+        0.005, description="Largest accuracy loss of a quantized classifier against PyTorch once its near-tie flips "
+        "are set aside (0.005 = half a point; with `near_tie = 0`, the whole loss).")
     max_perplexity_ratio: Annotated[float, Field(ge=1.0)] = Field(
         1.05, description="Largest perplexity of a quantized decoder over PyTorch's.")
 

@@ -136,7 +136,16 @@ def _problem(err: dict[str, Any], lines: dict[Loc, int], spec_path: str) -> str:
             body += f"\n  allowed: {', '.join(allowed)}"
             if close := difflib.get_close_matches(found, allowed, n=1, cutoff=0.5):
                 hint = f"did you mean `{close[0]}`?"
+    hint = hint or _BOUND_HINTS.get(key) or _BOUND_HINTS.get(kind)
     return f"{body}\n\n  hint: {hint}" if hint else body
+
+
+_BOUND_HINTS = {
+    "project.seed": "a seed is 0 to 2³²−1, the range numpy and torch accept",
+    "finite_number": "NaN and infinity are not values here: give a finite number",
+    "less_than_equal": "the bound keeps a run within what one machine can hold and finish; a larger value "
+                       "would run out of memory, disk or time",
+}
 
 
 def load_spec(path: str | Path) -> Spec:

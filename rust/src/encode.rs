@@ -95,7 +95,9 @@ impl Encoder {
         train_on_all: bool,
     ) -> Vec<Example> {
         self.par_map(conversations, |tk, msgs| {
-            let hash = content_hash(msgs.iter().flat_map(|m| [m.role, m.content.unwrap_or("")]));
+            // A message's other keys count only when present: hashes of plain chats are unchanged.
+            let fields = msgs.iter().flat_map(|m| [m.role, m.content.unwrap_or("")].into_iter().chain(m.extra));
+            let hash = content_hash(fields);
             let encoded = template
                 .render_with_spans(msgs)
                 .and_then(|(text, spans)| {

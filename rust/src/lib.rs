@@ -29,7 +29,7 @@ use rayon::ThreadPool;
 
 use crate::encode::{Encoder, Example, Truncation};
 use crate::error::DataError;
-use crate::lines::FieldKind;
+use crate::lines::{FieldKind, MessageKeys};
 use crate::template::{ChatTemplate, Message};
 
 // The tokenizer allocates a string per token; mimalloc keeps that fast and compact across threads.
@@ -97,16 +97,23 @@ fn list_i32(offsets: Vec<i32>, values: Vec<i32>) -> PyArray {
 }
 
 /// Splits a chunk of a JSON Lines or text file into usable lines and quarantined ones.
-/// `json_fields`: `None` for text, else `[(field, "string"|"messages"|"scalar")]`.
+/// `json_fields`: `None` for text, else `[(field, "string"|"messages"|"scalar")]`; a line with
+/// messages comes back rewritten (see `lines`): `role_key` and `content_key` name the keys of a
+/// message (default: `role`/`content`, else `from`/`value`), `roles` maps each role name found to
+/// its canonical one (a name not in it is an unknown role).
 /// Returns `(lines: large_string, line_numbers: u64, bad_line_numbers: u64, bad_reasons: large_string, n_lines)`.
 #[pyfunction]
-#[pyo3(signature = (buf, first_line, json_fields=None, threads=0))]
+#[pyo3(signature = (buf, first_line, json_fields=None, threads=0, role_key=None, content_key=None, roles=HashMap::new()))]
+#[allow(clippy::too_many_arguments)]
 fn scan_lines(
     py: Python<'_>,
     buf: &[u8],
     first_line: u64,
     json_fields: Option<Vec<(String, String)>>,
     threads: usize,
+    role_key: Option<String>,
+    content_key: Option<String>,
+    roles: HashMap<String, String>,
 ) -> PyResult<(PyArray, PyArray, PyArray, PyArray, u64)> {
     let fields = json_fields
         .map(|f| {
@@ -115,8 +122,9 @@ fn scan_lines(
                 .collect::<PyResult<Vec<_>>>()
         })
         .transpose()?;
+    let keys = MessageKeys { role: role_key, content: content_key, roles };
     let pool = pool(threads)?;
-    let scan = py.detach(|| pool.install(|| lines::scan_lines(buf, first_line, fields.as_deref())));
+    let scan = py.detach(|| pool.install(|| lines::scan_lines(buf, first_line, fields.as_deref(), &keys)));
     Ok((
         arr(LargeStringArray::from_iter_values(scan.good)),
         arr(UInt64Array::from(scan.good_lines)),
@@ -144,7 +152,8 @@ fn parse_truncation(s: &str) -> PyResult<Truncation> {
     }
 }
 
-/// Borrowed view of a `large_list<struct<role: large_string, content: large_string>>` column.
+/// Borrowed view of a `large_list<struct<role: large_string, content: large_string[, extra:
+/// large_string]>>` column; `extra` (a message's other keys, as JSON) is optional.
 fn conversations(messages: &PyArray) -> PyResult<Vec<Vec<Message<'_>>>> {
     let list = downcast::<LargeListArray>(messages, "messages")?;
     let structs = list
@@ -159,11 +168,16 @@ fn conversations(messages: &PyArray) -> PyResult<Vec<Vec<Message<'_>>>> {
             .ok_or_else(|| input_err(format!("messages: expected a large_string field {name:?}")))
     };
     let (roles, contents) = (col("role")?, col("content")?);
+    let extras = if structs.column_by_name("extra").is_some() { Some(col("extra")?) } else { None };
     let offsets = list.value_offsets();
     Ok((0..list.len())
         .map(|i| {
             (offsets[i] as usize..offsets[i + 1] as usize)
-                .map(|j| Message { role: roles.value(j), content: (!contents.is_null(j)).then(|| contents.value(j)) })
+                .map(|j| Message {
+                    role: roles.value(j),
+                    content: (!contents.is_null(j)).then(|| contents.value(j)),
+                    extra: extras.filter(|e| !e.is_null(j)).map(|e| e.value(j)),
+                })
                 .collect()
         })
         .collect())
@@ -503,7 +517,8 @@ fn render_prompt(
 ) -> PyResult<String> {
     let mut special: Vec<(String, String)> = special_tokens.into_iter().collect();
     special.sort();
-    let msgs: Vec<Message> = messages.iter().map(|(r, c)| Message { role: r, content: c.as_deref() }).collect();
+    let msgs: Vec<Message> =
+        messages.iter().map(|(r, c)| Message { role: r, content: c.as_deref(), extra: None }).collect();
     Ok(ChatTemplate::new(template, special)?.render_prompt(&msgs)?)
 }
 

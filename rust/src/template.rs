@@ -8,6 +8,11 @@
 //! sentinel. The text between sentinels is the template's own scaffolding; substituting the
 //! real contents back must give the real render exactly (checked), and then every span is known
 //! without searching for the content, which could also occur in an earlier turn.
+//!
+//! An assistant turn that calls tools is labelled whole, its content and the calls the template
+//! writes: rendered on its own after the turns before it, once as it is and once with a
+//! sentinel for a content and no calls, the text before and after the sentinel is the turn's
+//! scaffolding, and what the real render holds between them is the turn.
 
 use minijinja::value::{Kwargs, Value, ValueKind};
 use minijinja::{Environment, Error, ErrorKind};
@@ -42,6 +47,15 @@ pub struct Message<'a> {
     pub role: &'a str,
     /// `None` for a message without content (transformers drops such keys before rendering).
     pub content: Option<&'a str>,
+    /// The message's other keys (`name`, `tool_calls`, `tool_call_id`, ...) as a JSON object,
+    /// given to the template as they are.
+    pub extra: Option<&'a str>,
+}
+
+impl Message<'_> {
+    fn calls_tools(&self) -> bool {
+        self.role == "assistant" && self.extra.is_some_and(|e| e.contains("\"tool_calls\""))
+    }
 }
 
 pub struct ChatTemplate {
@@ -88,16 +102,7 @@ impl ChatTemplate {
     }
 
     fn render_with(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
-        let msgs: Vec<Value> = messages
-            .iter()
-            .map(|m| {
-                let mut pairs = vec![("role", Value::from(m.role))];
-                if let Some(c) = m.content {
-                    pairs.push(("content", Value::from(c)));
-                }
-                Value::from_pairs(pairs)
-            })
-            .collect();
+        let msgs: Vec<Value> = messages.iter().map(message_value).collect::<Result<_>>()?;
         let mut ctx: Vec<(Value, Value)> = self
             .special
             .iter()
@@ -111,7 +116,8 @@ impl ChatTemplate {
         tmpl.render(Value::from_pairs(ctx)).map_err(|e| DataError::Template(describe(&e)))
     }
 
-    /// Renders `messages` and returns the text with the byte span of each assistant content.
+    /// Renders `messages` and returns the text with the byte span of each assistant content
+    /// (of each assistant turn, for one that calls tools).
     pub fn render_with_spans(&self, messages: &[Message]) -> Result<(String, Vec<(usize, usize)>)> {
         let text = self.render(messages)?;
         let sentinels: Vec<String> =
@@ -119,18 +125,94 @@ impl ChatTemplate {
         let marked: Vec<Message> = messages
             .iter()
             .zip(&sentinels)
-            .map(|(m, s)| Message { role: m.role, content: m.content.map(|_| s.as_str()) })
+            .map(|(m, s)| Message { content: m.content.map(|_| s.as_str()), ..*m })
             .collect();
         let skeleton = self.render(&marked)?;
+        // A tool's answer the template leaves out would vanish from training without a word.
+        let dropped = |(m, s): &(&Message, &String)| m.role == "tool" && m.content.is_some() && !skeleton.contains(s.as_str());
+        if messages.iter().zip(&sentinels).any(|pair| dropped(&pair)) {
+            return Err(DataError::Template("the template does not render 'tool' messages".into()));
+        }
         // Templates that trim contents render the stripped text; try verbatim first.
         for strip in [false, true] {
-            if let Some(spans) = substitute(&skeleton, &sentinels, messages, &text, strip) {
+            if let Some(mut spans) = substitute(&skeleton, &sentinels, messages, &text, strip) {
+                for (i, m) in messages.iter().enumerate() {
+                    if m.calls_tools() {
+                        self.tool_turn_span(messages, i, &text, &mut spans)?;
+                    }
+                }
                 return Ok((text, spans));
             }
         }
         Err(DataError::Template(
             "cannot locate the assistant turns: the template changes or drops message contents".into(),
         ))
+    }
+
+    /// The span of assistant turn `i`, content and tool calls, put in place of its content's.
+    fn tool_turn_span(&self, messages: &[Message], i: usize, text: &str, spans: &mut Vec<(usize, usize)>) -> Result<()> {
+        let sentinel = format!("{SENTINEL_OPEN}{SENTINEL_CLOSE}");
+        let turn = self.render(&messages[..=i])?;
+        let mut plain: Vec<Message> = messages[..i].to_vec();
+        plain.push(Message { role: "assistant", content: Some(&sentinel), extra: None });
+        let bare = self.render(&plain)?;
+        let located = bare.find(&sentinel).and_then(|at| {
+            let (head, tail) = (&bare[..at], &bare[at + sentinel.len()..]);
+            let end = turn.len().checked_sub(tail.len())?;
+            let fits = end >= head.len() && turn.starts_with(head) && turn.ends_with(tail);
+            (fits && text.get(..end) == turn.get(..end)).then_some((head.len(), end))
+        });
+        let Some((start, end)) = located else {
+            return Err(DataError::Template(format!(
+                "cannot locate the tool calls of message {i}: the template renders a turn differently once \
+                 the conversation goes on"
+            )));
+        };
+        let body = &text[start..end];
+        if body.trim() == messages[i].content.unwrap_or("").trim() {
+            return Err(DataError::Template(format!("the template does not render tool calls (message {i})")));
+        }
+        spans.retain(|&(s, e)| e <= start || s >= end);
+        let at = spans.partition_point(|&(s, _)| s < start);
+        spans.insert(at, (start, end));
+        Ok(())
+    }
+}
+
+/// A message as the template sees it: role, content when there is one, then its other keys.
+fn message_value(m: &Message) -> Result<Value> {
+    let mut pairs = vec![(Value::from("role"), Value::from(m.role))];
+    if let Some(c) = m.content {
+        pairs.push((Value::from("content"), Value::from(c)));
+    }
+    if let Some(extra) = m.extra {
+        let parsed: serde_json::Value =
+            serde_json::from_str(extra).map_err(|e| DataError::Input(format!("message keys {extra:?}: {e}")))?;
+        if let serde_json::Value::Object(map) = parsed {
+            for (k, v) in map {
+                if k != "role" && k != "content" && !v.is_null() {
+                    pairs.push((Value::from(k), json_value(v)));
+                }
+            }
+        }
+    }
+    Ok(Value::from_pairs(pairs))
+}
+
+/// JSON as Jinja values, as `json.loads` gives them to transformers (keys in file order).
+fn json_value(v: serde_json::Value) -> Value {
+    use serde_json::Value as J;
+    match v {
+        J::Null => Value::from(()),
+        J::Bool(b) => Value::from(b),
+        J::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => Value::from(i),
+            (_, Some(u)) => Value::from(u),
+            _ => Value::from(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        J::String(s) => Value::from(s),
+        J::Array(items) => Value::from(items.into_iter().map(json_value).collect::<Vec<_>>()),
+        J::Object(map) => Value::from_pairs(map.into_iter().map(|(k, v)| (Value::from(k), json_value(v)))),
     }
 }
 
@@ -341,7 +423,7 @@ mod tests {
     use super::*;
 
     fn msgs<'a>(pairs: &[(&'a str, &'a str)]) -> Vec<Message<'a>> {
-        pairs.iter().map(|&(role, c)| Message { role, content: Some(c) }).collect()
+        pairs.iter().map(|&(role, c)| Message { role, content: Some(c), extra: None }).collect()
     }
 
     #[test]
@@ -383,6 +465,48 @@ mod tests {
             out,
             "[{\"role\": \"user\", \"content\": \"é \\\"<x>\\\"\\n\"}]|{\n  \"a\": [\n    true,\n    null\n  ],\n  \"b\": 1.0\n}"
         );
+    }
+
+    // Qwen2.5's way of writing tool calls and tool answers.
+    const TOOLS: &str = concat!(
+        "{% for m in messages %}<|im_start|>{{ m.role }}{% if m.name %} ({{ m.name }}){% endif %}{{ '\\n' }}",
+        "{% if m.content %}{{ m.content }}{% endif %}",
+        "{% for c in m.tool_calls %}<tool_call>{{ c.function | tojson }}</tool_call>{% endfor %}",
+        "<|im_end|>\n{% endfor %}"
+    );
+
+    #[test]
+    fn a_tool_calling_turn_is_labelled_whole() {
+        let t = ChatTemplate::new(TOOLS, vec![]).unwrap();
+        let call = r#"{"tool_calls": [{"type": "function", "function": {"name": "add", "arguments": {"b": 2, "a": 1}}}]}"#;
+        let m = vec![
+            Message { role: "user", content: Some("1+2?"), extra: Some(r#"{"name": "ann"}"#) },
+            Message { role: "assistant", content: None, extra: Some(call) },
+            Message { role: "tool", content: Some("3"), extra: None },
+            Message { role: "assistant", content: Some("3"), extra: None },
+        ];
+        let (text, spans) = t.render_with_spans(&m).unwrap();
+        assert!(text.starts_with("<|im_start|>user (ann)\n1+2?<|im_end|>\n"), "{text}");
+        let got: Vec<&str> = spans.iter().map(|&(s, e)| &text[s..e]).collect();
+        assert_eq!(got, vec![r#"<tool_call>{"name": "add", "arguments": {"b": 2, "a": 1}}</tool_call>"#, "3"]);
+    }
+
+    #[test]
+    fn tool_calls_or_answers_a_template_drops_are_errors() {
+        let t = ChatTemplate::new(builtin("alpaca").unwrap(), vec![("eos_token".into(), "</s>".into())]).unwrap();
+        let m = vec![
+            Message { role: "user", content: Some("q"), extra: None },
+            Message { role: "tool", content: Some("r"), extra: None },
+            Message { role: "assistant", content: Some("a"), extra: None },
+        ];
+        assert!(t.render_with_spans(&m).unwrap_err().to_string().contains("does not render 'tool' messages"));
+        let t = ChatTemplate::new(builtin("chatml").unwrap(), vec![]).unwrap();
+        let call = r#"{"tool_calls": [{"type": "function", "function": {"name": "f"}}]}"#;
+        let m = vec![
+            Message { role: "user", content: Some("q"), extra: None },
+            Message { role: "assistant", content: Some("a"), extra: Some(call) },
+        ];
+        assert!(t.render_with_spans(&m).unwrap_err().to_string().contains("does not render tool calls"));
     }
 
     #[test]

@@ -19,6 +19,7 @@ too, so a stop token is never part of the answer.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -105,7 +106,7 @@ class Generator:
         """Greedy when `temperature` is 0; `top_k` 0 and `top_p` 1 leave the distribution whole."""
         import onnxruntime_genai as og
 
-        check_options(max_new_tokens, temperature, top_p, top_k)
+        check_options(max_new_tokens, temperature, top_p, top_k, seed)
         ids = self.encode(prompt)
         if not ids:
             raise InferenceError("the prompt is empty")
@@ -135,12 +136,18 @@ class Generator:
         return Generation(self.tokenizer.decode(out, skip_special_tokens=True), out, len(ids), reason)
 
 
-def check_options(max_new_tokens: int, temperature: float, top_p: float, top_k: int) -> None:
-    if max_new_tokens < 1:
-        raise InferenceError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
-    if temperature < 0:
-        raise InferenceError(f"temperature must be 0 (greedy) or more, not {temperature}")
+# onnxruntime-genai keeps its search options in 32-bit integers: larger ones would wrap or raise.
+MAX_OPTION = 2**31 - 1
+
+
+def check_options(max_new_tokens: int, temperature: float, top_p: float, top_k: int, seed: int | None = None) -> None:
+    if not 1 <= max_new_tokens <= MAX_OPTION:
+        raise InferenceError(f"max_new_tokens must be between 1 and {MAX_OPTION}, not {max_new_tokens}")
+    if not (math.isfinite(temperature) and temperature >= 0):  # NaN compares false: refused here
+        raise InferenceError(f"temperature must be 0 (greedy) or a finite number above it, not {temperature}")
     if not 0 < top_p <= 1:
         raise InferenceError(f"top_p must be in (0, 1], not {top_p}")
-    if top_k < 0:
-        raise InferenceError(f"top_k must be 0 (off) or more, not {top_k}")
+    if not 0 <= top_k <= MAX_OPTION:
+        raise InferenceError(f"top_k must be 0 (off) to {MAX_OPTION}, not {top_k}")
+    if seed is not None and not 0 <= seed <= MAX_OPTION:
+        raise InferenceError(f"seed must be between 0 and {MAX_OPTION}, not {seed}")

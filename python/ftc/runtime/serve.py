@@ -9,7 +9,8 @@
 
 Every answer is JSON; an error is {"error": "..."} that names the offending field: 400 a
 malformed body or a missing, unknown or mistyped field; 404 an unknown path; 405 a wrong
-method (with `Allow`); 411 no Content-Length; 413 a body over `max_bytes` (refused before it
+method (with `Allow`); 400 a malformed or negative Content-Length, NaN or infinity, JSON
+nested deeper than `MAX_DEPTH`; 411 no Content-Length; 413 a body over `max_bytes` (refused before it
 is read) or more texts than `max_batch`; 422 the other task's endpoint. The server binds
 127.0.0.1 unless told otherwise: it has no authentication, so exposing it is a decision.
 Model calls take a lock: on CPU a second concurrent call would only split the same cores,
@@ -19,6 +20,8 @@ while requests still parse, validate and queue in their own threads.
 from __future__ import annotations
 
 import json
+import math
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -28,11 +31,16 @@ from urllib.parse import urlsplit
 from ftc import __version__
 from ftc.errors import InferenceError
 from ftc.runtime import Classifier, Generator, Model
+from ftc.runtime.generate import check_options
 
 MAX_BATCH = 64
 MAX_BYTES = 1 << 20
 MAX_NEW_TOKENS = 512
 DEFAULT_NEW_TOKENS = 128  # when a request gives none (capped by the server's maximum)
+MAX_DEPTH = 32  # no request needs more; the JSON parser itself would recurse until Python's limit
+LENGTH = re.compile(r"[0-9]{1,18}")  # Content-Length: digits only (`int()` also takes "-1", "+5", "1_0")
+# The client went away: nothing can be answered, and it is not the server's fault.
+DISCONNECTED = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutError)
 ROUTES = {"/health": "GET", "/v1/classify": "POST", "/v1/generate": "POST"}
 ENDPOINT_TASK = {"/v1/classify": "classification", "/v1/generate": "causal-lm"}
 CLASSIFY_FIELDS = {"text": str, "texts": list, "text_pair": str, "text_pairs": list}
@@ -57,6 +65,13 @@ class Server(ThreadingHTTPServer):
         self.quiet = quiet
         self.lock = threading.Lock()
         super().__init__((host, port), Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        if isinstance(sys.exc_info()[1], DISCONNECTED):
+            return  # a client that hangs up is routine: no traceback in the log
+        super().handle_error(request, client_address)
 
     @property
     def url(self) -> str:
@@ -118,6 +133,8 @@ def generate(server: Server, body: dict[str, Any]) -> dict[str, Any]:
     if not 1 <= n <= server.max_new_tokens:
         raise HttpError(400, f"`max_new_tokens` must be between 1 and {server.max_new_tokens}, not {n}")
     options = {k: body[k] for k in ("temperature", "top_p", "top_k", "seed") if k in body}
+    check_options(n, options.get("temperature", 0.0), options.get("top_p", 1.0), options.get("top_k", 0),
+                  options.get("seed"))  # before the lock: a bad request never waits for the model
     assert isinstance(server.model, Generator)
     with server.lock:
         return server.model.generate(prompt, max_new_tokens=n, **options).as_dict()
@@ -164,6 +181,9 @@ class Handler(BaseHTTPRequestHandler):
             status, answer, headers = e.status, {"error": e.message}, e.headers
         except InferenceError as e:
             status, answer, headers = 400, {"error": e.message}, {}
+        except DISCONNECTED:
+            self.close_connection = True  # hung up while sending its body: no one to answer
+            return
         except Exception as e:  # a bug: answer, log, keep serving
             self.log_error("internal error: %r", e)
             self.close_connection = True
@@ -181,21 +201,26 @@ class Handler(BaseHTTPRequestHandler):
         length = self.headers.get("Content-Length")
         if length is None:
             raise HttpError(411, "a Content-Length header is required (chunked bodies are not accepted)")
-        try:
-            n = int(length)
-        except ValueError:
-            raise HttpError(400, f"bad Content-Length {length!r}") from None
+        if not LENGTH.fullmatch(length.strip()):  # a negative length would read to the end of the stream
+            raise HttpError(400, f"bad Content-Length {length[:40]!r}: expected a number of bytes")
+        n = int(length)
         if n > self.server.max_bytes:
             raise HttpError(413, f"body of {n} bytes; this server takes at most {self.server.max_bytes}")
         raw = self.rfile.read(n)
         if not raw.strip():
             raise HttpError(400, "empty body: expected a JSON object")
         try:
-            body = json.loads(raw.decode("utf-8"))
+            body = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
         except UnicodeDecodeError:
             raise HttpError(400, "the body is not UTF-8") from None
         except ValueError as e:
             raise HttpError(400, f"malformed JSON: {e}") from None
+        except RecursionError:
+            raise HttpError(400, f"JSON nested deeper than {MAX_DEPTH} levels") from None
+        if _depth(body) > MAX_DEPTH:
+            raise HttpError(400, f"JSON nested deeper than {MAX_DEPTH} levels")
+        if (where := _non_finite(body)) is not None:
+            raise HttpError(400, f"`{where}`: a number too large to represent")
         if not isinstance(body, dict):
             raise HttpError(400, f"expected a JSON object, found {_json_type(body)}")
         return body
@@ -203,15 +228,18 @@ class Handler(BaseHTTPRequestHandler):
     def send(self, status: int, answer: dict[str, Any], headers: dict[str, str], start: float) -> None:
         data = json.dumps(answer, ensure_ascii=False).encode("utf-8")
         self.elapsed = time.perf_counter() - start
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=utf-8")
-        self.send_header("Content-Length", str(len(data)))
-        for k, v in headers.items():
-            self.send_header(k, v)
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(data)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            for k, v in headers.items():
+                self.send_header(k, v)
+            if self.close_connection:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(data)
+        except DISCONNECTED:
+            self.close_connection = True  # the client hung up before its answer: nothing to tell it
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         if not self.server.quiet:
@@ -220,3 +248,29 @@ class Handler(BaseHTTPRequestHandler):
 
 def _json_type(v: Any) -> str:
     return NOUNS[type(v)]
+
+
+def _no_constant(name: str) -> Any:
+    """Python's parser takes NaN and Infinity; JSON has neither."""
+    raise HttpError(400, f"{name} is not a JSON value: give a finite number")
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and objects nest, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict | list):
+            deepest = max(deepest, d)
+            if d <= MAX_DEPTH:
+                stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return deepest
+
+
+def _non_finite(body: Any) -> str | None:
+    """The top-level field holding a number that overflowed to infinity (`1e999`), if any."""
+    if isinstance(body, dict):
+        for key, v in body.items():
+            if isinstance(v, float) and not math.isfinite(v):
+                return str(key)
+    return None
