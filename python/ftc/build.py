@@ -3,7 +3,7 @@
     data (ftc.prep) ─► train (ftc.train: HF Trainer) ─► evaluate (test split) ─► report
 
 The train key hashes the data key, every file of the base model, `[model]`, `[train]`,
-`[eval]` and the seed (DESIGN §1): changing only the learning rate reuses the dataset,
+`[eval]` and the seed (README: The store): changing only the learning rate reuses the dataset,
 changing only `[export]` retrains nothing. Checkpoints live in `$FTC_HOME/work/<key>/` until
 the run is complete, so a build killed mid-training resumes from its last checkpoint.
 """
@@ -105,7 +105,7 @@ def _diff(old: Any, new: Any, path: str = "") -> list[str]:
 def build(spec: Spec, *, threads: int = 0, progress: data_stage.Progress | None = None,
           force: bool = False) -> BuildResult:
     result = _build_run(spec, threads=threads, progress=progress, force=force)
-    # ── the export stage (issue 5): keyed by the train key + `[export]`, so a changed `[export]`
+    # ── the export stage: keyed by the train key + `[export]`, so a changed `[export]`
     # table re-exports the cached run and retrains nothing.
     if spec.export.onnx:
         from ftc import export

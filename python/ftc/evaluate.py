@@ -1,4 +1,4 @@
-"""Evaluation metrics (DESIGN §1, TRAIN: "eval each epoch", "report + plots"): pure functions
+"""Evaluation metrics (README: Training): pure functions
 from predictions, references or loss sums to numbers, with no model in sight.
 
 Classification metrics are computed from one confusion matrix in numpy, with sklearn's

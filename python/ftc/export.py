@@ -1,4 +1,4 @@
-"""The export stage: a trained run → merged weights and a verified ONNX artifact (DESIGN §1, §7).
+"""The export stage: a trained run → merged weights and a verified ONNX artifact (README: Export).
 
     run ─► merge the adapter (PEFT merge_and_unload, CPU, fp32) ─► merged/ (safetensors)
         ─► ONNX fp32, then int8 / int4 (ftc.onnx_export)     ─► artifact/

@@ -1,4 +1,4 @@
-"""Every call into an ONNX exporter or quantizer, behind one module (DESIGN §7), so that
+"""Every call into an ONNX exporter or quantizer, behind one module (README: Export), so that
 optimum-onnx can take over once it supports transformers 5 (it pins `transformers<4.58` today).
 
     encoder classifier ─ torch.onnx.export (legacy, eager attention) ─ model.onnx (fp32)

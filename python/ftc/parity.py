@@ -1,4 +1,4 @@
-"""Parity of exported models with the trained one, on held-out rows (issue 5: "parity, always").
+"""Parity of exported models with the trained one, on held-out rows (README: Export).
 
 Every candidate runs the same rows as the reference PyTorch model (the run as trained: the
 base with its adapter unmerged, fp32, CPU). Per candidate: the max and mean absolute logit

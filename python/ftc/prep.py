@@ -1,4 +1,4 @@
-"""The data stage: spec → dataset in the store (DESIGN §1).
+"""The data stage: spec → dataset in the store (README: The store).
 
     sources ─► quarantine ─► clean ─► template+tokenize+mask ─► token rules ─► dedup ─► split
       causal-lm:      ─► weight ─► augment (train) ─► spool per split ─► BFD packing ─► Arrow IPC
@@ -197,7 +197,7 @@ def _check_output_size(run: Run, tokens: int, src: str, weight: float) -> None:
 
 def key_inputs(spec: Spec, files: list[list[Path]], info: TokenizerInfo, template: tuple[str, str] | None,
                threads: int) -> dict[str, Any]:
-    """Exactly what the dataset depends on (DESIGN §1). `files`: each source's files."""
+    """Exactly what the dataset depends on (README: The store). `files`: each source's files."""
     a = spec.data.augment
     extra = [spec.resolve(a.synonyms)] if a.synonyms else []
     flat = [f for fs in files for f in fs]

@@ -1,4 +1,4 @@
-"""The data-quality stage (DESIGN §1): cleaning, dedup, labels, splits, augmentation and
+"""The data-quality stage (README: The data-quality stage): cleaning, dedup, labels, splits, augmentation and
 balancing, between reading the sources and writing the dataset.
 
 The per-record work runs in Rust (`TextCleaner`, `Deduper`, `Augmenter`); this module maps

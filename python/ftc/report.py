@@ -1,4 +1,4 @@
-"""The run report (DESIGN §1, TRAIN: "report + plots"): `metrics.json` for machines and
+"""The run report (README: Training): `metrics.json` for machines and
 `report.md` with its plots for people, written into the run directory after evaluation.
 
 Plots are drawn on a bare `matplotlib.figure.Figure` (the Agg canvas, no pyplot): no

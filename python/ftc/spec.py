@@ -1,4 +1,4 @@
-"""The spec: one pydantic model per TOML table (DESIGN §4), every field with a default a
+"""The spec: one pydantic model per TOML table (README: Using it), every field with a default a
 practitioner would pick, unknown keys forbidden. Tables whose stage comes later validate now.
 
 Loading, TOML positions and error messages live in `ftc.specload`.
@@ -328,7 +328,7 @@ class Eval(Table):
 
 
 class Export(Table):
-    """`ftc export` and the export stage of `ftc build` (issue 5); every threshold is checked
+    """`ftc export` and the export stage of `ftc build`; every threshold is checked
     on held-out test rows, and a failed check publishes nothing (with `verify`)."""
 
     merge: bool = Field(True, description="Keep the adapter merged into the base as safetensors (merged/).")
