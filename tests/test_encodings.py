@@ -8,11 +8,10 @@ import json
 from pathlib import Path
 
 import pytest
-from tiny import write_spec
+from tiny import read_column, write_spec
 
 from ftc.errors import SourceError, SpecError
 from ftc.prep import prep
-from ftc.sources import read_source, source_files
 from ftc.specload import load_spec
 
 # Tweets as a latin-1 export writes them: accents, a euro sign and curly quotes (cp1252 only).
@@ -21,13 +20,7 @@ TEXTS = ["café au lait, très bon", "naïve façade — “quoted”", "€5 fo
 
 
 def read_texts(tmp: Path, model: Path, source: dict) -> tuple[list[str], list[tuple[int, str]]]:
-    spec = load_spec(write_spec(tmp / "spec.toml", model, [source]))
-    src = spec.data.sources[0]
-    texts, bad = [], []
-    for batch in read_source(src, source_files(src, spec.root)):
-        texts += batch.rows["text"].to_list()
-        bad += batch.bad.sort("line").rows()
-    return texts, bad
+    return read_column(tmp, model, source, "text")
 
 
 def write(path: Path, fmt: str, texts: list[str], codec: str) -> Path:

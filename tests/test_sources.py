@@ -10,7 +10,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow as pa
 import pytest
-from tiny import write_spec
+from tiny import read_column, write_spec
 
 from ftc.errors import SourceError
 from ftc.prep import prep
@@ -150,15 +150,7 @@ def sharegpt(conv: list[dict], names: dict[str, str] = SHAREGPT_NAMES) -> list[d
 
 
 def read_messages(tmp: Path, model: Path, source: dict) -> tuple[list, list]:
-    from ftc.sources import read_source, source_files
-
-    spec = load_spec(write_spec(tmp / "spec.toml", model, [source]))
-    src = spec.data.sources[0]
-    rows, bad = [], []
-    for batch in read_source(src, source_files(src, spec.root)):
-        rows += batch.rows["messages"].to_list()
-        bad += batch.bad.sort("line").rows()
-    return rows, bad
+    return read_column(tmp, model, source, "messages")
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "json", "parquet"])

@@ -126,3 +126,18 @@ def bert_model_dir(path: Path, seed: int = 0) -> Path:
                         num_attention_heads=4, max_position_embeddings=512)
     BertModel(config).save_pretrained(path)
     return path
+
+
+def read_column(tmp: Path, model: Path, source: dict, column: str) -> tuple[list, list]:
+    """One source as the data stage reads it: the values of `column` and the quarantined
+    (line, reason) rows, in line order."""
+    from ftc.sources import read_source, source_files
+    from ftc.specload import load_spec
+
+    spec = load_spec(write_spec(tmp / "spec.toml", model, [source]))
+    src = spec.data.sources[0]
+    values, bad = [], []
+    for batch in read_source(src, source_files(src, spec.root)):
+        values += batch.rows[column].to_list()
+        bad += batch.bad.sort("line").rows()
+    return values, bad
