@@ -413,10 +413,11 @@ def _process_batch(run: Run, batch: SourceBatch, idx: int, weight: float, st: So
             int(sel.sum()), np.int64)
         st.examples[s_name] += int(reps.sum())
         sel_pa = pa.array(sel)
+        kept_ids = pc.filter(ids, sel_pa)
         if s_name == "train":
-            lengths = np.asarray(pc.list_value_length(pc.filter(ids, sel_pa)), dtype=np.int64)
+            lengths = np.asarray(pc.list_value_length(kept_ids), dtype=np.int64)
             _check_output_size(run, int((lengths * reps).sum()), st.name, weight)
-        run.spools[s_name].append(pc.filter(ids, sel_pa), pc.filter(second, sel_pa), reps)  # type: ignore[index]
+        run.spools[s_name].append(kept_ids, pc.filter(second, sel_pa), reps)  # type: ignore[index]
         if s_name == "train":
             funnel.train_weighted = (funnel.train_weighted or 0) + int(reps.sum())
             if run.augment is not None:
