@@ -119,9 +119,9 @@ def _build_run(spec: Spec, *, threads: int = 0, progress: data_stage.Progress | 
                force: bool = False) -> BuildResult:
     t0 = time.perf_counter()
     train.check_method(spec)  # before any work: a QLoRA spec on CPU fails here, not after prep
-    check_remote_code(resolve_model(spec.model.base, spec.root), spec.model.trust_remote_code)
-    data = data_stage.prep(spec, threads=threads, progress=progress)
     model_dir = resolve_model(spec.model.base, spec.root)
+    check_remote_code(model_dir, spec.model.trust_remote_code)
+    data = data_stage.prep(spec, threads=threads, progress=progress)
     inputs = train_inputs(spec, data.key, model_dir, threads)
     key = store.key_of(inputs)
     if not force and (hit := store.lookup(RUNS, key)):
