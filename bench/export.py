@@ -40,7 +40,7 @@ OUT = ROOT / "bench" / "out"
 sys.path.insert(0, str(ROOT / "python"))
 
 from ftc import build, export  # noqa: E402
-from ftc.onnx_export import session  # noqa: E402
+from ftc.runtime.session import session  # noqa: E402
 from ftc.specload import load_spec  # noqa: E402
 
 

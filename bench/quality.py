@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
 sys.path.insert(0, str(ROOT / "python"))
 
-from ftc import build, prep  # noqa: E402
+from ftc import build, prep, rows  # noqa: E402
 from ftc.model import resolve_model, resolve_pkg  # noqa: E402
 from ftc.spec import Spec  # noqa: E402
 
@@ -102,17 +102,15 @@ def ftc_side(raw: dict[str, Any], root: Path, seed: int) -> dict[str, Any]:
 def dump_rows(spec: Spec, data: prep.PrepResult, dest: Path) -> None:
     """ftc's train and test rows (before balancing) as JSON Lines for the plain script: a
     classifier's `input_ids` + `label`; a decoder's unpacked examples as `input_ids` + `labels`."""
-    from ftc import train
-
     dest.mkdir(parents=True, exist_ok=True)
     for split in ("train", "test"):
-        ds = build.load_split(data.path, data.manifest, split)
+        ds = rows.load_split(data.path, data.manifest, split)
         with open(dest / f"{split}.jsonl", "w", encoding="utf-8") as f:
             for row in ds:
                 if spec.model.task == "classification":
                     f.write(json.dumps({"input_ids": row["input_ids"], "label": row["label"]}) + "\n")
                     continue
-                for ids, labels in train.segments(row):
+                for ids, labels in rows.segments(row):
                     f.write(json.dumps({"input_ids": ids.tolist(), "labels": labels.tolist()}) + "\n")
 
 

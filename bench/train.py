@@ -56,7 +56,9 @@ SEED = 20240611
 sys.path.insert(0, str(ROOT / "tests"))
 from tiny import write_spec  # noqa: E402
 
-from ftc.train import IGNORE, PackedCollator, register_segmented_attention  # noqa: E402
+from ftc.collate import PackedCollator  # noqa: E402
+from ftc.rows import IGNORE  # noqa: E402
+from ftc.train import register_segmented_attention  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
 from prep import OPENERS, SYSTEM_PROMPTS, sentence_pool, train_bpe  # noqa: E402

@@ -18,9 +18,11 @@ from click.testing import CliRunner
 from tiny import write_spec
 
 from ftc import build as stages
-from ftc import export, store
+from ftc import export, store, tasks
+from ftc.tasks import causal_lm, classification
 from ftc.cli import main
 from ftc.errors import ExportError
+from ftc.runtime.session import session
 from ftc.specload import load_spec
 
 
@@ -212,13 +214,13 @@ def test_int4_gptq_codes_are_in_the_graph_and_beat_k_quant_on_layer_outputs(llam
     theirs = export.export(llama_run, settings.model_copy(update={"int4_method": "k-quant"}))
     assert ours.manifest["parity"]["int4"]["passed"] and theirs.manifest["parity"]["int4"]["passed"]
     merged = AutoModelForCausalLM.from_pretrained(ours.path / "merged").eval()
-    targets = onnx_export.nbits_targets(ours.artifact / "int4", merged, export.GPTQ_GROUP)
+    targets = onnx_export.nbits_targets(ours.artifact / "int4", merged, causal_lm.GPTQ_GROUP)
     assert len(targets) == 5 * merged.config.num_hidden_layers  # qkv, o, gate, up, down
 
     def weights(folder: Path) -> dict[str, np.ndarray]:  # every MatMulNBits node's, the LM head's too
         graph = onnx.load(str(folder / "model.onnx")).graph
         inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-        return {n.name: onnx_export._dequantize(*(inits[i] for i in n.input[1:4]), group=export.GPTQ_GROUP)
+        return {n.name: onnx_export._dequantize(*(inits[i] for i in n.input[1:4]), group=causal_lm.GPTQ_GROUP)
                 for n in graph.node if n.op_type == "MatMulNBits"}
 
     gptq_w, kquant_w = weights(ours.artifact / "int4"), weights(theirs.artifact / "int4")
@@ -234,7 +236,7 @@ def test_int4_gptq_codes_are_in_the_graph_and_beat_k_quant_on_layer_outputs(llam
         assert output_error["gptq"] < output_error["k-quant"], (node, output_error)
     # Logits of the int4 graph against PyTorch holding the same dequantized weights (what is left
     # is onnxruntime's int8 rounding of activations), and against the fp32 weights.
-    sess = onnx_export.session(ours.artifact / "int4" / "model.onnx")
+    sess = session(ours.artifact / "int4" / "model.onnx")
     config = json.loads((ours.artifact / "int4" / "genai_config.json").read_text(encoding="utf-8"))
     ids = examples[0].numpy()
     onnx_logits = onnx_export.decoder_logits(sess, config, ids)
@@ -350,12 +352,12 @@ def test_the_parity_sample_is_seeded_stratified_and_the_same_for_every_variant(c
     """A test split whose file order runs one class after the other still gives both classes in
     proportion; the card says how the rows were drawn."""
     labels = np.array([0] * 900 + [1] * 100)
-    picked = export.stratified_sample(labels, 256, seed=42)
+    picked = classification.stratified_sample(labels, 256, seed=42)
     assert len(picked) == 256 and list(np.bincount(labels[picked])) == [230, 26]
-    assert np.array_equal(picked, export.stratified_sample(labels, 256, seed=42))
-    assert not np.array_equal(picked, export.stratified_sample(labels, 256, seed=7))
+    assert np.array_equal(picked, classification.stratified_sample(labels, 256, seed=42))
+    assert not np.array_equal(picked, classification.stratified_sample(labels, 256, seed=7))
     assert len(np.unique(picked)) == 256 and np.array_equal(picked, np.sort(picked))
-    assert np.array_equal(export.stratified_sample(labels, 5000, seed=1), np.arange(1000))
+    assert np.array_equal(classification.stratified_sample(labels, 5000, seed=1), np.arange(1000))
     r = export.export(classifier_run, export.override(classifier_run.export, quantize=("int8",), rows=16))
     sample = _card(r)["parity"]["sample"]
     assert sample == {"split": "test", "of": 38, "seed": 42, "drawn": "seeded random sample, stratified by label",
@@ -366,7 +368,7 @@ def test_the_parity_sample_is_seeded_stratified_and_the_same_for_every_variant(c
 
 
 def _split_labels(run: export.Run) -> list[int]:
-    from ftc.build import load_split
+    from ftc.rows import load_split
 
     data_dir, data = export._dataset(run)
     return load_split(data_dir, data, "test")["label"]
@@ -386,7 +388,7 @@ def _synthetic(n: int = 2000, noise: float = 0.03, broken: float = 0.0) -> tuple
     got = ref + rng.normal(0, noise, ref.shape)
     swap = (np.abs(gap) > 1.0) & (rng.random(n) < broken / np.mean(np.abs(gap) > 1.0))
     got[swap] = got[swap][:, ::-1]
-    parity = Parity("classification", export.HeldOut("test", [{}] * n, []), None, {"fp32": None, "int8": None}, 0)
+    parity = Parity(tasks.get("classification"), export.HeldOut("test", [{}] * n), None, {"fp32": None, "int8": None}, 0)
     parity.add({"torch": ref, "fp32": ref.astype(np.float32), "int8": got.astype(np.float32)}, targets)
     return parity, swap
 

@@ -11,7 +11,7 @@ from test_train import chat_rows, write_jsonl
 from tiny import write_spec
 
 from ftc import build as stages
-from ftc import generate, train
+from ftc import generate, rows, train
 from ftc.prep import prep
 from ftc.specload import load_spec
 
@@ -27,7 +27,7 @@ def test_completions_are_the_last_answer_of_each_example(tmp_path: Path, llama_d
     spec = write_spec(tmp_path / "spec.toml", llama_dir, [{"path": "d.jsonl"}], tokenize={"max_length": 256},
                       data_split={"valid": 0.0, "test": 0.0})
     data = prep(load_spec(spec))
-    ds = stages.load_split(data.path, data.manifest, "train")
+    ds = rows.load_split(data.path, data.manifest, "train")
     assert any(len(r["seq_lengths"]) > 1 for r in ds)  # packed: examples are found inside rows
     tok = AutoTokenizer.from_pretrained(llama_dir)
     items = generate.completions(ds, limit=100)

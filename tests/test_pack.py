@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from tiny import write_spec
 
 from ftc import _data
+from ftc.errors import KernelInputError
 from ftc.model import load_tokenizer_info
 from ftc.prep import prep
 from ftc.specload import load_spec
@@ -98,7 +99,7 @@ def test_fewer_rows_than_item_centred_bfd_on_chat_lengths():
 
 
 def test_example_longer_than_capacity_is_an_error():
-    with pytest.raises(_data.DataKernelError, match="more than 8"):
+    with pytest.raises(KernelInputError, match="more than 8"):
         _data.pack_rows(pa.array([3, 9], pa.uint32()), 8)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from tiny import bpe_model_dir, write_spec
 
-from ftc import prep as prep_mod
+from ftc import spool
 from ftc import store
 from ftc.prep import prep
 from ftc.specload import load_spec
@@ -84,18 +84,18 @@ def test_training_settings_do_not_change_the_key(project: Path):
 
 
 def test_crash_mid_write_leaves_no_entry(project: Path, monkeypatch: pytest.MonkeyPatch):
-    real = prep_mod._write_split
+    real = spool.write_split
 
     def crash_after_first(*args, **kwargs):
-        out = real(*args, **kwargs)
+        real(*args, **kwargs)
         raise OSError("disk full (simulated)")
 
-    monkeypatch.setattr(prep_mod, "_write_split", crash_after_first)
+    monkeypatch.setattr(spool, "write_split", crash_after_first)
     with pytest.raises(OSError, match="simulated"):
         build(project)
     assert store.entries() == []
     assert not [p for p in (store.home() / store.DATASETS).iterdir() if not p.name.endswith(".lock")]
-    monkeypatch.setattr(prep_mod, "_write_split", real)
+    monkeypatch.setattr(spool, "write_split", real)
     assert not build(project).cache_hit
 
 

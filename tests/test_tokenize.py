@@ -77,3 +77,19 @@ def test_truncation_and_padding_saved_in_tokenizer_json_are_ignored(tmp_path, wo
     ids = ftc_ids(_data.DataEncoder((d / "tokenizer.json").read_text()), [text])
     assert ids == [AutoTokenizer.from_pretrained(d)(text)["input_ids"]]
     assert len(ids[0]) > 8
+
+
+def test_kernel_errors_reach_python_typed_with_a_hint(bpe_dir):
+    """Each kind of Rust error is its own `FtcError` subclass, so the CLI prints one line and a
+    caller can catch the kind it handles."""
+    from ftc.errors import FtcError, KernelInputError, TemplateError, TokenizerError
+
+    with pytest.raises(TokenizerError) as bad_tokenizer:
+        _data.DataEncoder("{not a tokenizer")
+    assert isinstance(bad_tokenizer.value, FtcError) and "tokenizer.json" in bad_tokenizer.value.hint
+    tokenizer_json = (bpe_dir / "tokenizer.json").read_text(encoding="utf-8")
+    with pytest.raises(TemplateError) as bad_template:
+        _data.DataEncoder(tokenizer_json, "{% for m in messages %}")
+    assert "tokenize.template" in bad_template.value.hint
+    with pytest.raises(KernelInputError):
+        _data.DataEncoder(tokenizer_json).encode_text(pa.array(["a"]), 8, "sideways")

@@ -12,7 +12,9 @@ import torch
 from tiny import write_spec
 
 from ftc import build as stages
-from ftc import train
+from ftc import collate, train
+from ftc import rows as stored
+from ftc.tasks.causal_lm import token_loss
 from ftc.errors import BuildError
 from ftc.prep import prep
 from ftc.specload import load_spec
@@ -41,15 +43,15 @@ def test_packed_row_loss_equals_each_example_alone(tmp_path: Path, llama_dir: Pa
     spec = write_spec(tmp_path / "spec.toml", llama_dir, [{"path": "d.jsonl"}], tokenize={"max_length": 512},
                       data_split={"valid": 0.0, "test": 0.0})
     data = prep(load_spec(spec))
-    ds = stages.load_split(data.path, data.manifest, "train")
+    ds = stored.load_split(data.path, data.manifest, "train")
     impl = "sdpa" if attention == "sdpa" else train.register_segmented_attention()
     model = AutoModelForCausalLM.from_pretrained(llama_dir, attn_implementation=impl).eval()
     model.config.use_cache = False
     reference = AutoModelForCausalLM.from_pretrained(llama_dir, attn_implementation="sdpa").eval()
-    collate = train.PackedCollator(pad_id=0)
+    collate_ = collate.PackedCollator(pad_id=0)
     rows = [ds[i] for i in range(min(3, len(ds)))]
     assert all(len(r["seq_lengths"]) >= 3 for r in rows)  # rows really hold several examples
-    batch = collate(rows)
+    batch = collate_(rows)
     with torch.no_grad():
         logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
     packed = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), batch["labels"][:, 1:],
@@ -82,9 +84,9 @@ def test_example_batches_hold_batch_size_examples_each_computed_alone(tmp_path: 
               "train": {"epochs": 1, "batch_size": 4, "logging_steps": 1}}
     spec = write_spec(tmp_path / "spec.toml", llama_dir, [{"path": "d.jsonl"}], **tables)
     data = prep(load_spec(spec))
-    ds = stages.load_split(data.path, data.manifest, "train")
-    view = train.ExampleView(ds)
-    expected = [(list(ids), list(labels)) for row in ds for ids, labels in train.segments(row)]
+    ds = stored.load_split(data.path, data.manifest, "train")
+    view = collate.ExampleView(ds)
+    expected = [(list(ids), list(labels)) for row in ds for ids, labels in stored.segments(row)]
     assert len(view) == len(expected) == data.manifest["stats"]["splits"]["train"]["examples"] > len(ds)
     assert [(view[i]["input_ids"], view[i]["labels"]) for i in range(len(view))] == expected
     assert all(view[i]["position_ids"] == list(range(len(expected[i][0]))) for i in range(len(view)))
@@ -92,7 +94,7 @@ def test_example_batches_hold_batch_size_examples_each_computed_alone(tmp_path: 
     model = AutoModelForCausalLM.from_pretrained(llama_dir, attn_implementation=train.register_segmented_attention())
     model.eval().config.use_cache = False
     picked = [view[i] for i in (5, 0, 17, 3)]
-    batch = train.FlatCollator(pad_id=0)(picked)
+    batch = collate.FlatCollator(pad_id=0)(picked)
     assert batch["input_ids"].shape == (1, sum(len(e["input_ids"]) for e in picked))
     with torch.no_grad():
         logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
@@ -207,11 +209,11 @@ def test_early_stopping_stops_and_restores_the_best_checkpoint(tmp_path: Path, l
              if "eval_loss" in h]
     best = evals.index(min(evals))
     assert r.manifest["timing"]["steps"] < 40 and len(evals) == best + 3  # stopped 2 evaluations after the best
-    valid = stages.load_split(r.data.path, r.data.manifest, "valid")
+    valid = stored.load_split(r.data.path, r.data.manifest, "valid")
     from transformers import AutoModelForCausalLM
 
     kept = AutoModelForCausalLM.from_pretrained(r.path / "model")
-    total, count = train.token_loss(kept, valid, train.PackedCollator(0), 64)
+    total, count = token_loss(kept, valid, collate.PackedCollator(0), 64)
     # (the Trainer's eval_loss averages batch means, so it is close to the exact mean, not equal)
     assert min(range(len(evals)), key=lambda i: abs(evals[i] - total / count)) == best
     assert abs(total / count - evals[best]) < 0.1

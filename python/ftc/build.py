@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ftc import __version__, _data, prep as data_stage, store, train
+from ftc import __version__, _data, prep as data_stage, rows, store, tasks, train
 from ftc.errors import BuildError
 from ftc.model import check_remote_code, resolve_model
 from ftc.spec import Spec
@@ -118,43 +118,29 @@ def build(spec: Spec, *, threads: int = 0, progress: data_stage.Progress | None 
 def _build_run(spec: Spec, *, threads: int = 0, progress: data_stage.Progress | None = None,
                force: bool = False) -> BuildResult:
     t0 = time.perf_counter()
-    train.check_method(spec)  # before any work: a QLoRA spec on CPU fails here, not after prep
+    # before any work: a QLoRA spec on CPU fails here, not after prep
+    train.check_method(spec, tasks.get(spec.model.task))
     model_dir = resolve_model(spec.model.base, spec.root)
     check_remote_code(model_dir, spec.model.trust_remote_code)
     data = data_stage.prep(spec, threads=threads, progress=progress)
     inputs = train_inputs(spec, data.key, model_dir, threads)
     key = store.key_of(inputs)
-    if not force and (hit := store.lookup(RUNS, key)):
-        return BuildResult(data, key, hit, True, _manifest(hit), time.perf_counter() - t0)
-    with store.lock(RUNS, key):
-        if not force and (hit := store.lookup(RUNS, key)):
-            return BuildResult(data, key, hit, True, _manifest(hit), time.perf_counter() - t0)
-        work = store.home() / "work" / key
+    work = store.home() / "work" / key
+
+    def make(tmp: Path) -> dict[str, Any]:
         work.mkdir(parents=True, exist_ok=True)
-        with store.staging(RUNS, key) as tmp:
-            try:
-                manifest = _train(spec, data, model_dir, inputs, key, work, tmp)
-            except DivergedError:
-                shutil.rmtree(work, ignore_errors=True)  # its checkpoints hold the diverged weights
-                raise
-            manifest["seconds"] = round(time.perf_counter() - t0, 3)
-            store.write_json(tmp / store.MANIFEST, manifest)
+        try:
+            manifest = _train(spec, data, model_dir, inputs, key, work, tmp)
+        except DivergedError:
+            shutil.rmtree(work, ignore_errors=True)  # its checkpoints hold the diverged weights
+            raise
+        manifest["seconds"] = round(time.perf_counter() - t0, 3)
+        return manifest
+
+    path, hit = store.build_once(RUNS, key, make, force=force)
+    if not hit:
         shutil.rmtree(work, ignore_errors=True)
-    path = store.entry_dir(RUNS, key)
-    return BuildResult(data, key, path, False, manifest, time.perf_counter() - t0)
-
-
-def _manifest(path: Path) -> dict[str, Any]:
-    return json.loads((path / store.MANIFEST).read_text(encoding="utf-8"))
-
-
-def load_split(dataset_dir: Path, manifest: dict[str, Any], split: str) -> Any:
-    """A split of the dataset as a memory-mapped `datasets.Dataset` (nothing is copied)."""
-    import datasets
-
-    path = dataset_dir / manifest["files"][split]
-    ds = datasets.Dataset.from_file(str(path))
-    return ds if len(ds) else None
+    return BuildResult(data, key, path, hit, store.read_manifest(path), time.perf_counter() - t0)
 
 
 def _train(spec: Spec, data: data_stage.PrepResult, model_dir: Path, inputs: dict[str, Any], key: str, work: Path,
@@ -162,42 +148,37 @@ def _train(spec: Spec, data: data_stage.PrepResult, model_dir: Path, inputs: dic
     from transformers import AutoTokenizer
 
     m = data.manifest
-    task = spec.model.task
+    task = tasks.get(spec.model.task)
     labels = m.get("labels")
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=spec.model.trust_remote_code)
-    pad_id = train.pad_id(tokenizer)
+    pad_id = rows.pad_id(tokenizer)
     if pad_id is None:
         raise BuildError(f"{model_dir}: the tokenizer has neither a pad nor an eos token to pad batches with")
-    train_ds, valid_ds, test_ds = (load_split(data.path, m, s) for s in ("train", "valid", "test"))
+    train_ds, valid_ds, test_ds = (rows.load_split(data.path, m, s) for s in ("train", "valid", "test"))
     if train_ds is None:
         raise BuildError("the training split is empty: nothing to train on")
-    collator: Any = train.ClassificationCollator(pad_id) if task == "classification" else train.PackedCollator(pad_id)
+    collator = task.collator(pad_id)
     from transformers import set_seed
 
     set_seed(spec.project.seed)  # before loading: a new head (classification) is initialised from it
-    model = train.load_model(spec, model_dir, labels)
-    if task == "classification" and model.config.pad_token_id is None:
-        model.config.pad_token_id = pad_id
-    train_collator = collator
-    if task == "causal-lm" and spec.tokenize.pack and spec.train.batch_unit == "examples":
-        train_ds, train_collator = train.ExampleView(train_ds), train.FlatCollator(pad_id)
+    model = train.load_model(spec, task, model_dir, labels, pad_id)
+    train_ds, train_collator = task.train_data(spec, train_ds, pad_id)
     bs = spec.train.batch_size
     eval_ds = test_ds or valid_ds
-    base_metrics = _evaluate(spec, model, tokenizer, eval_ds, collator, labels) if spec.eval.compare_base and eval_ds \
-        else None
-    model = train.apply_method(model, spec)
+    base_metrics = task.evaluate(spec, model, tokenizer, eval_ds, collator, labels) \
+        if spec.eval.compare_base and eval_ds else None
+    model = train.apply_method(model, spec, task)
     n_trainable, n_total = train.trainable(model)
     steps_per_epoch = -(-len(train_ds) // (bs * spec.train.grad_accum))
-    args = train.training_arguments(spec, work, valid_ds is not None, steps_per_epoch)
-    class_weights = m.get("class_weights") if task == "classification" else None
-    trainer = train.make_trainer(spec, model, args, train_ds, valid_ds, train_collator, class_weights)
+    args = train.training_arguments(spec, work, valid_ds is not None, steps_per_epoch, task.sampling(spec))
+    trainer = train.make_trainer(spec, task, model, args, train_ds, valid_ds, train_collator, task.class_weights(m))
     resume = train.last_checkpoint(work)
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - t0
     model = trainer.model
     _check_finite(spec, model, trainer.state.log_history, result.training_loss, "training")
-    metrics = _evaluate(spec, model, tokenizer, eval_ds, collator, labels) if eval_ds else {}
+    metrics = task.evaluate(spec, model, tokenizer, eval_ds, collator, labels) if eval_ds else {}
     _check_finite(spec, None, [], metrics.get("loss"), "evaluation")
     (out / "model").mkdir()
     model.save_pretrained(out / "model")  # PEFT's own format for adapters
@@ -217,14 +198,14 @@ def _train(spec: Spec, data: data_stage.PrepResult, model_dir: Path, inputs: dic
 
     report.write_report(out, spec_text=spec.text,
                         keys={"data": data.key, "train": key}, metrics=metrics, base_metrics=base_metrics,
-                        log_history=log_history, timing=timing, task=task, names=labels)
+                        log_history=log_history, timing=timing, task=task.name, names=labels)
     return {
         "key": key,
         "name": spec.project.name,
         "format": RUNS,
         "ftc_version": __version__,
         "created": time.time(),
-        "task": task,
+        "task": task.name,
         "method": spec.train.method,
         "labels": labels,
         "data_key": data.key,
@@ -268,22 +249,3 @@ def _check_finite(spec: Spec, model: Any, log_history: list[dict[str, Any]], los
 def _train_tokens(m: dict[str, Any], spec: Spec) -> int:
     epochs = spec.train.epochs if spec.train.max_steps is None else 1
     return int(m["stats"]["splits"]["train"]["tokens"] * epochs)
-
-
-def _evaluate(spec: Spec, model: Any, tokenizer: Any, ds: Any, collator: Any,
-              labels: list[str] | None) -> dict[str, Any]:
-    from ftc import evaluate
-
-    bs = spec.train.batch_size
-    if spec.model.task == "classification":
-        gold, pred = train.predict_labels(model, ds, collator, bs)
-        return evaluate.classification_metrics(gold, pred, labels or [])
-    total, count = train.token_loss(model, ds, collator, bs)
-    result = {"loss": total / count if count else None, "perplexity": evaluate.perplexity(total, count),
-              "tokens": count}
-    if asked := [m for m in spec.eval.metrics if m in ("bleu", "rouge")]:
-        from ftc.generate import text_metrics
-
-        result.update(text_metrics(model, tokenizer, ds, asked, limit=spec.eval.samples,
-                                   max_new_tokens=spec.eval.max_new_tokens, batch_size=bs))
-    return result

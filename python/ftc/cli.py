@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import os
 import sys
 import time
@@ -20,7 +21,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ftc import __version__
+from ftc import __version__, tasks
+from ftc.inspection import distribution_text
 
 UNK_WARNING = 0.02  # share of unknown tokens above which `prep` warns
 # The packages of the `train` and `export` extras (pyproject.toml): a command that needs one
@@ -32,11 +34,11 @@ err = Console(stderr=True, highlight=False, no_color="NO_COLOR" in os.environ)
 
 
 def reported(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turns `FtcError` (and kernel input errors) into one message on stderr and exit 1."""
+    """Turns `FtcError` (the data kernels' errors are some) into one message on stderr and exit 1."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from ftc._data import DataKernelError
+        from ftc._data import DataKernelError  # only if ftc.errors could not be imported from Rust
         from ftc.errors import FtcError
 
         debug = click.get_current_context().find_root().params.get("debug", False)
@@ -195,21 +197,8 @@ def _print_prep(r: Any) -> None:
         for note in s.get("notes", []):  # how a reader decided to read a file (its encoding)
             err.print(f"note: {s['name']}: {note}", markup=False, soft_wrap=True)
     _print_funnel(m, examples=False)
-    sp = st["splits"]
     cache = "cache hit" if r.cache_hit else "cache miss, built"
-    if m["task"] == "classification":
-        train = sp["train"]
-        pad = (f"padding {train['padding_ratio']:.1%} shuffled → {train['padding_ratio_bucketed']:.1%} length-bucketed"
-               if train["padding_ratio"] is not None else "no training rows")
-        rows = ", ".join(f"{name} {split['examples']:,}" for name, split in sp.items())
-        err.print(f"tokens {st['tokens']:,} · examples {st['examples']:,} ({rows}) · {len(m['labels'])} labels · {pad} · "
-                  f"{r.seconds:.2f}s · {cache}", markup=False, soft_wrap=True)
-    else:
-        eff = st["packing_efficiency"]
-        rows = ", ".join(f"{name} {split['rows']:,}" for name, split in sp.items())
-        packing = f"packing efficiency {eff:.2%}" if eff is not None else "no rows"
-        err.print(f"tokens {st['tokens']:,} · packed rows {st['packed_rows']:,} ({rows}) · {packing} · "
-                  f"{r.seconds:.2f}s · {cache}", markup=False, soft_wrap=True)
+    err.print(f"{tasks.get(m['task']).describe(m)} · {r.seconds:.2f}s · {cache}", markup=False, soft_wrap=True)
     if st.get("unk_tokens") and st["tokens"] and st["unk_tokens"] / st["tokens"] > UNK_WARNING:
         err.print(f"warning: {st['unk_tokens'] / st['tokens']:.1%} of the tokens are the unknown token: the "
                   "tokenizer does not cover much of this text (another language or script?)", markup=False,
@@ -257,15 +246,11 @@ def _print_funnel(m: dict[str, Any], examples: bool) -> None:
             err.print(f"  augmented: not added: {f['unchanged_copies']:,} copies equal to their row, "
                       f"{f['dropped_copies']:,} removed by a token rule", markup=False, soft_wrap=True)
         if f["stage"] == "balanced":
-            err.print(f"  labels before balancing: {_dist(f['before'])}", markup=False, soft_wrap=True)
-            err.print(f"  labels after balancing:  {_dist(f['after'])}", markup=False, soft_wrap=True)
+            err.print(f"  labels before balancing: {distribution_text(f['before'])}", markup=False, soft_wrap=True)
+            err.print(f"  labels after balancing:  {distribution_text(f['after'])}", markup=False, soft_wrap=True)
     if m.get("class_weights"):
         weights = ", ".join(f"{n} {w:g}" for n, w in zip(m["labels"], m["class_weights"], strict=True))
         err.print(f"  class weights (for the loss): {weights}", markup=False, soft_wrap=True)
-
-
-def _dist(d: dict[str, int]) -> str:
-    return " · ".join(f"{k} {v:,}" for k, v in d.items())
 
 
 @main.command()
@@ -407,7 +392,7 @@ def inspect(target: str, split: str, n_rows: int, as_json: bool) -> None:
     TARGET is a spec (its dataset must be built), a dataset directory, or a key prefix from
     `ftc cache ls`. Masked tokens (no loss) are shown between ⟦ and ⟧.
     """
-    from ftc.inspection import decode_classification, decode_rows, find_dataset
+    from ftc.inspection import find_dataset
 
     path, manifest = find_dataset(target)
     if as_json:
@@ -416,33 +401,21 @@ def inspect(target: str, split: str, n_rows: int, as_json: bool) -> None:
     err.print(f"dataset {path}", markup=False, soft_wrap=True)
     err.print(f"key {manifest['key']} · task {manifest['task']} · max_length {manifest['max_length']} · "
               f"template {manifest['template']}", markup=False)
-    classify = manifest["task"] == "classification"
+    task = tasks.get(manifest["task"])
     table = Table(box=None, pad_edge=False)
-    cols = ("split", "examples", "tokens", "padding", "bucketed", "labels") if classify else (
-        "split", "examples", "rows", "tokens", "label tokens", "efficiency")
+    cols, lines = task.split_table(st["splits"])
     for col in cols:
         table.add_column(col, justify="left" if col in ("split", "labels") else "right")
-    for name, s in st["splits"].items():
-        if classify:
-            pad = [f"{s[k]:.1%}" if s[k] is not None else "-" for k in ("padding_ratio", "padding_ratio_bucketed")]
-            table.add_row(name, f"{s['examples']:,}", f"{s['tokens']:,}", *pad, _dist(s["labels"]))
-        else:
-            eff = f"{s['packing_efficiency']:.2%}" if s["packing_efficiency"] is not None else "-"
-            table.add_row(name, f"{s['examples']:,}", f"{s['rows']:,}", f"{s['tokens']:,}", f"{s['label_tokens']:,}",
-                          eff)
+    for line in lines:
+        table.add_row(*line)
     err.print(table)
     err.print(f"read {st['rows_read']:,} · quarantined {st['quarantined']:,} · removed {st['removed']:,} · "
               f"kept {st['kept']:,}", markup=False)
     _print_funnel(manifest, examples=True)
-    if classify:
-        for i, (label, text) in enumerate(decode_classification(path, manifest, split, n_rows)):
-            err.print(f"\n── {split} row {i} · label {label} " + "─" * 20, markup=False)
-            err.print(text, markup=False, soft_wrap=True)
-        return
-    for i, examples in enumerate(decode_rows(path, manifest, split, n_rows)):
-        err.print(f"\n── {split} row {i} · {len(examples)} examples " + "─" * 20, markup=False)
-        for j, text in enumerate(examples):
-            err.print(f"[{j}] {text}", markup=False, soft_wrap=True)
+    for i, (head, lines) in enumerate(task.inspect_rows(path, manifest, split, n_rows)):
+        err.print(f"\n── {split} row {i} · {head} " + "─" * 20, markup=False)
+        for line in lines:
+            err.print(line, markup=False, soft_wrap=True)
 
 
 @main.command()
@@ -480,41 +453,14 @@ def infer(artifact: Path, texts: tuple[str, ...], file: Path | None, variant: st
     inputs = [{"text": t} for t in texts] + (read_inputs(file) if file is not None else [])
     start = time.perf_counter()
     model = runtime.load(artifact, variant)
-    if isinstance(model, runtime.Classifier):
-        results = _classify_inputs(model, inputs, batch_size)
-    else:
-        results = [model.generate(_prompt(i, raw or not model.artifact.template), max_new_tokens=max_new_tokens,
-                                   temperature=temperature, top_p=top_p, top_k=top_k, seed=seed).as_dict()
-                   for i in inputs]
+    task = tasks.get(model.task)
+    results = task.infer(model, inputs, {"batch_size": batch_size, "raw": raw, "max_new_tokens": max_new_tokens,
+                                         "temperature": temperature, "top_p": top_p, "top_k": top_k, "seed": seed})
     for i, (inp, res) in enumerate(zip(inputs, results, strict=True)):
-        if as_json:  # a classifier's row extends its input; a generation's `text` is its answer
-            row = inp | res if model.task == "classification" else {"input": inp} | res
-            click.echo(json.dumps(row, ensure_ascii=False))
-        elif model.task == "classification":
-            probs = " ".join(f"{k}={v:.4f}" for k, v in res["probabilities"].items())
-            click.echo(f"{res['label']}\t{probs}\t{inp['text']}")
-        else:
-            click.echo(("\n" if i else "") + res["text"])
+        click.echo(json.dumps(task.infer_json(inp, res), ensure_ascii=False) if as_json
+                   else task.infer_line(inp, res, i == 0))
     err.print(f"{model.task} · {artifact} · {model.artifact.variant} · {len(inputs)} input{'s' * (len(inputs) != 1)} · "
               f"{time.perf_counter() - start:.2f}s", markup=False, soft_wrap=True)
-
-
-def _classify_inputs(model: Any, inputs: list[dict[str, Any]], batch_size: int) -> list[dict[str, Any]]:
-    from ftc.errors import InferenceError
-
-    if bad := next((i for i in inputs if "text" not in i), None):
-        raise InferenceError(f"a classifier takes texts; this input has {', '.join(bad)}")
-    with_pairs = any("text_pair" in i for i in inputs)
-    pairs = [i.get("text_pair", "") for i in inputs] if with_pairs else None
-    return [p.as_dict() for p in model.classify([i["text"] for i in inputs], pairs, batch_size=batch_size)]
-
-
-def _prompt(inp: dict[str, Any], raw: bool) -> Any:
-    if "messages" in inp:
-        return inp["messages"]
-    if "prompt" in inp:
-        return inp["prompt"]
-    return inp["text"] if raw else [{"role": "user", "content": inp["text"]}]
 
 
 @main.command()
@@ -550,7 +496,7 @@ def serve(artifact: Path, variant: str | None, host: str, port: int, max_batch: 
     except OSError as e:
         raise FtcError(f"cannot listen on {host}:{port}: {e.strerror or e}",
                        hint="pick another --port (0: any free one)") from None
-    endpoint = "/v1/classify" if model.task == "classification" else "/v1/generate"
+    endpoint = tasks.get(model.task).endpoint
     err.print(f"serving {artifact} ({model.task}, {model.artifact.variant}) on {server.url} · GET /health · "
               f"POST {endpoint} · Ctrl-C stops", markup=False, soft_wrap=True)
     try:

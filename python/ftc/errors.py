@@ -54,3 +54,35 @@ class ArtifactError(FtcError):
 
 class InferenceError(FtcError):
     """A request the loaded model cannot serve: the wrong task, an empty input, too long a prompt."""
+
+
+class KernelError(FtcError):
+    """A data kernel (the Rust extension) refused its input; raised from Rust by kind."""
+
+    HINT: str | None = None
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message, hint if hint is not None else self.HINT)
+
+
+class TokenizerError(KernelError):
+    """The tokenizer file cannot be loaded."""
+
+    HINT = ("the model's tokenizer.json must be one the `tokenizers` library reads: check `model.base`, or "
+            "save the tokenizer again with `save_pretrained`")
+
+
+class TemplateError(KernelError):
+    """The chat template does not compile or refused a conversation."""
+
+    HINT = "check `tokenize.template` (a built-in name, a .jinja file, or the model's own template)"
+
+
+class KernelInputError(KernelError):
+    """Arguments or rows a kernel cannot take."""
+
+
+class KernelIOError(KernelError):
+    """A file a kernel reads or writes failed."""
+
+    HINT = "check that the path exists, is readable, and that the disk has room"

@@ -18,24 +18,21 @@ import json
 import shutil
 import time
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from ftc import __version__, onnx_export, store
+from ftc import __version__, onnx_export, store, tasks
 from ftc.errors import ExportError
 from ftc.model import check_remote_code
 from ftc.parity import Parity
+from ftc.rows import load_split, pad_id
 from ftc.runtime.artifact import FORMAT, MANIFEST, sha256  # the format loading checks
 from ftc.spec import Export
-from ftc.train import IGNORE, load_classifier, pad_id, segments
 
 ARTIFACTS = "artifacts-v1"
 RUNS = "runs-v1"
-GPTQ_GROUP = 32  # the builder's int4 block size on CPU
 UNMERGEABLE = ("prompt-tuning", "prefix-tuning")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 Progress = Callable[[str, int, int | None], None]  # (phase, advance, total), as in ftc.prep
@@ -53,8 +50,8 @@ class Run:
         return self.manifest["key"]
 
     @property
-    def task(self) -> str:
-        return self.manifest["task"]
+    def task(self) -> tasks.Task:
+        return tasks.get(self.manifest["task"])
 
     @property
     def trust_remote_code(self) -> bool:
@@ -134,16 +131,13 @@ def export(run: Run, settings: Export | None = None, *, spec_text: str | None = 
     check(run, settings)
     inputs = export_inputs(run.key, settings)
     key = store.key_of(inputs)
-    if not force and (hit := store.lookup(ARTIFACTS, key)):
-        return _result(key, hit, True, t0)
-    with store.lock(ARTIFACTS, key):
-        if not force and (hit := store.lookup(ARTIFACTS, key)):
-            return _result(key, hit, True, t0)
-        with store.staging(ARTIFACTS, key) as tmp:
-            manifest = _export(run, settings, inputs, key, spec_text or run.spec_text, tmp, progress or _quiet)
-            manifest["seconds"] = round(time.perf_counter() - t0, 3)
-            store.write_json(tmp / store.MANIFEST, manifest)
-    return _result(key, store.entry_dir(ARTIFACTS, key), False, t0)
+
+    def make(tmp: Path) -> dict[str, Any]:
+        manifest = _export(run, settings, inputs, key, spec_text or run.spec_text, tmp, progress or _quiet)
+        manifest["seconds"] = round(time.perf_counter() - t0, 3)
+        return manifest
+
+    return _result(key, *store.build_once(ARTIFACTS, key, make, force=force), t0)
 
 
 def _result(key: str, path: Path, hit: bool, t0: float) -> ExportResult:
@@ -166,14 +160,7 @@ def check(run: Run, settings: Export) -> None:
                           "plain model (and no ONNX graph a runtime can feed text) reproduces it",
                           hint="export is for methods whose result is weights: retrain with `lora` (or `dora`, "
                           "`ia3`, `full`, `freeze`); the adapter itself loads with `PeftModel.from_pretrained`")
-    if settings.onnx and run.task == "classification" and "int4" in variants(settings):
-        raise ExportError("`[export] quantize = \"int4\"` is weight-only quantization for decoders; a "
-                          "classification encoder is quantized to int8", hint="set `quantize = \"int8\"`")
-    if settings.onnx and run.task == "causal-lm":
-        from transformers import AutoConfig
-
-        config = AutoConfig.from_pretrained(_weights_dir(run), trust_remote_code=run.trust_remote_code)
-        onnx_export.check_decoder(config)
+    run.task.check_export(settings, _weights_dir(run), run.trust_remote_code)
 
 
 def _weights_dir(run: Run) -> Path:
@@ -190,6 +177,7 @@ def _export(run: Run, settings: Export, inputs: dict[str, Any], key: str, spec_t
     tokenizer = AutoTokenizer.from_pretrained(run.path / "model", trust_remote_code=run.trust_remote_code)
     data_dir, data = _dataset(run)
     held_out = _held_out(run, data_dir, data, settings.rows)
+    task = run.task
     merged_dir = tmp / "merged" if settings.merge else tmp / ".merged"
     progress("merge", 0, 1)
     model = merge(load_trained(run, tokenizer))
@@ -198,13 +186,15 @@ def _export(run: Run, settings: Export, inputs: dict[str, Any], key: str, spec_t
     progress("merge", 1, 1)
     art = tmp / "artifact"
     names = variants(settings) if settings.onnx else []
-    eos = eos_token_ids(tokenizer, model, held_out.end_tokens)
+    eos = eos_token_ids(tokenizer, model, task.end_tokens(held_out.rows))
     candidates: dict[str, Any] = {}
     if names:
         art.mkdir()
         for name in names:
             progress(f"onnx {name}", 0, 1)
-            candidates[name] = _make_variant(run, name, model, merged_dir, art, settings, eos, (data_dir, data), progress)
+            candidates[name] = task.make_variant(name, model, merged_dir, art, settings, eos,
+                                                 lambda: calibration(data_dir, data, settings.calibration_rows),
+                                                 progress)
             progress(f"onnx {name}", 1, 1)
         for f in TOKENIZER_FILES:
             if (merged_dir / f).is_file():
@@ -212,11 +202,8 @@ def _export(run: Run, settings: Export, inputs: dict[str, Any], key: str, spec_t
     del model  # merge_and_unload changed the loaded weights: the reference is loaded afresh
     reference = load_trained(run, tokenizer)
     if not names:  # merged weights only: they are what is checked
-        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-        auto = AutoModelForSequenceClassification if run.task == "classification" else AutoModelForCausalLM
-        candidates["merged"] = auto.from_pretrained(merged_dir, attn_implementation="eager",
-                                                    trust_remote_code=run.trust_remote_code).eval()
+        candidates["merged"] = task.auto_class().from_pretrained(merged_dir, attn_implementation="eager",
+                                                                 trust_remote_code=run.trust_remote_code).eval()
     if not settings.merge:
         shutil.rmtree(merged_dir)
     parity = Parity(run.task, held_out, reference, candidates, pad_id(tokenizer)).measure(progress)
@@ -231,7 +218,7 @@ def _export(run: Run, settings: Export, inputs: dict[str, Any], key: str, spec_t
         card = artifact_card(run, settings, tokenizer, data, names, figures, eos, key, spec_text, art)
         store.write_json(art / MANIFEST, card)
     return {"key": key, "name": run.manifest.get("name", ""), "format": ARTIFACTS, "ftc_version": __version__,
-            "created": time.time(), "run": run.key, "task": run.task, "method": run.manifest["method"],
+            "created": time.time(), "run": run.key, "task": task.name, "method": run.manifest["method"],
             "variants": names, "merged": settings.merge, "parity": figures, "failures": failures,
             "inputs": inputs}
 
@@ -240,17 +227,12 @@ def load_trained(run: Run, tokenizer: Any) -> Any:
     """The run's model as trained, on CPU in fp32 with eager attention: the reference every
     export is compared with, and the graph the legacy ONNX exporter traces."""
     import torch
-    from transformers import AutoModelForCausalLM
 
     kwargs: dict[str, Any] = {"dtype": torch.float32, "attn_implementation": "eager",
                               "trust_remote_code": run.trust_remote_code}
     source = _weights_dir(run)
-    if run.task == "classification":
-        model = load_classifier(source, run.manifest["labels"], **kwargs)  # the head comes with the adapter
-        if model.config.pad_token_id is None:
-            model.config.pad_token_id = pad_id(tokenizer)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    # a new head comes with the adapter; merged weights hold their own
+    model = run.task.load_reference(source, run.manifest, pad_id(tokenizer), **kwargs)
     if source != run.path / "model":
         from peft import PeftModel
 
@@ -264,61 +246,11 @@ def merge(model: Any) -> Any:
     return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
 
 
-def _make_variant(run: Run, name: str, model: Any, merged_dir: Path, art: Path, settings: Export,
-                  eos: list[int], dataset: tuple[Path, dict[str, Any]], progress: Progress) -> Any:
-    if run.task == "causal-lm":  # a genai directory per precision, built from the merged checkpoint
-        onnx_export.build_decoder(merged_dir, art / name, name, eos)
-        if name == "int4" and settings.int4_method == "gptq":
-            _gptq(model, art / name, calibration(*dataset, settings.calibration_rows), progress)
-        return art / name
-    path = art / ("model.onnx" if name == "fp32" else f"model.{name}.onnx")
-    if name == "fp32":
-        onnx_export.export_classifier(model, path, classifier_inputs(model), settings.opset)
-    else:
-        onnx_export.quantize_int8(art / "model.onnx", path)
-    return path
-
-
 def calibration(data_dir: Path, data: dict[str, Any], n: int) -> list[Any]:
-    """The first `n` training examples' ids, each a 1-D tensor: what GPTQ measures layer inputs on
-    (never the held-out rows the parity check scores)."""
-    import torch
+    """The first `n` training examples' ids (what GPTQ calibrates on; never the held-out rows)."""
+    from ftc.tasks.causal_lm import calibration as examples
 
-    from ftc.build import load_split
-
-    return [torch.as_tensor(np.asarray(e["input_ids"])) for e in _examples(load_split(data_dir, data, "train"), n)]
-
-
-def _gptq(model: Any, folder: Path, examples: list[Any], progress: Progress) -> None:
-    """Re-round the builder's int4 weights with GPTQ, calibrated on `examples`."""
-    import torch
-
-    from ftc import gptq
-
-    targets = onnx_export.nbits_targets(folder, model, GPTQ_GROUP)
-    linears = {n: model.get_submodule(n) for names in targets.values() for n in names}
-    advance = _advancer(progress, "gptq calibration", len(examples))
-    moments = gptq.second_moments(model, linears, examples, advance)
-    advance = _advancer(progress, "gptq", len(targets))
-    codes = {}
-    for node, names in targets.items():
-        parts = [gptq.quantize(linears[n].weight, moments[n], group=GPTQ_GROUP) for n in names]
-        codes[node] = gptq.Codes(*(torch.cat(t) for t in zip(*((c.q, c.scale, c.zero) for c in parts), strict=True)))
-        advance(1)
-    onnx_export.write_nbits(folder, codes, GPTQ_GROUP)
-
-
-def _advancer(progress: Progress, phase: str, total: int) -> Callable[[int], None]:
-    progress(phase, 0, total)
-    return lambda n: progress(phase, n, total)
-
-
-def classifier_inputs(model: Any) -> list[str]:
-    """input_ids, attention_mask, and token_type_ids for models that take them (BERT-like)."""
-    import inspect
-
-    takes_types = "token_type_ids" in inspect.signature(model.forward).parameters
-    return ["input_ids", "attention_mask", *(["token_type_ids"] if takes_types else [])]
+    return examples(load_split(data_dir, data, "train"), n)
 
 
 # ── held-out rows ────────────────────────────────────────────────────────────────────────────
@@ -326,8 +258,7 @@ def classifier_inputs(model: Any) -> list[str]:
 @dataclass
 class HeldOut:
     split: str
-    rows: list[dict[str, Any]]  # classification rows, or one causal-lm example per row
-    end_tokens: list[int]  # last labelled token of each causal-lm example: the template's end of turn
+    rows: list[dict[str, Any]]  # as the task's `parity_feed` takes them
     sample: dict[str, Any] | None = None  # how the rows were drawn, for the card
 
 
@@ -337,15 +268,13 @@ def _dataset(run: Run) -> tuple[Path, dict[str, Any]]:
         raise ExportError(f"the dataset of run {run.key[:12]} is no longer in the store (removed by `ftc cache`?); "
                           "the parity check needs its held-out rows", hint="`ftc prep` the run's spec again: "
                           "the same inputs rebuild the same dataset")
-    return data_dir, json.loads((data_dir / store.MANIFEST).read_text(encoding="utf-8"))
+    return data_dir, store.read_manifest(data_dir)
 
 
 def _held_out(run: Run, data_dir: Path, data: dict[str, Any], n: int) -> HeldOut:
-    """A seeded sample of `n` rows of the whole test split (else validation): in file order the
-    first rows can all be of one kind (one class, the longest examples, which packing puts
-    first), and every variant is measured on this same sample."""
-    from ftc.build import load_split
-
+    """A seeded sample of `n` rows of the whole test split (else validation), drawn by the task:
+    in file order the first rows can all be of one kind (one class, the longest examples, which
+    packing puts first), and every variant is measured on this same sample."""
     for split in ("test", "valid"):
         if (ds := load_split(data_dir, data, split)) is not None:
             break
@@ -353,67 +282,8 @@ def _held_out(run: Run, data_dir: Path, data: dict[str, Any], n: int) -> HeldOut
         raise ExportError("the run's dataset has no test or validation rows to check the export on",
                           hint="set `data.split.test` above 0 and rebuild, or `verify = false`")
     seed = int(data.get("inputs", {}).get("seed", 0))
-    if run.task == "classification":
-        labels = ds.data.column("label").to_numpy()
-        picked = stratified_sample(labels, n, seed)
-        names = run.manifest.get("labels") or []
-        counts = np.bincount(labels[picked], minlength=len(names))
-        sample = {"split": split, "of": len(ds), "seed": seed,
-                  "drawn": "seeded random sample, stratified by label" if len(picked) < len(ds) else "the whole split",
-                  "labels": {str(names[i]) if i < len(names) else str(i): int(c) for i, c in enumerate(counts)}}
-        return HeldOut(split, [ds[int(i)] for i in picked], [], sample)
-    rows, total = _sampled_examples(ds, n, seed)
-    sample = {"split": split, "of": total, "seed": seed,
-              "drawn": "seeded random sample of the examples" if len(rows) < total else "the whole split"}
-    return HeldOut(split, rows, sorted({int(r["labels"][-1]) for r in rows if r["labels"][-1] >= 0}), sample)
-
-
-def stratified_sample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """Indices of `n` rows (all, when there are fewer), each label taking its share of the
-    split (largest remainders round), drawn at random within the label; in ascending order."""
-    if n >= len(labels):
-        return np.arange(len(labels))
-    rng = np.random.default_rng(seed)
-    kinds, counts = np.unique(labels, return_counts=True)
-    exact = n * counts / len(labels)
-    quota = np.floor(exact).astype(np.int64)
-    quota[np.argsort(-(exact - quota), kind="stable")[:n - int(quota.sum())]] += 1
-    picked = [rng.permutation(np.flatnonzero(labels == k))[:q] for k, q in zip(kinds, quota, strict=True)]
-    return np.sort(np.concatenate(picked))
-
-
-def _sampled_examples(ds: Any, n: int, seed: int) -> tuple[list[dict[str, Any]], int]:
-    """`n` examples drawn at random from every example of the split (packed rows hold several),
-    and how many there are; an example with nothing to score is passed over."""
-    lengths = [ls or [len(ds[r]["input_ids"])] for r, ls in enumerate(ds.data.column("seq_lengths").to_pylist())]
-    where = [(r, start, k) for r, ls in enumerate(lengths)
-             for start, k in zip(np.cumsum([0, *ls])[:-1].tolist(), ls, strict=True)]
-    rows: list[tuple[int, int, dict[str, Any]]] = []
-    for i in np.random.default_rng(seed).permutation(len(where)):
-        r, start, k = where[i]
-        row = ds[r]
-        lab = np.asarray(row["labels"][start:start + k]).copy()
-        lab[0] = IGNORE  # as in training: only the previous example could predict it
-        if (lab != IGNORE).any():
-            rows.append((r, start, {"input_ids": np.asarray(row["input_ids"][start:start + k]), "labels": lab}))
-            if len(rows) == n:
-                break
-    return [e for *_, e in sorted(rows, key=lambda t: t[:2])], len(where)
-
-
-def _examples(ds: Any, n: int) -> Iterator[dict[str, Any]]:
-    """Packed rows → their examples, each alone (positions restart, so each is exactly the
-    sequence the packed row computed), with at least one labelled token after the first."""
-    count = 0
-    for row in ds:
-        for seg, lab in segments(row):
-            lab = lab.copy()
-            lab[0] = IGNORE  # as in training: only the previous example could predict it
-            if (lab != IGNORE).any():
-                yield {"input_ids": seg, "labels": lab}
-                count += 1
-                if count >= n:
-                    return
+    rows, sample = run.task.held_out(ds, n, seed, run.manifest.get("labels"))
+    return HeldOut(split, rows, {"split": split, **sample})
 
 
 # ── the artifact ─────────────────────────────────────────────────────────────────────────────
@@ -430,19 +300,13 @@ def eos_token_ids(tokenizer: Any, model: Any, end_tokens: list[int]) -> list[int
 def artifact_card(run: Run, settings: Export, tokenizer: Any, data: dict[str, Any], names: list[str],
                   figures: dict[str, Any], eos: list[int], key: str, spec_text: str | None, art: Path) -> dict[str, Any]:
     """`ftc-artifact.json`: what a runtime needs to serve the directory, and the proof."""
-    classify = run.task == "classification"
-    paths = {n: ("model.onnx" if n == "fp32" else f"model.{n}.onnx") if classify else n for n in names}
+    task = run.task
+    paths = {n: task.variant_path(n) for n in names}
     passed = [n for n in names if figures[n]["passed"]] or ["fp32"]
-    inputs = ["input_ids", "attention_mask"]
-    if classify:
-        from ftc.onnx_export import session
-
-        inputs = [i.name for i in session(art / "model.onnx", threads=1).get_inputs()]
     return {
-        "format": FORMAT, "ftc_version": __version__, "created": time.time(), "task": run.task,
-        "labels": run.manifest.get("labels"), "max_length": data["max_length"],
-        "template": None if classify else data.get("template_source"),
-        "inputs": inputs, "pad_token_id": pad_id(tokenizer), "eos_token_ids": eos,
+        "format": FORMAT, "ftc_version": __version__, "created": time.time(), "task": task.name,
+        "labels": run.manifest.get("labels"), "max_length": data["max_length"], **task.card(data, art),
+        "pad_token_id": pad_id(tokenizer), "eos_token_ids": eos,
         "variants": {n: {"path": p} for n, p in paths.items()},
         "default": min(passed, key=lambda n: _bytes(art / paths[n])),
         "files": file_hashes(art), "spec": spec_text, "run": run.key, "export_key": key, "parity": figures,

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ftc.train import IGNORE, pad_id, segments
+from ftc.rows import IGNORE, pad_id, segments
 
 
 @dataclass

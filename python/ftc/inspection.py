@@ -87,3 +87,8 @@ def mark_masked(enc: Any, ids: list[int], labels: list[int]) -> str:
 
 def _wrap(text: str, masked: bool) -> str:
     return f"{MASK_OPEN}{text}{MASK_CLOSE}" if masked else text
+
+
+def distribution_text(d: dict[str, int]) -> str:
+    """Label counts on one line: `positive 1,204 · negative 1,187`."""
+    return " · ".join(f"{k} {v:,}" for k, v in d.items())

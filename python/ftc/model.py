@@ -13,6 +13,7 @@ import importlib.util
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ftc import _data
 from ftc.errors import ModelError
@@ -57,29 +58,25 @@ def materialize_gguf(path: Path) -> Path:
     from ftc import store
 
     key = store.key_of({"format": store.MODELS, "gguf": _data.hash_files([str(path)])[0]})
-    if hit := store.lookup(store.MODELS, key):
-        return hit
-    with store.lock(store.MODELS, key):
-        if hit := store.lookup(store.MODELS, key):
-            return hit
-        with store.staging(store.MODELS, key) as tmp:
-            try:
-                from transformers import AutoModelForCausalLM, AutoTokenizer
+    def make(tmp: Path) -> dict[str, Any]:
+        try:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
 
-                tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, trust_remote_code=False)
-                model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, trust_remote_code=False)
-            except Exception as e:  # the GGUF loader raises many types for unsupported files
-                raise ModelError(f"{path}: transformers cannot load this GGUF file: {str(e).splitlines()[0]}",
-                                 hint="use a GGUF of an architecture and quantization transformers supports, "
-                                 "or an HF model directory") from None
-            # De-quantized weights are plain tensors: drop the loader's marker so they can be saved.
-            model.hf_quantizer = None
-            if hasattr(model.config, "quantization_config"):
-                del model.config.quantization_config
-            tokenizer.save_pretrained(tmp)
-            model.save_pretrained(tmp)
-            store.write_json(tmp / store.MANIFEST, {"key": key, "name": path.stem, "source": str(path)})
-    return store.entry_dir(store.MODELS, key)
+            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, trust_remote_code=False)
+            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, trust_remote_code=False)
+        except Exception as e:  # the GGUF loader raises many types for unsupported files
+            raise ModelError(f"{path}: transformers cannot load this GGUF file: {str(e).splitlines()[0]}",
+                             hint="use a GGUF of an architecture and quantization transformers supports, "
+                             "or an HF model directory") from None
+        # De-quantized weights are plain tensors: drop the loader's marker so they can be saved.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        tokenizer.save_pretrained(tmp)
+        model.save_pretrained(tmp)
+        return {"key": key, "name": path.stem, "source": str(path)}
+
+    return store.build_once(store.MODELS, key, make)[0]
 
 
 def check_remote_code(model_dir: Path, trusted: bool) -> None:

@@ -39,35 +39,47 @@ PRECISIONS = ("fp32", "int8", "int4")
 RECIPE = 3  # enters the export key: bump it when a change here changes the graphs (2: int4 k-quant, 3: GPTQ)
 
 
-# ── encoders: classification ─────────────────────────────────────────────────────────────────
+# ── encoders: classification, token classification, question answering ──────────────────────
 
-def export_classifier(model: Any, path: Path, inputs: list[str], opset: int | None) -> None:
-    """`model` (a transformers sequence classifier, eager attention) → `path`: int64 inputs
-    `inputs` with dynamic batch and sequence axes, one output `logits` [batch, num_labels].
-    The fp32 graph is then fused by the transformer optimizer where one applies; the fused
-    graph computes the same logits (checked by the parity stage) and is what int8 quantizes."""
+def graph_inputs(model: Any) -> list[str]:
+    """input_ids, attention_mask, and token_type_ids for models that take them (BERT-like)."""
+    import inspect
+
+    takes_types = "token_type_ids" in inspect.signature(model.forward).parameters
+    return ["input_ids", "attention_mask", *(["token_type_ids"] if takes_types else [])]
+
+
+def export_graph(model: Any, path: Path, inputs: list[str], outputs: tuple[str, ...], opset: int | None, *,
+                 per_token: bool = False) -> None:
+    """`model` (a transformers encoder with a task head, eager attention) → `path`: int64 inputs
+    `inputs` with dynamic batch and sequence axes, and the model output's fields `outputs`
+    (`logits`, or `start_logits` + `end_logits`), with a sequence axis when `per_token`. The fp32 graph is then fused by the
+    transformer optimizer where one applies; the fused graph computes the same outputs
+    (checked by the parity stage) and is what int8 quantizes."""
     import torch
 
-    class Logits(torch.nn.Module):  # named inputs in, one tensor out: the graph's signature
+    class Head(torch.nn.Module):  # named inputs in, named tensors out: the graph's signature
         def __init__(self) -> None:
             super().__init__()
             self.model = model
 
         def forward(self, *tensors: Any) -> Any:
-            return self.model(**dict(zip(inputs, tensors, strict=True))).logits
+            out = self.model(**dict(zip(inputs, tensors, strict=True)))
+            return tuple(out[k] for k in outputs)
 
     scratch = path.parent / f".{path.stem}-raw"
     scratch.mkdir()
     raw = scratch / "model.onnx"
     dummy = tuple(torch.ones((2, 8), dtype=torch.long) for _ in inputs)
-    axes = {n: {0: "batch", 1: "sequence"} for n in inputs} | {"logits": {0: "batch"}}
+    out_axes = {0: "batch", 1: "sequence"} if per_token else {0: "batch"}
+    axes = {n: {0: "batch", 1: "sequence"} for n in inputs} | {n: out_axes for n in outputs}
     try:
         with torch.no_grad(), warnings.catch_warnings():
             # Tracing transformers' mask code warns of Python booleans and index ops that are
             # constant on these axes; the parity stage checks the graph's logits instead.
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             warnings.filterwarnings("ignore", message="Exporting aten::index operator")
-            torch.onnx.export(Logits().eval(), dummy, str(raw), input_names=inputs, output_names=["logits"],
+            torch.onnx.export(Head().eval(), dummy, str(raw), input_names=inputs, output_names=list(outputs),
                               dynamic_axes=axes, opset_version=opset, dynamo=False, do_constant_folding=True)
     except Exception as e:  # the exporter raises many types; all mean "this graph does not export"
         shutil.rmtree(scratch, ignore_errors=True)
@@ -113,15 +125,6 @@ def quantize_int8(src: Path, dst: Path) -> None:
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True})
     finally:
         root.removeFilter(advice)
-
-
-def session(path: Path, threads: int = 0) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3  # the optimizer's fused graphs warn about unused initializers
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 # ── decoders: onnxruntime-genai ──────────────────────────────────────────────────────────────

@@ -6,10 +6,11 @@ difference and the argmax agreement against its reference (fp32 ONNX and merged 
 against PyTorch, int8 / int4 against fp32 ONNX), and the task metric (accuracy, or
 perplexity over the labelled tokens, as training evaluates it) of every model.
 
-Classification compares the logits of each row; a causal LM the next-token logits at every
-position whose next token carries a label (the tokens perplexity scores), each example run
-alone through the ONNX graph as one prefill. One pass, one batch at a time: no logits are kept,
-only the reference's top-two gap of every row.
+The task (`ftc.tasks`) says which logits are scored and against what: a classifier's logits of
+each row, a causal LM's next-token logits at every position whose next token carries a label
+(the tokens perplexity scores, each example run alone through the graph as one prefill). Its
+`parity_metric` is accuracy or perplexity. One pass, one batch at a time: no logits are kept,
+only the reference's top-two gap of every scored row.
 
 Where an argmax flips, the reference's top-two gap says whether the model was sure: a flip
 where the gap is under `near_tie` × the median gap of the sample is a near-tie, an unsure row
@@ -20,7 +21,6 @@ lose accuracy there: that is what the defaults judge (`Parity.judge`).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,11 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from ftc import evaluate, onnx_export
+from ftc import evaluate
 from ftc.spec import Export
 
 REFERENCE = {"fp32": "torch", "merged": "torch", "int8": "fp32", "int4": "fp32"}
-BATCH = 32
 
 
 @dataclass
@@ -90,15 +89,15 @@ class Diff:
 
 @dataclass
 class Metric:
-    """Accuracy (classification) or the NLL sum behind perplexity (causal LM)."""
+    """Accuracy, or the NLL sum behind perplexity, of scored logits [n, classes]."""
 
-    task: str
+    name: str  # "accuracy" or "perplexity"
     hits: int = 0
     nll: float = 0.0
     n: int = 0
 
     def add(self, logits: np.ndarray, targets: np.ndarray) -> None:
-        if self.task == "classification":
+        if self.name == "accuracy":
             self.hits += int((logits.argmax(-1) == targets).sum())
         else:
             z = logits.astype(np.float64)
@@ -108,90 +107,51 @@ class Metric:
         self.n += len(targets)
 
     @property
-    def name(self) -> str:
-        return "accuracy" if self.task == "classification" else "perplexity"
-
-    @property
     def value(self) -> float:
-        if self.task == "classification":
+        if self.name == "accuracy":
             return self.hits / self.n if self.n else 0.0
         return evaluate.perplexity(self.nll, self.n)
 
 
 class Parity:
-    def __init__(self, task: str, held_out: Any, reference: Any, candidates: dict[str, Any],
+    def __init__(self, task: Any, held_out: Any, reference: Any, candidates: dict[str, Any],
                  pad_id: int | None) -> None:
-        """`candidates`: name → an ONNX graph (classification), a genai directory (causal LM),
-        or a torch model; names are keys of `REFERENCE`."""
+        """`task`: the run's `ftc.tasks.Task`; `candidates`: name → an exported variant's path
+        (what `task.make_variant` returned) or a torch model; names are keys of `REFERENCE`."""
         self.task, self.held_out, self.reference = task, held_out, reference
         self.pad_id = pad_id if pad_id is not None else 0
         self.candidates = candidates
         self.diffs = {name: Diff() for name in candidates}
-        self.metrics = {name: Metric(task) for name in ("torch", *candidates)}
+        self.metrics = {name: Metric(task.parity_metric) for name in ("torch", *candidates)}
         self.passed: dict[str, bool] = {}
         self.settings: Export | None = None  # the thresholds `judge` applied
 
     def _runner(self, candidate: Any) -> Callable[[dict[str, Any]], np.ndarray]:
         if not isinstance(candidate, Path):  # a torch model
-            return lambda batch: candidate(**batch).logits[0 if self.task != "classification" else slice(None)].numpy()
-        if self.task == "classification":
-            sess = onnx_export.session(candidate)
-            names = [i.name for i in sess.get_inputs()]
-
-            def run(batch: dict[str, Any]) -> np.ndarray:
-                ids = batch["input_ids"].numpy()
-                return sess.run(["logits"], {n: batch[n].numpy() if n in batch else np.zeros_like(ids)
-                                             for n in names})[0]
-            return run
-        sess = onnx_export.session(candidate / "model.onnx")
-        config = json.loads((candidate / "genai_config.json").read_text(encoding="utf-8"))
-        return lambda batch: onnx_export.decoder_logits(sess, config, batch["input_ids"][0].numpy())
+            return lambda batch: self.task.torch_logits(candidate, batch)
+        return self.task.graph_runner(candidate)
 
     def measure(self, progress: Callable[[str, int, int | None], None]) -> Parity:
         import torch
 
-        self.runners = {name: self._runner(c) for name, c in self.candidates.items()}
+        runners = {name: self._runner(c) for name, c in self.candidates.items()}
         rows = self.held_out.rows
         progress("parity", 0, len(rows))
-        step = BATCH if self.task == "classification" else 1
         with torch.no_grad():
-            for start in range(0, len(rows), step):
-                chunk = rows[start:start + step]
-                if self.task == "classification":
-                    self._classification_batch(chunk)
-                else:
-                    self._example(chunk[0])
-                progress("parity", len(chunk), None)
+            for batch, pick, targets in self.task.parity_feed(rows, self.pad_id):
+                outs = {"torch": pick(self.task.torch_logits(self.reference, batch))}
+                outs |= {name: pick(run(batch)) for name, run in runners.items()}
+                self.add(outs, targets)
+                progress("parity", len(batch["input_ids"]), None)
         return self
-
-    def _classification_batch(self, rows: list[dict[str, Any]]) -> None:
-        from ftc.train import ClassificationCollator
-
-        batch = ClassificationCollator(self.pad_id)(rows)
-        targets = batch.pop("labels").numpy()
-        outs = {"torch": self.reference(**batch).logits.numpy()}
-        outs |= {name: run(batch) for name, run in self.runners.items()}
-        self.add(outs, targets)
-
-    def _example(self, row: dict[str, Any]) -> None:
-        import torch
-
-        from ftc.train import IGNORE
-
-        labels = np.asarray(row["labels"])
-        pos = np.flatnonzero(labels[1:] != IGNORE)  # logits at t predict the token at t + 1
-        batch = {"input_ids": torch.as_tensor(np.asarray(row["input_ids"]), dtype=torch.long)[None]}
-        outs = {"torch": self.reference(**batch).logits[0].numpy()[pos]}
-        outs |= {name: run(batch)[pos] for name, run in self.runners.items()}
-        self.add(outs, labels[pos + 1])
 
     def add(self, outs: dict[str, np.ndarray], targets: np.ndarray) -> None:
         """One batch of logits of every model (name → logits), and what they should predict."""
-        classify = self.task == "classification"
+        accuracy = self.task.parity_metric == "accuracy"
         for name, logits in outs.items():
             self.metrics[name].add(logits, targets)
             if name in self.diffs:
-                self.diffs[name].add(outs[REFERENCE[name]], logits, targets if classify else None)
+                self.diffs[name].add(outs[REFERENCE[name]], logits, targets if accuracy else None)
 
     def judge(self, s: Export) -> list[str]:
         """Each candidate against the `[export]` thresholds; returns what failed, as text.
@@ -208,7 +168,7 @@ class Parity:
         failures = []
         base = self.metrics["torch"].value
         for name, d in self.diffs.items():
-            quantized, classify = REFERENCE[name] != "torch", self.task == "classification"
+            quantized, classify = REFERENCE[name] != "torch", self.task.parity_metric == "accuracy"
             value = self.metrics[name].value
             problems = []
             if not quantized and d.max_abs_diff > s.max_abs_diff:

@@ -1,18 +1,16 @@
-"""The data stage: spec → dataset in the store (README: The store).
+"""The data stage: spec → dataset in the store (docs/architecture.md: The data stage).
 
-    sources ─► quarantine ─► clean ─► template+tokenize+mask ─► token rules ─► dedup ─► split
-      causal-lm:      ─► weight ─► augment (train) ─► spool per split ─► BFD packing ─► Arrow IPC
-      classification: ─► (all rows) split ─► weight ─► augment (train) ─► balance ─► Arrow IPC
+    sources ─► quarantine ─► task row checks ─► clean ─► task encoding (Rust) ─► token rules
+      ─► dedup ─► the task's collector: split, weight, augment, (balance), write Arrow IPC
 
-Causal-LM streams: batches are encoded and appended to a per-split spool file as they come;
-only per-example offsets and lengths stay in memory, and packing needs lengths, not tokens.
-Classification keeps its rows (short texts) in memory: a stratified split and balancing need
-every label first. The rules themselves live in `ftc.quality`; per-record work is Rust.
+Everything up to dedup is shared; what the kept rows become is the task's (`ftc.tasks`):
+causal-LM streams them into per-split spools and packs them (`ftc.spool`), one-example-per-row
+tasks keep them in memory until every label is known (a stratified split and balancing need
+them all). The rules themselves live in `ftc.quality`; per-record work is Rust.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -27,15 +25,14 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ftc import __version__, _data, quality, store
+from ftc import __version__, _data, quality, store, tasks
 from ftc.errors import BuildError, SourceError
 from ftc.model import TokenizerInfo, load_tokenizer_info, resolve_model, resolve_template
 from ftc.quality import Funnel
-from ftc.sources import SourceBatch, file_format, read_source, source_files, source_name
+from ftc.sources import SourceBatch, read_source, source_files, source_name
 from ftc.spec import Spec
 
 SPLITS = ("train", "valid", "test")
-COLUMNS = ("input_ids", "labels", "position_ids", "seq_lengths")
 STATUS_REASONS = {1: "too long (truncation = drop)", 2: "no token left to train on"}
 Progress = Callable[[str, int, int | None], None]  # (phase, advance, total)
 
@@ -59,78 +56,6 @@ class SourceStats:
     kept: int = 0
     examples: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
     notes: list[str] = field(default_factory=list)  # how a file was read, when a reader decided it (encoding)
-
-
-class Spool:
-    """Token ids and labels of one split, appended batch by batch to two flat int32 files."""
-
-    def __init__(self, root: Path, split: str, block: int | None, unk_id: int | None = None) -> None:
-        self.ids_path, self.labels_path = root / f"{split}.ids", root / f"{split}.labels"
-        self._ids, self._labels = open(self.ids_path, "wb"), open(self.labels_path, "wb")
-        self.tokens = 0
-        self.offsets: list[np.ndarray] = []
-        self.lengths: list[np.ndarray] = []
-        self.block = block  # chunk mode: cut the concatenated stream into blocks of this size
-        self.carry = np.empty(0, dtype=np.int32)
-        self.unk_id = unk_id
-        self.unk = 0  # unknown tokens appended
-
-    def append(self, ids: pa.ListArray, labels: pa.ListArray, repeats: np.ndarray) -> None:
-        if self.block is not None:  # the stream holds each document `repeats` times
-            ids = ids.take(pa.array(np.repeat(np.arange(len(ids)), repeats)))
-            return self._append_stream(np.asarray(ids.flatten(), dtype=np.int32))
-        flat_ids = np.asarray(ids.flatten(), dtype=np.int32)
-        lengths = np.asarray(pc.list_value_length(ids), dtype=np.uint32)
-        starts = self.tokens + np.concatenate([[0], np.cumsum(lengths[:-1], dtype=np.uint64)]).astype(np.uint64)
-        self._write(flat_ids, np.asarray(labels.flatten(), dtype=np.int32))
-        self.offsets.append(np.repeat(starts, repeats))
-        self.lengths.append(np.repeat(lengths, repeats))
-
-    def _append_stream(self, flat: np.ndarray) -> None:
-        buf = np.concatenate([self.carry, flat])
-        n = len(buf) // self.block * self.block
-        self._add_blocks(buf[:n])
-        self.carry = buf[n:]
-
-    def _add_blocks(self, buf: np.ndarray) -> None:
-        if not len(buf):
-            return
-        k = -(-len(buf) // self.block)
-        starts = self.tokens + np.arange(k, dtype=np.uint64) * self.block
-        lengths = np.minimum(self.block, len(buf) - np.arange(k) * self.block).astype(np.uint32)
-        self._write(buf, buf)
-        self.offsets.append(starts)
-        self.lengths.append(lengths)
-
-    def _write(self, ids: np.ndarray, labels: np.ndarray) -> None:
-        if self.unk_id is not None:
-            self.unk += int(np.count_nonzero(ids == self.unk_id))
-        self._ids.write(ids.astype("<i4", copy=False).tobytes())
-        self._labels.write(labels.astype("<i4", copy=False).tobytes())
-        self.tokens += len(ids)
-
-    def close(self) -> tuple[np.ndarray, np.ndarray]:
-        if self.block is not None:
-            self._add_blocks(self.carry)  # the tail is kept as a shorter block: nothing lost
-            self.carry = np.empty(0, dtype=np.int32)
-        self._ids.close()
-        self._labels.close()
-        cat = lambda xs, dt: np.concatenate(xs).astype(dt) if xs else np.empty(0, dt)  # noqa: E731
-        return cat(self.offsets, np.uint64), cat(self.lengths, np.uint32)
-
-
-@dataclass
-class Classified:
-    """Classification rows kept in memory until every label is known."""
-
-    texts: list[pl.DataFrame] = field(default_factory=list)  # text (+ text_pair), cleaned; kept to augment
-    ids: list[pa.Array] = field(default_factory=list)
-    type_ids: list[pa.Array] = field(default_factory=list)
-    hashes: list[np.ndarray] = field(default_factory=list)
-    labels: list[pl.Series] = field(default_factory=list)
-    splits: list[np.ndarray] = field(default_factory=list)  # from a split column, -1 if none
-    source: list[np.ndarray] = field(default_factory=list)
-    lines: list[np.ndarray] = field(default_factory=list)
 
 
 class Origins:
@@ -164,8 +89,8 @@ class Run:
     funnel: Funnel
     removed: quality.Removed
     quarantine: Any
-    spools: dict[str, Spool] | None
-    classified: Classified | None
+    task: Any  # ftc.tasks.Task
+    collector: Any = None  # the task's: kept rows → split files
     unk_id: int | None = None
     origins: Origins = field(default_factory=lambda: Origins())
     names: list[str] = field(default_factory=list)
@@ -183,7 +108,7 @@ def _free_bytes() -> int:
     return shutil.disk_usage(at).free
 
 
-def _check_output_size(run: Run, tokens: int, src: str, weight: float) -> None:
+def check_output_size(run: Run, tokens: int, src: str, weight: float) -> None:
     """Refuses, before it is written, a training split the store's disk cannot hold: a large
     mixing weight multiplies a source, and the build would otherwise fill the disk."""
     run.weighted_tokens += tokens
@@ -215,8 +140,7 @@ def key_inputs(spec: Spec, files: list[list[Path]], info: TokenizerInfo, templat
         "template": None if template is None else {"name": template[0], "sha256": store.key_of(template[1])},
         "synonyms": next(it) if extra else None,
         "hook": quality.hook_fingerprint(spec),
-        # classification reports padding with the training batch size
-        "batch_size": spec.train.batch_size if spec.model.task == "classification" else None,
+        **tasks.get(spec.model.task).key_inputs(spec),
     }
 
 
@@ -231,17 +155,14 @@ def prep(spec: Spec, *, threads: int = 0, progress: Progress | None = None, forc
     t0 = time.perf_counter()
     files, info, template, inputs = resolve_inputs(spec, threads)
     key = store.key_of(inputs)
-    if not force and (hit := store.lookup(store.DATASETS, key)):
-        return PrepResult(key, hit, True, _read_manifest(hit), time.perf_counter() - t0)
-    with store.lock(store.DATASETS, key):
-        if not force and (hit := store.lookup(store.DATASETS, key)):  # built while we waited
-            return PrepResult(key, hit, True, _read_manifest(hit), time.perf_counter() - t0)
-        with store.staging(store.DATASETS, key) as tmp:
-            manifest = _build(spec, files, info, template, inputs, key, tmp, threads, progress)
-            manifest["seconds"] = round(time.perf_counter() - t0, 3)
-            store.write_json(tmp / store.MANIFEST, manifest)
-    path = store.entry_dir(store.DATASETS, key)
-    return PrepResult(key, path, False, manifest, time.perf_counter() - t0)
+
+    def make(tmp: Path) -> dict[str, Any]:
+        manifest = _build(spec, files, info, template, inputs, key, tmp, threads, progress)
+        manifest["seconds"] = round(time.perf_counter() - t0, 3)
+        return manifest
+
+    path, hit = store.build_once(store.DATASETS, key, make, force=force)
+    return PrepResult(key, path, hit, store.read_manifest(path), time.perf_counter() - t0)
 
 
 def resolve_inputs(spec: Spec, threads: int = 0) -> tuple[list[list[Path]], TokenizerInfo, tuple[str, str] | None,
@@ -250,9 +171,7 @@ def resolve_inputs(spec: Spec, threads: int = 0) -> tuple[list[list[Path]], Toke
     and the key's inputs."""
     files = [source_files(s, spec.root) for s in spec.data.sources]
     info = load_tokenizer_info(resolve_model(spec.model.base, spec.root))
-    raw_text = spec.model.task == "classification" or all(
-        s.columns.text is not None or all(file_format(s, f) == "txt" for f in fs)
-        for s, fs in zip(spec.data.sources, files, strict=True))
+    raw_text = not tasks.get(spec.model.task).uses_template(spec, files)
     if spec.tokenize.truncation == "chunk" and not raw_text:
         raise BuildError("`tokenize.truncation = \"chunk\"` concatenates raw text into blocks; these sources "
                          "hold conversations or prompt/response pairs", hint="use `right`, `left` or `drop` for "
@@ -264,17 +183,12 @@ def resolve_inputs(spec: Spec, threads: int = 0) -> tuple[list[list[Path]], Toke
     return files, info, template, key_inputs(spec, files, info, template, threads)
 
 
-def _read_manifest(path: Path) -> dict[str, Any]:
-    return json.loads((path / store.MANIFEST).read_text(encoding="utf-8"))
-
-
 def _build(spec: Spec, files: list[list[Path]], info: TokenizerInfo, template: tuple[str, str] | None,
            inputs: dict[str, Any], key: str, tmp: Path, threads: int, progress: Progress | None) -> dict[str, Any]:
     tok, clean = spec.tokenize, spec.data.clean
-    classify = spec.model.task == "classification"
+    task = tasks.get(spec.model.task)
     spool_dir = tmp / ".spool"
     spool_dir.mkdir()
-    block = tok.max_length if tok.truncation == "chunk" else None
     deduper = None if clean.dedup == "none" else _data.Deduper(
         clean.dedup, threshold=clean.near.threshold, shingle=clean.near.shingle, num_perm=clean.near.num_perm,
         threads=threads)
@@ -289,10 +203,10 @@ def _build(spec: Spec, files: list[list[Path]], info: TokenizerInfo, template: t
         funnel=Funnel(),
         removed=quality.Removed(tmp / "removed.jsonl"),
         quarantine=open(tmp / "quarantine.jsonl", "wb"),  # noqa: SIM115 (closed below)
-        spools=None if classify else {s: Spool(spool_dir, s, block, info.unk_id) for s in SPLITS},
-        classified=Classified() if classify else None,
+        task=task,
         unk_id=info.unk_id,
     )
+    run.collector = task.collector(run, spool_dir)
     stats: list[SourceStats] = []
     total_bytes = sum(f.stat().st_size for fs in files for f in fs)
     if progress:
@@ -311,18 +225,7 @@ def _build(spec: Spec, files: list[list[Path]], info: TokenizerInfo, template: t
         run.quarantine.close()
         run.removed.close()
     _check_bad_fraction(spec, stats, tmp)
-    extra: dict[str, Any] = {}
-    if classify:
-        splits, extra = _finish_classification(run, stats, tmp)
-        columns = ["input_ids", "label", "length"] + (["token_type_ids"] if extra.pop("pairs") else [])
-    else:
-        splits = {}
-        for name, spool in (run.spools or {}).items():
-            offsets, lengths = spool.close()
-            splits[name] = _write_split(tmp / f"{name}.arrow", spool, offsets, lengths, tok.max_length,
-                                        tok.pack, threads, progress)
-            splits[name]["unk_tokens"] = spool.unk if run.unk_id is not None else None
-        columns = list(COLUMNS)
+    splits, extra, columns = run.collector.finish(run, stats, tmp, threads, progress)
     shutil.copyfile(info.dir / "tokenizer.json", tmp / "tokenizer.json")  # inspect decodes without the model
     shutil.rmtree(spool_dir)
     final_train = splits["train"]["examples"]
@@ -346,7 +249,7 @@ def _build(spec: Spec, files: list[list[Path]], info: TokenizerInfo, template: t
             "funnel": run.funnel.to_dict(final_train),
             "rule_examples": run.funnel.examples,
             "splits": splits,
-            **_totals(stats, splits, tok.max_length, classify),
+            **_totals(stats, splits), **task.totals(splits, tok.max_length),
         },
     }
 
@@ -359,9 +262,8 @@ def _process_batch(run: Run, batch: SourceBatch, idx: int, weight: float, st: So
     st.read += rows.height + bad.height
     funnel.read += rows.height + bad.height
     bad_parts = [bad]
-    if spec.model.task == "classification":
-        rows, more = _check_labels(run, rows)
-        bad_parts.append(more)
+    rows, more = run.task.check_rows(run, rows)
+    bad_parts.append(more)
     codes = np.full(rows.height, -1, dtype=np.int8)
     if "split" in rows.columns:
         codes, unknown = quality.column_split(rows["split"])
@@ -374,7 +276,7 @@ def _process_batch(run: Run, batch: SourceBatch, idx: int, weight: float, st: So
     rows, reason = quality.clean_rows(run.cleaner, spec, rows, funnel)
     keep = _remove(run, st, batch, rows, reason.series(), "cleaned")
     rows, codes = rows.filter(pl.Series(keep)), codes[keep]
-    ids, second, hashes, (failed, failed_why), reason = _encode(run, rows)
+    ids, second, hashes, (failed, failed_why), reason = encode_rows(run, rows)
     if failed.any():  # the template could not render the row: its message goes to quarantine
         bad_parts.append(rows.filter(pl.Series(failed)).select("line", reason=pl.lit("template: ") + failed_why))
     keep = _remove(run, st, batch, rows, reason.series(), "cleaned") & ~failed
@@ -390,137 +292,7 @@ def _process_batch(run: Run, batch: SourceBatch, idx: int, weight: float, st: So
         failures.sort("line").select(source=pl.lit(st.name), file=pl.lit(str(batch.file)), line="line",
                                      reason="reason").write_ndjson(run.quarantine)
     st.kept += rows.height
-    if run.classified is not None:
-        c = run.classified
-        if run.augment is not None:  # only augmentation reads the texts again
-            c.texts.append(rows.select([k for k in ("text", "text_pair") if k in rows.columns]))
-        c.ids.append(ids)
-        c.type_ids.append(second)
-        c.hashes.append(hashes)
-        c.labels.append(rows["label"])
-        c.splits.append(codes)
-        c.source.append(np.full(rows.height, idx, dtype=np.int32))
-        c.lines.append(rows["line"].to_numpy())
-        return
-    split = np.where(codes >= 0, codes, quality.assign_split(hashes, rows["line"].to_numpy(), idx, spec))
-    for s_i, s_name in enumerate(SPLITS):
-        sel = split == s_i
-        funnel.splits[s_name] += int(sel.sum())
-        if not sel.any():
-            continue
-        # Mixing weights and augmentation apply to training rows only; held-out splits stay as they are.
-        reps = quality.repeats(hashes[sel], weight, spec.project.seed) if s_name == "train" else np.ones(
-            int(sel.sum()), np.int64)
-        st.examples[s_name] += int(reps.sum())
-        sel_pa = pa.array(sel)
-        kept_ids = pc.filter(ids, sel_pa)
-        if s_name == "train":
-            lengths = np.asarray(pc.list_value_length(kept_ids), dtype=np.int64)
-            _check_output_size(run, int((lengths * reps).sum()), st.name, weight)
-        run.spools[s_name].append(kept_ids, pc.filter(second, sel_pa), reps)  # type: ignore[index]
-        if s_name == "train":
-            funnel.train_weighted = (funnel.train_weighted or 0) + int(reps.sum())
-            if run.augment is not None:
-                _augment_causal(run, st, rows.filter(pl.Series(sel)), hashes[sel], reps)
-
-
-def _finish_classification(run: Run, stats: list[SourceStats], tmp: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Labels to indices, the split, weights, augmentation and balancing over all rows, then
-    one Arrow file per split: `input_ids`, `label`, `length` (+ `token_type_ids` for pairs)."""
-    spec, c, funnel = run.spec, run.classified, run.funnel
-    assert c is not None
-    labels = pl.concat(c.labels) if c.labels else pl.Series("label", [], pl.String)
-    names = run.label_names or quality.infer_label_names(set(labels.to_list()))
-    if not names:
-        raise SourceError("no labelled row survived the data stage: nothing to classify")
-    y = quality.label_index(labels, names)
-    hashes = np.concatenate(c.hashes) if c.hashes else np.zeros(0, np.uint64)
-    codes = np.concatenate(c.splits) if c.splits else np.zeros(0, np.int8)
-    source = np.concatenate(c.source) if c.source else np.zeros(0, np.int32)
-    lines = np.concatenate(c.lines) if c.lines else np.zeros(0, np.uint64)
-    ids = pa.concat_arrays(c.ids) if c.ids else pa.array([], pa.list_(pa.int32()))
-    lengths = np.asarray(pc.list_value_length(ids), dtype=np.int32)  # as stored: after truncation
-    type_ids = pa.concat_arrays(c.type_ids) if c.type_ids else pa.array([], pa.list_(pa.int32()))
-    pairs = any(src.columns.text_pair is not None for src in spec.data.sources)
-    free = codes < 0
-    sp = spec.data.split
-    split = codes.copy()
-    if sp.by == "random" and sp.stratify:
-        split[free] = quality.stratified_split(y[free], hashes[free], spec)
-    else:
-        for i in range(len(spec.data.sources)):
-            m = free & (source == i)
-            split[m] = quality.assign_split(hashes[m], lines[m], i, spec)
-    for s_i, s_name in enumerate(SPLITS):
-        funnel.splits[s_name] = int((split == s_i).sum())
-    # training rows: weights, then augmented copies, then balancing
-    train = np.flatnonzero(split == 0)
-    weights = np.array([s.weight for s in spec.data.sources])
-    reps = quality.repeats(hashes[train], weights[source[train]], spec.project.seed)
-    if len(train):
-        worst = int(np.argmax(reps * lengths[train]))
-        _check_output_size(run, int((reps * lengths[train]).sum()), run.names[source[train][worst]],
-                           float(weights[source[train][worst]]))
-    order = np.repeat(train, reps)
-    funnel.train_weighted = len(order)
-    parts_ids, parts_types, parts_len = [ids.take(pa.array(order))], [type_ids.take(pa.array(order))], [lengths[order]]
-    parts_y, parts_h, parts_src = [y[order]], [hashes[order]], [source[order]]
-    if run.augment is not None and len(train):
-        originals = pl.concat(c.texts)[train.tolist()]
-        for copy in range(1, run.augment.copies + 1):
-            new, changed = run.augment.copy(originals, hashes[train], copy)
-            funnel.augmented["unchanged"] += int((~changed).sum())
-            new, rows = new.filter(pl.Series(changed)), train[changed]
-            a_ids, a_types, a_hash, (failed, _), reason = _encode(run, new.with_columns(line=pl.lit(0, pl.UInt64)))
-            ok = ~reason.removed & ~failed
-            funnel.augmented["dropped"] += int((~ok).sum())
-            k = pa.array(ok)
-            parts_ids.append(pc.filter(a_ids, k))
-            parts_types.append(pc.filter(a_types, k))
-            parts_len.append(np.asarray(pc.list_value_length(a_ids), dtype=np.int32)[ok])
-            parts_y.append(y[rows][ok])
-            parts_h.append(a_hash[ok])
-            parts_src.append(source[rows][ok])
-            funnel.augmented["added"] += int(ok.sum())
-    t_ids, t_types = pa.concat_arrays(parts_ids), pa.concat_arrays(parts_types)
-    t_len, t_y, t_h, t_src = (np.concatenate(p) for p in (parts_len, parts_y, parts_h, parts_src))
-    before = quality.distribution(t_y, names)
-    keep, class_weights = quality.balance(t_y, t_h, len(names), spec)
-    if spec.data.balance.strategy != "none":
-        after = quality.distribution(t_y[keep], names)
-        distinct = len(np.unique(keep))
-        funnel.balance = {"strategy": spec.data.balance.strategy, "before": before, "after": after,
-                          "added": len(keep) - distinct, "removed": len(t_y) - distinct}
-    k = pa.array(keep)
-    out = {"train": (t_ids.take(k), t_types.take(k), t_len[keep], t_y[keep], t_src[keep])}
-    for s_i, s_name in ((1, "valid"), (2, "test")):
-        sel = np.flatnonzero(split == s_i)
-        out[s_name] = (ids.take(pa.array(sel)), type_ids.take(pa.array(sel)), lengths[sel], y[sel], source[sel])
-    splits = {}
-    for name, (s_ids, s_types, s_len, s_y, s_src) in out.items():
-        for i, st in enumerate(stats):
-            st.examples[name] = int((s_src == i).sum())
-        cols = {"input_ids": s_ids, "label": pa.array(s_y, pa.int32()), "length": pa.array(s_len, pa.int32())}
-        if pairs:
-            cols["token_type_ids"] = s_types
-        table = pa.table(cols)
-        with pa.OSFile(str(tmp / f"{name}.arrow"), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as w:
-            w.write_table(table, max_chunksize=8192)
-        bs = spec.train.batch_size
-        unk = run.unk_id
-        splits[name] = {
-            "unk_tokens": int(np.count_nonzero(np.asarray(s_ids.flatten()) == unk)) if unk is not None else None,
-            "examples": len(s_y),
-            "rows": len(s_y),
-            "tokens": int(s_len.sum()),
-            "labels": quality.distribution(s_y, names),
-            "max_example_tokens": int(s_len.max()) if len(s_len) else 0,
-            "padding_ratio": quality.padding_ratio(s_len, bs, spec.project.seed, bucketed=False),
-            "padding_ratio_bucketed": quality.padding_ratio(s_len, bs, spec.project.seed, bucketed=True),
-        }
-    extra = {"labels": names, "class_weights": class_weights, "pairs": pairs,
-             "label_distribution": {"train_before_balance": before, "train": splits["train"]["labels"]}}
-    return splits, extra
+    run.collector.add(run, rows, codes, ids, second, hashes, idx, weight, st)
 
 
 def _take(keep: np.ndarray, rows: pl.DataFrame, codes: np.ndarray, ids: pa.Array, second: pa.Array,
@@ -531,44 +303,16 @@ def _take(keep: np.ndarray, rows: pl.DataFrame, codes: np.ndarray, ids: pa.Array
     return rows.filter(pl.Series(keep)), codes[keep], pc.filter(ids, k), pc.filter(second, k), hashes[keep]
 
 
-def _check_labels(run: Run, rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Classification rows need a text and a label; with `model.labels` given, an unknown label
-    is quarantined."""
-    if "text" not in rows.columns:
-        raise BuildError("classification reads a `text` column (and optionally `text_pair`); this source maps "
-                         "a conversation or prompt/response", hint="map `columns = { text = \"...\", label = \"...\" }`")
-    if "label" not in rows.columns:
-        raise BuildError("classification needs a label for every row; this source maps none",
-                         hint="map a label column (`columns = { text = \"...\", label = \"...\" }`) or give the "
-                         "source one `label`")
-    rows = rows.with_columns(quality.canonical_labels(rows["label"]))
-    if run.label_names is None:
-        return rows, pl.DataFrame(schema={"line": pl.UInt64, "reason": pl.String})
-    known = quality.label_index(rows["label"], run.label_names) >= 0
-    names = ", ".join(run.label_names)
-    bad = rows.filter(pl.Series(~known)).select(
-        "line", reason=pl.format("unknown label: '{}' (labels: {})", "label", pl.lit(names)))
-    return rows.filter(pl.Series(known)), bad
-
-
-def _encode(run: Run, rows: pl.DataFrame) -> tuple[pa.Array, pa.Array, np.ndarray, tuple[np.ndarray, pl.Series],
+def encode_rows(run: Run, rows: pl.DataFrame) -> tuple[pa.Array, pa.Array, np.ndarray, tuple[np.ndarray, pl.Series],
                                                   quality.Reasons]:
     """Rows → (input_ids, labels or token_type_ids, content hashes, (failed, template error of
     the failed rows), the rule that removes a row). Token limits count tokens before truncation."""
-    spec, enc = run.spec, run.encoder
-    tok, clean = spec.tokenize, spec.data.clean
+    clean = run.spec.data.clean
     if not rows.height:
         empty = pa.array([], pa.list_(pa.int32()))
         return (empty, empty, np.zeros(0, np.uint64), (np.zeros(0, bool), pl.Series([], dtype=pl.String)),
                 quality.Reasons(0))
-    if spec.model.task == "classification":
-        pairs = quality.strings(rows["text_pair"]) if "text_pair" in rows.columns else None
-        arrays = enc.encode_pairs(quality.strings(rows["text"]), pairs, tok.max_length, tok.truncation)
-    elif "messages" in rows.columns:
-        arrays = enc.encode_chat(rows["messages"].to_arrow(), tok.max_length, tok.truncation, tok.train_on == "all")
-    else:
-        arrays = enc.encode_text(quality.strings(rows["text"]), tok.max_length, tok.truncation)
-    ids, second, status, errors, hashes, lengths = (pa.array(a) for a in arrays)
+    ids, second, status, errors, hashes, lengths = (pa.array(a) for a in run.task.encode(run, rows))
     status_np, lengths_np = np.asarray(status), np.asarray(lengths)
     failed = status_np == 3
     reason = quality.Reasons(rows.height)
@@ -620,24 +364,6 @@ def _dedup(run: Run, st: SourceStats, batch: SourceBatch, idx: int, rows: pl.Dat
     return _remove(run, st, batch, rows, reason.series(), "deduped", original)
 
 
-def _augment_causal(run: Run, st: SourceStats, rows: pl.DataFrame, hashes: np.ndarray, reps: np.ndarray) -> None:
-    """Augmented copies of training rows, encoded and spooled like their originals."""
-    aug = run.augment
-    assert aug is not None and run.spools is not None
-    for copy in range(1, aug.copies + 1):
-        new, changed = aug.copy(rows, hashes, copy)
-        run.funnel.augmented["unchanged"] += int((~changed).sum())
-        new, r = new.filter(pl.Series(changed)), reps[changed]
-        ids, labels, _, (failed, _), reason = _encode(run, new)
-        ok = ~reason.removed & ~failed
-        run.funnel.augmented["dropped"] += int((~ok).sum())
-        if ok.any():
-            k = pa.array(ok)
-            run.spools["train"].append(pc.filter(ids, k), pc.filter(labels, k), r[ok])
-            st.examples["train"] += int(r[ok].sum())
-            run.funnel.augmented["added"] += int(r[ok].sum())
-
-
 def _check_bad_fraction(spec: Spec, stats: list[SourceStats], tmp: Path) -> None:
     read = sum(s.read for s in stats)
     bad = sum(s.quarantined for s in stats)
@@ -658,54 +384,14 @@ def _check_bad_fraction(spec: Spec, stats: list[SourceStats], tmp: Path) -> None
         raise SourceError("the sources hold no rows")
 
 
-def _write_split(path: Path, spool: Spool, offsets: np.ndarray, lengths: np.ndarray, max_length: int,
-                 pack: bool, threads: int, progress: Progress | None) -> dict[str, Any]:
-    if pack:
-        row_offsets, items = (pa.array(a) for a in _data.pack_rows(pa.array(lengths, pa.uint32()), max_length))
-    else:
-        row_offsets, items = pa.array(np.arange(len(lengths) + 1, dtype=np.uint64)), pa.array(
-            np.arange(len(lengths), dtype=np.uint32))
-    n_rows = len(row_offsets) - 1
-    schema = pa.schema([pa.field(c, pa.list_(pa.int32())) for c in COLUMNS])
-    per_batch = max(1, (2 << 20) // max_length)  # ~2M tokens per record batch
-    off_pa, len_pa = pa.array(offsets, pa.uint64()), pa.array(lengths, pa.uint32())
-    label_tokens = 0
-    if progress:
-        progress(f"pack {path.stem}", 0, n_rows)
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
-        for start in range(0, n_rows, per_batch):
-            end = min(n_rows, start + per_batch)
-            *arrays, labelled = _data.gather_rows(str(spool.ids_path), str(spool.labels_path), off_pa, len_pa,
-                                                  row_offsets, items, start, end, threads)
-            cols = [pa.array(a) for a in arrays]
-            label_tokens += labelled
-            writer.write_batch(pa.record_batch(cols, schema=schema))
-            if progress:
-                progress(f"pack {path.stem}", end - start, None)
-    tokens = int(lengths.sum(dtype=np.uint64))
-    return {
-        "examples": int(len(lengths)),
-        "rows": n_rows,
-        "tokens": tokens,
-        "label_tokens": label_tokens,
-        "packing_efficiency": round(tokens / (n_rows * max_length), 6) if n_rows else None,
-        "max_example_tokens": int(lengths.max()) if len(lengths) else 0,
-    }
-
-
-def _totals(stats: list[SourceStats], splits: dict[str, dict[str, Any]], max_length: int,
-            classify: bool) -> dict[str, Any]:
-    tokens = sum(s["tokens"] for s in splits.values())
-    rows = sum(s["rows"] for s in splits.values())
+def _totals(stats: list[SourceStats], splits: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The figures every task's dataset has; the task adds its own (`Task.totals`)."""
     unk = [s["unk_tokens"] for s in splits.values() if s.get("unk_tokens") is not None]
-    out = {
+    return {
         "unk_tokens": sum(unk) if unk else None,
         "rows_read": sum(s.read for s in stats),
         "quarantined": sum(s.quarantined for s in stats),
         "removed": sum(sum(s.removed.values()) for s in stats),
         "kept": sum(s.kept for s in stats),
-        "tokens": tokens,
+        "tokens": sum(s["tokens"] for s in splits.values()),
     }
-    if classify:
-        return {**out, "examples": rows}
-    return {**out, "packed_rows": rows, "packing_efficiency": round(tokens / (rows * max_length), 6) if rows else None}

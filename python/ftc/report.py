@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ftc import tasks
 from ftc.evaluate import gain, is_metric
 
 LOSS_PNG = "loss.png"
@@ -255,11 +256,7 @@ def write_report(run_dir: Path, *, spec_text: str, keys: dict[str, str], metrics
         lines += ["Base: the base model on the same split; gain: tuned − base.", ""]
     if loss_curves(log_history, run_dir / LOSS_PNG) is not None:
         lines += ["## Loss", "", f"![train and eval loss]({LOSS_PNG})", ""]
-    if task == "classification" and names and "confusion_matrix" in metrics:
-        confusion_png(metrics["confusion_matrix"], names, run_dir / CONFUSION_PNG)
-        lines += ["## Per class", "", *per_class_table(metrics.get("per_class", {})), "",
-                  "## Confusion matrix", "", "Rows: true class; columns: predicted class.", "",
-                  f"![confusion matrix]({CONFUSION_PNG})", ""]
+    lines += tasks.get(task).report_sections(metrics, names, run_dir)
     if samples := metrics.get("generation_samples"):
         lines += ["## Generations", "", f"Greedy answers to {metrics.get('generated')} test prompts "
                   f"(first {len(samples)} shown; the prompt's last 200 tokens).", ""]
@@ -271,3 +268,13 @@ def write_report(run_dir: Path, *, spec_text: str, keys: dict[str, str], metrics
     path = run_dir / "report.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+def class_sections(metrics: dict[str, Any], names: list[str] | None, run_dir: Path) -> list[str]:
+    """Per-class figures and the confusion matrix (a PNG beside the report)."""
+    if not names or "confusion_matrix" not in metrics:
+        return []
+    confusion_png(metrics["confusion_matrix"], names, run_dir / CONFUSION_PNG)
+    return ["## Per class", "", *per_class_table(metrics.get("per_class", {})), "",
+            "## Confusion matrix", "", "Rows: true class; columns: predicted class.", "",
+            f"![confusion matrix]({CONFUSION_PNG})", ""]

@@ -312,8 +312,6 @@ class Train(Table):
     prompt: PromptTuning = Field(default_factory=PromptTuning)
 
 
-CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1")
-GENERATION_METRICS = ("perplexity", "bleu", "rouge")
 
 
 class Eval(Table):
@@ -388,24 +386,17 @@ class Spec(Table):
 
     @model_validator(mode="after")
     def _task_fits_data(self) -> Spec:
-        if self.model.task != "classification":
-            if self.data.balance.strategy != "none":
-                raise ValueError("`data.balance` needs class labels: it applies to `model.task = \"classification\"`")
-            if any(s.label is not None for s in self.data.sources):
-                raise ValueError("a source `label` applies to `model.task = \"classification\"`")
-            if any(s.columns.text_pair is not None for s in self.data.sources):
-                raise ValueError("`columns.text_pair` applies to `model.task = \"classification\"`")
-        elif self.tokenize.truncation == "chunk":
-            raise ValueError("`tokenize.truncation = \"chunk\"` is for raw text; classification truncates "
-                             "`right`, `left` or drops (`drop`)")
+        from ftc import tasks  # the task modules import this schema
+
+        task = tasks.get(self.model.task)
+        task.check_spec(self)
         early = self.train.early_stopping
-        if early is not None and early.metric != "loss" and self.model.task != "classification":
-            raise ValueError(f"`train.early_stopping.metric = \"{early.metric}\"` is a classification metric; "
-                             "causal-lm stops on `loss`")
-        fits = CLASSIFICATION_METRICS if self.model.task == "classification" else GENERATION_METRICS
-        if wrong := [m for m in self.eval.metrics if m not in fits]:
-            raise ValueError(f"`eval.metrics` {wrong} do not apply to `model.task = \"{self.model.task}\"`, "
-                             f"whose metrics are {list(fits)}")
+        if early is not None and early.metric not in task.stop_metrics:
+            raise ValueError(f"`train.early_stopping.metric = \"{early.metric}\"` does not apply to "
+                             f"`model.task = \"{task.name}\"`, which stops on {list(task.stop_metrics)}")
+        if wrong := [m for m in self.eval.metrics if m not in task.metrics]:
+            raise ValueError(f"`eval.metrics` {wrong} do not apply to `model.task = \"{task.name}\"`, "
+                             f"whose metrics are {list(task.metrics)}")
         return self
 
     @property

@@ -16,7 +16,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +82,28 @@ def staging(bucket: str, key: str) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def build_once(bucket: str, key: str, make: Callable[[Path], dict[str, Any] | None], *,
+               force: bool = False) -> tuple[Path, bool]:
+    """The entry `bucket/key`, built by `make(tmp)` unless it is already complete: look up, lock,
+    look up again (a concurrent build may have finished it while this one waited), build in a
+    temporary directory, rename. `make` returns the manifest, written last; `None` when it wrote
+    its own. Returns (the entry's directory, whether it was a cache hit)."""
+    if not force and (hit := lookup(bucket, key)):
+        return hit, True
+    with lock(bucket, key):
+        if not force and (hit := lookup(bucket, key)):
+            return hit, True
+        with staging(bucket, key) as tmp:
+            manifest = make(tmp)
+            if manifest is not None:
+                write_json(tmp / MANIFEST, manifest)
+    return entry_dir(bucket, key), False
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    return json.loads((path / MANIFEST).read_text(encoding="utf-8"))
 
 
 def _fsync(path: Path) -> None:

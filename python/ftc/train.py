@@ -9,144 +9,33 @@ the same spec unchanged. ftc supplies what the Trainer does not know:
   never crosses examples and costs Σ len², not row_len²; the collator also removes the label
   of each example's first token, which only the previous example could have predicted. The
   per-token loss of a packed row equals each example's alone.
-- A step holds `batch_size` examples, packed or not, as the plain script a user would write:
-  `ExampleView` reads the packed split example by example and `FlatCollator` joins a batch into
-  one padding-free row. Batching whole packed rows (`batch_unit = "rows"`) takes several times
-  fewer steps per epoch at the same learning rate, and trained worse in the results bench.
+- The task (`ftc.tasks`) gives the model class and head, PEFT's task type, the collator, the
+  sampling, the validation metrics and the evaluation.
 - The methods of the spec (full, freeze, LoRA, DoRA, QLoRA, IA3, prompt and prefix tuning)
-  as PEFT configs or frozen parameters, and class-weighted loss for classification.
+  as PEFT configs or frozen parameters, and a class-weighted loss where the task has class
+  weights.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from ftc.errors import BuildError
 from ftc.spec import Spec
 
-IGNORE = -100
-
-
-# ── collators ────────────────────────────────────────────────────────────────────────────────
-
-@dataclass
-class PackedCollator:
-    """Causal-LM rows (packed or not) → a batch padded to its longest row. Padding becomes a
-    segment of its own (positions 0..k-1, no labels) so it never joins a real example."""
-
-    pad_id: int
-
-    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        import torch
-
-        width = max(len(r["input_ids"]) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
-        pos = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            n = len(r["input_ids"])
-            ids[i, :n] = torch.as_tensor(r["input_ids"])
-            lab = torch.as_tensor(r["labels"])
-            p = torch.as_tensor(r["position_ids"])
-            lab = lab.masked_fill(p == 0, IGNORE)  # a first token is never predicted when run alone
-            labels[i, :n] = lab
-            pos[i, :n] = p
-            pos[i, n:] = torch.arange(width - n)
-        return {"input_ids": ids, "labels": labels, "position_ids": pos}
-
-
-@dataclass
-class FlatCollator:
-    """Causal-LM examples (or packed rows) → one padding-free row: end to end, positions
-    restarting at each example, so per-example attention computes each as if alone. With
-    `ExampleView` a step holds `batch_size` examples, as an unpacked script's step does."""
-
-    pad_id: int
-
-    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        flat = {k: np.concatenate([np.asarray(r[k]) for r in rows]) for k in ("input_ids", "labels", "position_ids")}
-        return PackedCollator(self.pad_id)([flat])
-
-
-class ExampleView:
-    """A packed split seen as its examples: item i is one example's `input_ids`, `labels` and
-    `position_ids`, read from its packed row. Packing stays the storage (no padding, one
-    content-addressed file); the sampler shuffles examples, and `batch_size` counts them."""
-
-    def __init__(self, dataset: Any) -> None:
-        import pyarrow.compute as pc
-
-        self.dataset = dataset
-        lengths = dataset.data.column("seq_lengths")
-        counts = np.asarray(pc.list_value_length(lengths), dtype=np.int64)
-        sizes = np.asarray(pc.list_flatten(lengths), dtype=np.int64)
-        self.row = np.repeat(np.arange(len(counts)), counts)
-        ends = np.cumsum(sizes)
-        # each example's offset within its row: its end in the whole split minus its row's start
-        row_start = np.concatenate([[0], ends])[np.concatenate([[0], np.cumsum(counts)])[:-1]]
-        self.start = ends - sizes - np.repeat(row_start, counts)
-        self.size = sizes
-
-    def __len__(self) -> int:
-        return len(self.size)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        row = self.dataset[int(self.row[i])]
-        s, n = int(self.start[i]), int(self.size[i])
-        return {k: row[k][s:s + n] for k in ("input_ids", "labels", "position_ids")}
-
-
-def segments(row: dict[str, Any]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """The examples of a causal-LM row, as (input_ids, labels): one per `seq_lengths` entry of
-    a packed row, the whole row otherwise. Positions restart at each, so each is exactly the
-    sequence its part of the row computed."""
-    ids, labels = np.asarray(row["input_ids"]), np.asarray(row["labels"])
-    start = 0
-    for n in row.get("seq_lengths") or [len(ids)]:
-        yield ids[start:start + n], labels[start:start + n]
-        start += n
-
-
-def pad_id(tokenizer: Any) -> int | None:
-    """The id batches are padded with: the pad token, else EOS (decoders often have no pad)."""
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-
-@dataclass
-class ClassificationCollator:
-    pad_id: int
-
-    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        import torch
-
-        width = max(len(r["input_ids"]) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        types = torch.zeros((len(rows), width), dtype=torch.long) if "token_type_ids" in rows[0] else None
-        for i, r in enumerate(rows):
-            n = len(r["input_ids"])
-            ids[i, :n] = torch.as_tensor(r["input_ids"])
-            mask[i, :n] = 1
-            if types is not None:
-                types[i, :n] = torch.as_tensor(r["token_type_ids"])
-        batch: dict[str, Any] = {"input_ids": ids, "attention_mask": mask,
-                                 "labels": torch.as_tensor([r["label"] for r in rows])}
-        if types is not None:
-            batch["token_type_ids"] = types
-        return batch
+if TYPE_CHECKING:
+    from ftc.tasks import Task
 
 
 # ── the model and the method ─────────────────────────────────────────────────────────────────
 
-def check_method(spec: Spec) -> None:
+def check_method(spec: Spec, task: Task) -> None:
     """What must hold before any work starts."""
+    task.check_method(spec)
     method = spec.train.method
     if method == "qlora":
         import torch
@@ -159,9 +48,6 @@ def check_method(spec: Spec) -> None:
             import bitsandbytes  # noqa: F401
         except ImportError:
             raise BuildError("`train.method = \"qlora\"` needs bitsandbytes", hint="pip install bitsandbytes") from None
-    if method in ("prompt-tuning", "prefix-tuning") and spec.model.task == "causal-lm" and spec.tokenize.pack:
-        raise BuildError(f"`train.method = \"{method}\"` prepends virtual tokens to each sequence, but packed rows "
-                         "hold several examples", hint="set `tokenize.pack = false` for this method")
     if spec.train.optimizer == "paged-adamw-8bit":
         import torch
 
@@ -182,9 +68,9 @@ def precision(spec: Spec) -> str:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
 
 
-def load_model(spec: Spec, model_dir: Path, labels: list[str] | None) -> Any:
+def load_model(spec: Spec, task: Task, model_dir: Path, labels: list[str] | None, pad_id: int | None) -> Any:
+    """The base model with the task's head, in the spec's precision (4-bit for QLoRA)."""
     import torch
-    from transformers import AutoModelForCausalLM
 
     kwargs: dict[str, Any] = {"trust_remote_code": spec.model.trust_remote_code}  # off unless the spec opts in
     prec = precision(spec)
@@ -196,21 +82,8 @@ def load_model(spec: Spec, model_dir: Path, labels: list[str] | None) -> Any:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16 if prec == "bf16" else torch.float16)
-    if spec.model.task == "causal-lm":
-        kwargs["attn_implementation"] = register_segmented_attention()
-        if torch.cuda.is_available():
-            try:
-                import flash_attn  # noqa: F401
-
-                kwargs["attn_implementation"] = "flash_attention_2"  # varlen over the packed position_ids
-            except ImportError:
-                pass
     try:
-        if spec.model.task == "classification":
-            assert labels is not None
-            model = load_classifier(model_dir, labels, **kwargs)
-        else:
-            model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+        model = task.load_model(model_dir, labels, pad_id, **kwargs)
     except (OSError, ValueError) as e:
         raise BuildError(f"cannot load the base model from {model_dir}: {str(e).splitlines()[0]}") from None
     model.config.use_cache = False  # a cache would turn off the packed-sequence mask
@@ -255,23 +128,26 @@ def register_segmented_attention() -> str:
     return SEGMENTED
 
 
-def load_classifier(model_dir: Path, labels: list[str], **kwargs: Any) -> Any:
-    """The base with a new classification head. transformers reports the head as missing
-    weights in a table on every load; that is expected here, so only other missing weights
-    are reported, in one line."""
+def load_head(auto: Any, model_dir: Path, labels: list[str] | None, pad_id: int | None, **kwargs: Any) -> Any:
+    """The base with a new task head (`auto`: transformers' Auto class; `labels`: the head's
+    classes, None for a head of fixed size). transformers reports the head as missing weights
+    in a table on every load; that is expected here, so only other missing weights are
+    reported, in one line."""
     import warnings
 
-    from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
+    if labels is not None:
+        kwargs |= {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+                   "label2id": {n: i for i, n in enumerate(labels)}}
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        model, info = AutoModelForSequenceClassification.from_pretrained(
-            model_dir, num_labels=len(labels), id2label=dict(enumerate(labels)),
-            label2id={n: i for i, n in enumerate(labels)}, output_loading_info=True, **kwargs)
+        model, info = auto.from_pretrained(model_dir, output_loading_info=True, **kwargs)
     finally:
         hf_logging.set_verbosity(level)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = pad_id
     head = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad} - {model.base_model_prefix}
     if missing := sorted(k for k in info.get("missing_keys", ()) if k.split(".")[0] not in head):
         warnings.warn(f"{model_dir}: weights missing from the checkpoint, initialised at random: "
@@ -279,7 +155,7 @@ def load_classifier(model_dir: Path, labels: list[str], **kwargs: Any) -> Any:
     return model
 
 
-def apply_method(model: Any, spec: Spec) -> Any:
+def apply_method(model: Any, spec: Spec, task: Task) -> Any:
     """The spec's method → the model to train (a PEFT model or the base with some parameters
     frozen). Returns the model."""
     t = spec.train
@@ -290,19 +166,19 @@ def apply_method(model: Any, spec: Spec) -> Any:
         return freeze_all_but_top(model, t.trainable_layers)
     import peft
 
-    task = peft.TaskType.SEQ_CLS if spec.model.task == "classification" else peft.TaskType.CAUSAL_LM
+    task_type = getattr(peft.TaskType, task.peft_task_type)
     if method in ("lora", "dora", "qlora"):
         if method == "qlora":
             model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=t.gradient_checkpointing)
-        config: Any = peft.LoraConfig(task_type=task, r=t.lora.r, lora_alpha=t.lora.alpha,
+        config: Any = peft.LoraConfig(task_type=task_type, r=t.lora.r, lora_alpha=t.lora.alpha,
                                       lora_dropout=t.lora.dropout, target_modules=t.lora.target_modules,
                                       use_dora=method == "dora")
     elif method == "ia3":
-        config = peft.IA3Config(task_type=task)
+        config = peft.IA3Config(task_type=task_type)
     elif method == "prompt-tuning":
-        config = peft.PromptTuningConfig(task_type=task, num_virtual_tokens=t.prompt.num_virtual_tokens)
+        config = peft.PromptTuningConfig(task_type=task_type, num_virtual_tokens=t.prompt.num_virtual_tokens)
     else:
-        config = peft.PrefixTuningConfig(task_type=task, num_virtual_tokens=t.prompt.num_virtual_tokens)
+        config = peft.PrefixTuningConfig(task_type=task_type, num_virtual_tokens=t.prompt.num_virtual_tokens)
     try:
         return peft.get_peft_model(model, config)
     except ValueError as e:
@@ -368,7 +244,8 @@ def trainable(model: Any) -> tuple[int, int]:
 
 # ── the Trainer ──────────────────────────────────────────────────────────────────────────────
 
-def training_arguments(spec: Spec, out: Path, has_eval: bool, steps_per_epoch: int) -> Any:
+def training_arguments(spec: Spec, out: Path, has_eval: bool, steps_per_epoch: int, sampling: str = "random") -> Any:
+    """`sampling`: the task's (`random`, or `group_by_length` batches of similar lengths)."""
     import torch
     from transformers import TrainingArguments
 
@@ -419,8 +296,7 @@ def training_arguments(spec: Spec, out: Path, has_eval: bool, steps_per_epoch: i
         logging_first_step=True,
         report_to=["tensorboard"] if _has_tensorboard() else [],
         remove_unused_columns=False,
-        train_sampling_strategy="group_by_length" if spec.model.task == "classification" and t.group_by_length
-        else "random",
+        train_sampling_strategy=sampling,
         length_column_name="length",
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
@@ -442,7 +318,7 @@ def _has_tensorboard() -> bool:
     return True
 
 
-def make_trainer(spec: Spec, model: Any, args: Any, train_ds: Any, eval_ds: Any, collator: Callable,
+def make_trainer(spec: Spec, task: Task, model: Any, args: Any, train_ds: Any, eval_ds: Any, collator: Callable,
                  class_weights: list[float] | None) -> Any:
     import torch
     from transformers import EarlyStoppingCallback, Trainer
@@ -476,62 +352,10 @@ def make_trainer(spec: Spec, model: Any, args: Any, train_ds: Any, eval_ds: Any,
         callbacks.append(EarlyStoppingCallback(t.early_stopping.patience, t.early_stopping.threshold))
     return FtcTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, data_collator=collator,
                       callbacks=callbacks,
-                      compute_metrics=_classification_metrics if spec.model.task == "classification" else None)
-
-
-def _classification_metrics(prediction: Any) -> dict[str, float]:
-    """The Trainer's validation metrics for classification: eval_accuracy and eval_f1 (macro)."""
-    from ftc.evaluate import classification_metrics
-
-    logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-    pred, gold = np.asarray(logits).argmax(-1), np.asarray(prediction.label_ids)
-    m = classification_metrics(gold, pred, [str(i) for i in range(int(np.asarray(logits).shape[-1]))])
-    return {"accuracy": m["accuracy"], "f1": m["f1_macro"]}
+                      compute_metrics=task.trainer_metrics())
 
 
 def last_checkpoint(out: Path) -> Path | None:
     """The newest complete checkpoint of an interrupted run (its trainer state is written last)."""
     found = [p for p in out.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
     return max(found, key=lambda p: int(p.name.split("-")[1])) if found else None
-
-
-def token_loss(model: Any, dataset: Any, collator: Callable, batch_size: int) -> tuple[float, int]:
-    """Sum of token NLL and number of predicted tokens over a causal-LM split, exactly (the
-    Trainer's eval_loss averages batch means)."""
-    import torch
-
-    model.eval()
-    total, count = 0.0, 0
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        for start in range(0, len(dataset), batch_size):
-            batch = collator([dataset[i] for i in range(start, min(len(dataset), start + batch_size))])
-            batch = {k: v.to(device) for k, v in batch.items()}
-            labels = batch.pop("labels")
-            logits = model(**batch).logits.float()
-            logits = logits[:, logits.shape[1] - labels.shape[1]:]  # prompt tuning prepends virtual tokens
-            shift_logits, shift_labels = logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1)
-            nll = torch.nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE, reduction="sum")
-            total += float(nll)
-            count += int((shift_labels != IGNORE).sum())
-    return total, count
-
-
-def predict_labels(model: Any, dataset: Any, collator: Callable, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    import torch
-
-    model.eval()
-    device = next(model.parameters()).device
-    # Length-sorted batches carry less padding, which is masked: only the speed changes.
-    order = np.argsort(np.asarray(dataset["length"]), kind="stable") if len(dataset) else np.zeros(0, np.int64)
-    preds, gold = [], []
-    with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            batch = collator([dataset[int(i)] for i in order[start:start + batch_size]])
-            gold.append(batch.pop("labels").numpy())
-            batch = {k: v.to(device) for k, v in batch.items()}
-            preds.append(model(**batch).logits.argmax(-1).cpu().numpy())
-    if not preds:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    back = np.argsort(order, kind="stable")  # dataset order again
-    return np.concatenate(gold)[back], np.concatenate(preds)[back]

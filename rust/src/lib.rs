@@ -36,11 +36,28 @@ use crate::template::{ChatTemplate, Message};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+// The last resort when `ftc.errors` cannot be imported (the extension loaded on its own).
 create_exception!(_data, DataKernelError, PyException, "An error raised by a data kernel.");
 
+/// Each kind of kernel error as its typed Python class in `ftc.errors` (a `KernelError`, so an
+/// `FtcError` with a hint): callers catch what they can handle, the CLI prints one line.
 impl From<DataError> for PyErr {
     fn from(e: DataError) -> PyErr {
-        DataKernelError::new_err(e.to_string())
+        let class = match &e {
+            DataError::Tokenizer(_) => "TokenizerError",
+            DataError::Template(_) => "TemplateError",
+            DataError::Input(_) => "KernelInputError",
+            DataError::Io { .. } => "KernelIOError",
+        };
+        let msg = e.to_string();
+        Python::attach(|py| {
+            let typed = py
+                .import("ftc.errors")
+                .and_then(|m| m.getattr(class))
+                .and_then(|c| c.call1((msg.clone(),)))
+                .map(PyErr::from_value);
+            typed.unwrap_or_else(|_| DataKernelError::new_err(msg))
+        })
     }
 }
 

@@ -30,7 +30,8 @@ def load(path: str | Path, variant: str | None = None, threads: int = 0) -> Mode
     `variant` picks `fp32`, `int8` or `int4` (default: the artifact's `default`); `threads`
     sets onnxruntime's intra-op threads for a classifier (0: one per core).
     """
+    from ftc import tasks
+
     artifact = read(Path(path), variant)
-    if artifact.task == "classification":
-        return Classifier(artifact, threads)
-    return Generator(artifact)
+    model: Model = tasks.get(artifact.task).runtime(artifact, threads)
+    return model

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ftc import tasks
 from ftc.errors import ArtifactError
 
 FORMAT = "ftc-artifact-v1"
 MANIFEST = "ftc-artifact.json"
-TASKS = ("classification", "causal-lm")
 REQUIRED = ("format", "task", "max_length", "variants", "default", "files")
 CHUNK = 1 << 20
 REEXPORT = "re-export it (`ftc export`) or copy the artifact directory again, whole"
@@ -95,8 +95,8 @@ def read_manifest(path: Path) -> dict[str, Any]:
     missing = [k for k in REQUIRED if k not in manifest]
     if missing:
         raise ArtifactError(f"{file}: missing {', '.join(f'`{k}`' for k in missing)}", hint=REEXPORT)
-    if manifest["task"] not in TASKS:
-        raise ArtifactError(f"{file}: unknown task {manifest['task']!r}; expected one of {', '.join(TASKS)}")
+    if manifest["task"] not in tasks.names():
+        raise ArtifactError(f"{file}: unknown task {manifest['task']!r}; expected one of {', '.join(tasks.names())}")
     variants = manifest["variants"]
     if not isinstance(variants, dict) or not variants or not all(
             isinstance(v, dict) and isinstance(v.get("path"), str) for v in variants.values()):

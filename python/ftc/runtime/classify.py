@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from ftc import onnx_export
+from ftc.runtime.session import session
 from ftc.errors import ArtifactError, InferenceError
 from ftc.runtime.artifact import REEXPORT, Artifact, tokenizer_config
 
@@ -58,7 +58,7 @@ class Classifier:
     def __init__(self, artifact: Artifact, threads: int = 0) -> None:
         self.artifact = artifact
         try:
-            self.session = onnx_export.session(artifact.model_path, threads)
+            self.session = session(artifact.model_path, threads)
         except Exception as e:  # onnxruntime raises its own untyped errors for a bad graph
             raise ArtifactError(f"{artifact.model_path}: onnxruntime cannot load it: {e}", hint=REEXPORT) from None
         self.inputs = [i.name for i in self.session.get_inputs()]

@@ -27,7 +27,7 @@ from typing import Any
 from tokenizers import Tokenizer
 
 from ftc import _data
-from ftc.errors import ArtifactError, InferenceError
+from ftc.errors import ArtifactError, InferenceError, TemplateError
 from ftc.model import load_tokenizer_info
 from ftc.runtime.artifact import REEXPORT, Artifact
 
@@ -93,8 +93,8 @@ class Generator:
             raise InferenceError("no messages: give at least one {\"role\": \"user\", \"content\": ...}")
         try:
             return _data.render_prompt(self.artifact.template, pairs, self.special)
-        except _data.DataKernelError as e:  # raise_exception() in the template, for one
-            raise InferenceError(f"the chat template refused the messages: {e}") from None
+        except TemplateError as e:  # raise_exception() in the template, for one
+            raise InferenceError(f"the chat template refused the messages: {e.message}") from None
 
     def encode(self, prompt: Prompt) -> list[int]:
         if isinstance(prompt, str):

@@ -11,7 +11,8 @@ Every answer is JSON; an error is {"error": "..."} that names the offending fiel
 malformed body or a missing, unknown or mistyped field; 404 an unknown path; 405 a wrong
 method (with `Allow`); 400 a malformed or negative Content-Length, NaN or infinity, JSON
 nested deeper than `MAX_DEPTH`; 411 no Content-Length; 413 a body over `max_bytes` (refused before it
-is read) or more texts than `max_batch`; 422 the other task's endpoint. The server binds
+is read) or more texts than `max_batch`; 422 another task's endpoint. Each task (`ftc.tasks`)
+serves its own route and validates its own body. The server binds
 127.0.0.1 unless told otherwise: it has no authentication, so exposing it is a decision.
 Model calls take a lock: on CPU a second concurrent call would only split the same cores,
 while requests still parse, validate and queue in their own threads.
@@ -28,10 +29,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
-from ftc import __version__
+from ftc import __version__, tasks
 from ftc.errors import InferenceError
-from ftc.runtime import Classifier, Generator, Model
-from ftc.runtime.generate import check_options
+from ftc.runtime import Model
 
 MAX_BATCH = 64
 MAX_BYTES = 1 << 20
@@ -41,11 +41,8 @@ MAX_DEPTH = 32  # no request needs more; the JSON parser itself would recurse un
 LENGTH = re.compile(r"[0-9]{1,18}")  # Content-Length: digits only (`int()` also takes "-1", "+5", "1_0")
 # The client went away: nothing can be answered, and it is not the server's fault.
 DISCONNECTED = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutError)
-ROUTES = {"/health": "GET", "/v1/classify": "POST", "/v1/generate": "POST"}
-ENDPOINT_TASK = {"/v1/classify": "classification", "/v1/generate": "causal-lm"}
-CLASSIFY_FIELDS = {"text": str, "texts": list, "text_pair": str, "text_pairs": list}
-GENERATE_FIELDS = {"prompt": str, "messages": list, "max_new_tokens": int, "temperature": float, "top_p": float,
-                   "top_k": int, "seed": int}
+ENDPOINTS = tasks.endpoints()  # route → the task that serves it
+ROUTES = {"/health": "GET"} | dict.fromkeys(ENDPOINTS, "POST")
 NOUNS = {str: "a string", list: "a list", dict: "an object", int: "an integer", float: "a number",
          bool: "a boolean", type(None): "null"}  # JSON values' types, as errors name them
 
@@ -93,7 +90,7 @@ def checked(body: dict[str, Any], allowed: dict[str, type]) -> dict[str, Any]:
             raise HttpError(400, f"unknown field `{key}`; allowed: {', '.join(allowed)}")
         ok = isinstance(value, int | float) if want is float else isinstance(value, want)
         if not ok or (want in (int, float) and isinstance(value, bool)):
-            raise HttpError(400, f"`{key}` must be {NOUNS[want]}, not {_json_type(value)}")
+            raise HttpError(400, f"`{key}` must be {NOUNS[want]}, not {json_type(value)}")
     return body
 
 
@@ -101,43 +98,6 @@ def one_of(body: dict[str, Any], a: str, b: str) -> str:
     if (a in body) == (b in body):
         raise HttpError(400, f"give exactly one of `{a}` and `{b}`")
     return a if a in body else b
-
-
-def classify(server: Server, body: dict[str, Any]) -> dict[str, Any]:
-    checked(body, CLASSIFY_FIELDS)
-    single = one_of(body, "text", "texts") == "text"
-    texts = [body["text"]] if single else body["texts"]
-    pair_key = "text_pair" if single else "text_pairs"
-    if (other := "text_pairs" if single else "text_pair") in body:
-        raise HttpError(400, f"`{other}` goes with `{'texts' if single else 'text'}`; with this one use `{pair_key}`")
-    pairs = None if pair_key not in body else ([body[pair_key]] if single else body[pair_key])
-    if not texts:
-        raise HttpError(400, "`texts` is empty")
-    if len(texts) > server.max_batch:
-        raise HttpError(413, f"{len(texts)} texts; this server takes at most {server.max_batch} per request")
-    for key, values in (("texts", texts), ("text_pairs", pairs or [])):
-        if (bad := next((i for i, t in enumerate(values) if not isinstance(t, str)), None)) is not None:
-            raise HttpError(400, f"`{key}[{bad}]` must be a string, not {_json_type(values[bad])}")
-    if pairs is not None and len(pairs) != len(texts):
-        raise HttpError(400, f"{len(texts)} texts but {len(pairs)} text_pairs")
-    assert isinstance(server.model, Classifier)
-    with server.lock:
-        predictions = server.model.classify(texts, pairs, batch_size=server.max_batch)
-    return {"predictions": [p.as_dict() for p in predictions]}
-
-
-def generate(server: Server, body: dict[str, Any]) -> dict[str, Any]:
-    checked(body, GENERATE_FIELDS)
-    prompt = body[one_of(body, "prompt", "messages")]
-    n = body.get("max_new_tokens", min(DEFAULT_NEW_TOKENS, server.max_new_tokens))
-    if not 1 <= n <= server.max_new_tokens:
-        raise HttpError(400, f"`max_new_tokens` must be between 1 and {server.max_new_tokens}, not {n}")
-    options = {k: body[k] for k in ("temperature", "top_p", "top_k", "seed") if k in body}
-    check_options(n, options.get("temperature", 0.0), options.get("top_p", 1.0), options.get("top_k", 0),
-                  options.get("seed"))  # before the lock: a bad request never waits for the model
-    assert isinstance(server.model, Generator)
-    with server.lock:
-        return server.model.generate(prompt, max_new_tokens=n, **options).as_dict()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -172,10 +132,10 @@ class Handler(BaseHTTPRequestHandler):
             if path == "/health":
                 status, answer = 200, self.health()
             else:
-                if (task := ENDPOINT_TASK[path]) != self.server.model.task:
-                    raise HttpError(422, f"this server runs a {self.server.model.task} model; {path} needs {task}")
-                handler = classify if path == "/v1/classify" else generate
-                status, answer = 200, handler(self.server, self.body())
+                task = tasks.get(self.server.model.task)
+                if path != task.endpoint:
+                    raise HttpError(422, f"this server runs a {task.name} model; {path} needs {ENDPOINTS[path]}")
+                status, answer = 200, task.serve(self.server, self.body())
         except HttpError as e:
             self.close_connection = True  # an unread body must not be taken for the next request
             status, answer, headers = e.status, {"error": e.message}, e.headers
@@ -195,7 +155,7 @@ class Handler(BaseHTTPRequestHandler):
     def health(self) -> dict[str, Any]:
         m = self.server.model
         return {"status": "ok", "task": m.task, "variant": m.artifact.variant,
-                "labels": m.labels if isinstance(m, Classifier) else None}
+                "labels": getattr(m, "labels", None)}
 
     def body(self) -> dict[str, Any]:
         length = self.headers.get("Content-Length")
@@ -222,7 +182,7 @@ class Handler(BaseHTTPRequestHandler):
         if (where := _non_finite(body)) is not None:
             raise HttpError(400, f"`{where}`: a number too large to represent")
         if not isinstance(body, dict):
-            raise HttpError(400, f"expected a JSON object, found {_json_type(body)}")
+            raise HttpError(400, f"expected a JSON object, found {json_type(body)}")
         return body
 
     def send(self, status: int, answer: dict[str, Any], headers: dict[str, str], start: float) -> None:
@@ -246,7 +206,7 @@ class Handler(BaseHTTPRequestHandler):
             self.log_message('"%s" %s %.1fms', self.requestline, code, getattr(self, "elapsed", 0) * 1000)
 
 
-def _json_type(v: Any) -> str:
+def json_type(v: Any) -> str:
     return NOUNS[type(v)]
 
 

@@ -1,0 +1,182 @@
+"""Streamed token storage for causal-LM splits (docs/architecture.md: The data stage).
+
+Batches are encoded and appended to a per-split spool file as they come; only per-example
+offsets and lengths stay in memory, and packing needs lengths, not tokens. `write_split` then
+packs (best-fit decreasing, in Rust) or keeps one example per row, and gathers the rows from
+the spool into the split's Arrow IPC file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ftc import _data, quality
+
+COLUMNS = ("input_ids", "labels", "position_ids", "seq_lengths")
+SPLITS = ("train", "valid", "test")
+Progress = Callable[[str, int, int | None], None]  # (phase, advance, total), as in ftc.prep
+
+
+class Spool:
+    """Token ids and labels of one split, appended batch by batch to two flat int32 files."""
+
+    def __init__(self, root: Path, split: str, block: int | None, unk_id: int | None = None) -> None:
+        self.ids_path, self.labels_path = root / f"{split}.ids", root / f"{split}.labels"
+        self._ids, self._labels = open(self.ids_path, "wb"), open(self.labels_path, "wb")
+        self.tokens = 0
+        self.offsets: list[np.ndarray] = []
+        self.lengths: list[np.ndarray] = []
+        self.block = block  # chunk mode: cut the concatenated stream into blocks of this size
+        self.carry = np.empty(0, dtype=np.int32)
+        self.unk_id = unk_id
+        self.unk = 0  # unknown tokens appended
+
+    def append(self, ids: pa.ListArray, labels: pa.ListArray, repeats: np.ndarray) -> None:
+        if self.block is not None:  # the stream holds each document `repeats` times
+            ids = ids.take(pa.array(np.repeat(np.arange(len(ids)), repeats)))
+            return self._append_stream(np.asarray(ids.flatten(), dtype=np.int32))
+        flat_ids = np.asarray(ids.flatten(), dtype=np.int32)
+        lengths = np.asarray(pc.list_value_length(ids), dtype=np.uint32)
+        starts = self.tokens + np.concatenate([[0], np.cumsum(lengths[:-1], dtype=np.uint64)]).astype(np.uint64)
+        self._write(flat_ids, np.asarray(labels.flatten(), dtype=np.int32))
+        self.offsets.append(np.repeat(starts, repeats))
+        self.lengths.append(np.repeat(lengths, repeats))
+
+    def _append_stream(self, flat: np.ndarray) -> None:
+        buf = np.concatenate([self.carry, flat])
+        n = len(buf) // self.block * self.block
+        self._add_blocks(buf[:n])
+        self.carry = buf[n:]
+
+    def _add_blocks(self, buf: np.ndarray) -> None:
+        if not len(buf):
+            return
+        k = -(-len(buf) // self.block)
+        starts = self.tokens + np.arange(k, dtype=np.uint64) * self.block
+        lengths = np.minimum(self.block, len(buf) - np.arange(k) * self.block).astype(np.uint32)
+        self._write(buf, buf)
+        self.offsets.append(starts)
+        self.lengths.append(lengths)
+
+    def _write(self, ids: np.ndarray, labels: np.ndarray) -> None:
+        if self.unk_id is not None:
+            self.unk += int(np.count_nonzero(ids == self.unk_id))
+        self._ids.write(ids.astype("<i4", copy=False).tobytes())
+        self._labels.write(labels.astype("<i4", copy=False).tobytes())
+        self.tokens += len(ids)
+
+    def close(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.block is not None:
+            self._add_blocks(self.carry)  # the tail is kept as a shorter block: nothing lost
+            self.carry = np.empty(0, dtype=np.int32)
+        self._ids.close()
+        self._labels.close()
+        cat = lambda xs, dt: np.concatenate(xs).astype(dt) if xs else np.empty(0, dt)  # noqa: E731
+        return cat(self.offsets, np.uint64), cat(self.lengths, np.uint32)
+
+
+def write_split(path: Path, spool: Spool, offsets: np.ndarray, lengths: np.ndarray, max_length: int,
+                 pack: bool, threads: int, progress: Progress | None) -> dict[str, Any]:
+    if pack:
+        row_offsets, items = (pa.array(a) for a in _data.pack_rows(pa.array(lengths, pa.uint32()), max_length))
+    else:
+        row_offsets, items = pa.array(np.arange(len(lengths) + 1, dtype=np.uint64)), pa.array(
+            np.arange(len(lengths), dtype=np.uint32))
+    n_rows = len(row_offsets) - 1
+    schema = pa.schema([pa.field(c, pa.list_(pa.int32())) for c in COLUMNS])
+    per_batch = max(1, (2 << 20) // max_length)  # ~2M tokens per record batch
+    off_pa, len_pa = pa.array(offsets, pa.uint64()), pa.array(lengths, pa.uint32())
+    label_tokens = 0
+    if progress:
+        progress(f"pack {path.stem}", 0, n_rows)
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        for start in range(0, n_rows, per_batch):
+            end = min(n_rows, start + per_batch)
+            *arrays, labelled = _data.gather_rows(str(spool.ids_path), str(spool.labels_path), off_pa, len_pa,
+                                                  row_offsets, items, start, end, threads)
+            cols = [pa.array(a) for a in arrays]
+            label_tokens += labelled
+            writer.write_batch(pa.record_batch(cols, schema=schema))
+            if progress:
+                progress(f"pack {path.stem}", end - start, None)
+    tokens = int(lengths.sum(dtype=np.uint64))
+    return {
+        "examples": int(len(lengths)),
+        "rows": n_rows,
+        "tokens": tokens,
+        "label_tokens": label_tokens,
+        "packing_efficiency": round(tokens / (n_rows * max_length), 6) if n_rows else None,
+        "max_example_tokens": int(lengths.max()) if len(lengths) else 0,
+    }
+
+
+class Streamed:
+    """Kept rows → per-split spools (split by content hash, weights and augmentation on the
+    training rows only) → packed Arrow files."""
+
+    def __init__(self, run: Any, spool_dir: Path) -> None:
+        tok = run.spec.tokenize
+        block = tok.max_length if tok.truncation == "chunk" else None
+        self.spools = {s: Spool(spool_dir, s, block, run.unk_id) for s in SPLITS}
+
+    def add(self, run: Any, rows: pl.DataFrame, codes: np.ndarray, ids: pa.Array, second: pa.Array,
+            hashes: np.ndarray, idx: int, weight: float, st: Any) -> None:
+        from ftc.prep import check_output_size
+
+        spec, funnel = run.spec, run.funnel
+        split = np.where(codes >= 0, codes, quality.assign_split(hashes, rows["line"].to_numpy(), idx, spec))
+        for s_i, s_name in enumerate(SPLITS):
+            sel = split == s_i
+            funnel.splits[s_name] += int(sel.sum())
+            if not sel.any():
+                continue
+            # Mixing weights and augmentation apply to training rows only; held-out splits stay as they are.
+            reps = quality.repeats(hashes[sel], weight, spec.project.seed) if s_name == "train" else np.ones(
+                int(sel.sum()), np.int64)
+            st.examples[s_name] += int(reps.sum())
+            sel_pa = pa.array(sel)
+            kept_ids = pc.filter(ids, sel_pa)
+            if s_name == "train":
+                lengths = np.asarray(pc.list_value_length(kept_ids), dtype=np.int64)
+                check_output_size(run, int((lengths * reps).sum()), st.name, weight)
+            self.spools[s_name].append(kept_ids, pc.filter(second, sel_pa), reps)
+            if s_name == "train":
+                funnel.train_weighted = (funnel.train_weighted or 0) + int(reps.sum())
+                if run.augment is not None:
+                    self._augment(run, st, rows.filter(pl.Series(sel)), hashes[sel], reps)
+
+    def _augment(self, run: Any, st: Any, rows: pl.DataFrame, hashes: np.ndarray, reps: np.ndarray) -> None:
+        """Augmented copies of training rows, encoded and spooled like their originals."""
+        from ftc.prep import encode_rows
+
+        aug = run.augment
+        for copy in range(1, aug.copies + 1):
+            new, changed = aug.copy(rows, hashes, copy)
+            run.funnel.augmented["unchanged"] += int((~changed).sum())
+            new, r = new.filter(pl.Series(changed)), reps[changed]
+            ids, labels, _, (failed, _), reason = encode_rows(run, new)
+            ok = ~reason.removed & ~failed
+            run.funnel.augmented["dropped"] += int((~ok).sum())
+            if ok.any():
+                k = pa.array(ok)
+                self.spools["train"].append(pc.filter(ids, k), pc.filter(labels, k), r[ok])
+                st.examples["train"] += int(r[ok].sum())
+                run.funnel.augmented["added"] += int(r[ok].sum())
+
+    def finish(self, run: Any, stats: list[Any], tmp: Path, threads: int,
+               progress: Progress | None) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+        tok = run.spec.tokenize
+        splits = {}
+        for name, spool in self.spools.items():
+            offsets, lengths = spool.close()
+            splits[name] = write_split(tmp / f"{name}.arrow", spool, offsets, lengths, tok.max_length, tok.pack,
+                                       threads, progress)
+            splits[name]["unk_tokens"] = spool.unk if run.unk_id is not None else None
+        return splits, {}, list(COLUMNS)
