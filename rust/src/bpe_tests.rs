@@ -117,8 +117,13 @@ fn plan_names_what_it_does_not_cover() {
     assert!(reason(&|j| j["model"]["dropout"] = json!(0.1)).contains("dropout"));
     // A token reachable by two merges: tokenizers' heap would not follow rank order exactly.
     assert!(reason(&|j| {
-        let first = j["model"]["merges"][0].clone();
-        j["model"]["merges"].as_array_mut().unwrap().push(first);
+        let vocab = j["model"]["vocab"].as_object_mut().unwrap();
+        for t in ["ab", "bc", "abc"] {
+            let n = vocab.len() + 10;
+            vocab.entry(t).or_insert(json!(n));
+        }
+        let merges = j["model"]["merges"].as_array_mut().unwrap();
+        merges.extend([json!(["a", "b"]), json!(["b", "c"]), json!(["ab", "c"]), json!(["a", "bc"])]);
     })
     .contains("more than one merge"));
 }
