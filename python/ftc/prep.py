@@ -281,7 +281,7 @@ def _build(spec: Spec, files: list[list[Path]], info: TokenizerInfo, template: t
     run = Run(
         spec=spec,
         encoder=_data.DataEncoder(info.tokenizer_json, template[1] if template else None, info.special_tokens,
-                                  info.eos_token, threads),
+                                  info.eos_token, threads, fast=os.environ.get("FTC_ENCODER") != "tokenizers"),
         cleaner=quality.make_cleaner(spec, threads),
         deduper=deduper,
         augment=quality.Augmentation(spec, threads) if spec.data.augment.copies else None,
