@@ -12,6 +12,9 @@ pipeline; both are cached in bench/out/. Results go to bench/out/prep.json.
   datasets    `load_dataset` → `map` (chat template + offsets → completion labels) → TRL
               `pack_dataset(strategy="bfd")`, with 1 and 2 processes
   tokenizers  `Tokenizer.encode_batch_fast` on pre-rendered texts: the floor (no labels, no packing)
+  encoder     the encoder alone, one thread, on the rendered corpus: ftc's exact fast BPE, the
+              `tokenizers` crate and tiktoken (loaded with the same ranks); every document's ids
+              are compared with the `tokenizers` crate's and the differing ones counted
 
 Case `dedup` (100k documents): a synthetic web-like corpus (JSONL, a `text` column; HTML,
 stray whitespace, fullwidth characters, 5% exact and 18% near copies) is cleaned (strip HTML,
@@ -330,6 +333,80 @@ def worker_tokenizers(corpus: str, tokenizer: str, max_length: int, num_proc: in
             "rows": None}
 
 
+GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+
+
+def tiktoken_encoding(tokenizer_json: str) -> tuple[Any, str]:
+    """tiktoken loaded with the tokenizer's own ranks (a token's id is its rank), or None and why
+    not. tiktoken merges any adjacent pair whose concatenation is a token, not only the listed
+    merges, so its ids can differ; the bench counts where."""
+    try:
+        import tiktoken
+    except ImportError:
+        return None, "tiktoken is not installed"
+    data = json.loads(tokenizer_json)
+    pre = data.get("pre_tokenizer") or {}
+    if data.get("normalizer") or pre.get("type") != "ByteLevel" or not pre.get("use_regex", True):
+        return None, "not a plain GPT-2 byte-level tokenizer"
+    printable = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    others = [b for b in range(256) if b not in printable]
+    to_byte = {chr(b): b for b in printable} | {chr(256 + i): b for i, b in enumerate(others)}
+    added = {t["content"]: t["id"] for t in data["added_tokens"]}
+    ranks = {}
+    for token, i in data["model"]["vocab"].items():
+        if token not in added and all(c in to_byte for c in token):
+            ranks[bytes(to_byte[c] for c in token)] = i
+    return tiktoken.Encoding("bench", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens=added), ""
+
+
+def worker_encoder(corpus: str, tokenizer: str, max_length: int, num_proc: int) -> dict:
+    """The encoder alone on `num_proc` threads, on the whole corpus rendered beforehand (untimed),
+    in chunks: ftc's fast BPE, the `tokenizers` crate through the same harness, and tiktoken with
+    the same ranks; every document's ids compared with the `tokenizers` crate's."""
+    import pyarrow as pa
+
+    from ftc import _data
+
+    tj = (Path(tokenizer) / "tokenizer.json").read_text(encoding="utf-8")
+    fast = _data.DataEncoder(tj, SMOL_TEMPLATE, threads=num_proc)
+    slow = _data.DataEncoder(tj, SMOL_TEMPLATE, threads=num_proc, fast=False)
+    tik, why = tiktoken_encoding(tj)
+    message = pa.struct([("role", pa.large_string()), ("content", pa.large_string())])
+    secs = {"ftc-bpe": 0.0, "tokenizers": 0.0, "tiktoken": 0.0}
+    differ = {"ftc-bpe": 0, "tiktoken": 0}
+    tokens = docs = 0
+
+    def flat(ids: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+        return ids.offsets.to_numpy(), ids.values.to_numpy()
+
+    with open(corpus, encoding="utf-8") as f:
+        while chunk := [json.loads(line)["messages"] for _, line in zip(range(20_000), f)]:
+            texts = fast.render(pa.array(chunk, pa.large_list(message)))
+            out = {}
+            for name, enc in (("ftc-bpe", fast), ("tokenizers", slow)):
+                t0 = time.perf_counter()
+                out[name] = flat(pa.array(enc.encode_text(texts, 1 << 30, "chunk")[0]))
+                secs[name] += time.perf_counter() - t0
+            (ro, rv), (fo, fv) = out["tokenizers"], out["ftc-bpe"]
+            same_len = np.diff(ro) == np.diff(fo)
+            mism = np.ones(len(chunk), bool)
+            if same_len.all():
+                mism = np.add.reduceat(rv != fv, ro[:-1]) > 0 if len(rv) else np.zeros(len(chunk), bool)
+                mism[np.diff(ro) == 0] = False
+            differ["ftc-bpe"] += int(mism.sum())
+            tokens += int(ro[-1])
+            docs += len(chunk)
+            if tik is not None:
+                strs = texts.to_pylist()
+                t0 = time.perf_counter()
+                ids = tik.encode_batch(strs, num_threads=num_proc, allowed_special="all")
+                secs["tiktoken"] += time.perf_counter() - t0
+                differ["tiktoken"] += sum(ids[i] != rv[ro[i]:ro[i + 1]].tolist() for i in range(len(chunk)))
+    return {"seconds": secs["ftc-bpe"], "tokens": tokens, "labelled": None, "rows": None, "docs": docs,
+            "encoders": {k: v for k, v in secs.items() if v or k != "tiktoken"}, "differ": differ,
+            "tiktoken": why or "loaded with the tokenizer's ranks", "ftc_encoder": fast.encoder}
+
+
 def packed_stats(ds) -> dict:
     """Total tokens, labelled tokens and rows of a packed `datasets.Dataset`."""
     import pyarrow.compute as pc
@@ -339,7 +416,7 @@ def packed_stats(ds) -> dict:
             "labelled": pc.sum(pc.not_equal(labels, -100)).as_py(), "rows": len(ds)}
 
 
-WORKERS = {"sft": worker_sft, "datasets": worker_datasets, "tokenizers": worker_tokenizers}
+WORKERS = {"sft": worker_sft, "datasets": worker_datasets, "tokenizers": worker_tokenizers, "encoder": worker_encoder}
 
 
 def run_ftc(spec: Path, threads: int, force: bool, env: dict[str, str]) -> dict:
@@ -373,7 +450,7 @@ def run_all(args: argparse.Namespace, corpus: Path, tokenizer: Path) -> dict[str
     env = bench_env()
 
     def wanted(name: str) -> bool:
-        return args.only in (None, name) and (name == "ftc" or not args.skip_baselines)
+        return args.only in (None, name) and (name in ("ftc", "encoder") or not args.skip_baselines)
 
     results = {}
     if wanted("ftc"):
@@ -381,6 +458,8 @@ def run_all(args: argparse.Namespace, corpus: Path, tokenizer: Path) -> dict[str
         results["ftc prep, 1 thread"] = run_ftc(spec, 1, True, env)
         results["ftc prep, 2 threads"] = run_ftc(spec, 2, True, env)
         results["ftc prep, warm (cache hit)"] = run_ftc(spec, 2, False, env)
+        # The same stage with the `tokenizers` crate as its encoder: ftc before the fast path.
+        results["ftc prep, 2 threads, tokenizers crate"] = run_ftc(spec, 2, True, {**env, "FTC_ENCODER": "tokenizers"})
     if wanted("sft"):
         results["TRL SFTTrainer prep, 2 proc"] = run_worker("sft", corpus, tokenizer, args.max_length, 2, env)
     if wanted("datasets"):
@@ -389,7 +468,28 @@ def run_all(args: argparse.Namespace, corpus: Path, tokenizer: Path) -> dict[str
                                                                    env)
     if wanted("tokenizers"):
         results["tokenizers encode_batch_fast"] = run_worker("tokenizers", corpus, tokenizer, args.max_length, 1, env)
+    if wanted("encoder"):  # last: its tables are printed apart (see report_encoder)
+        results["encoder alone, 1 thread"] = run_worker("encoder", corpus, tokenizer, args.max_length, 1, env)
     return results
+
+
+def report_encoder(r: dict) -> dict[str, float]:
+    """The encoder-alone table: tokens/s of each encoder on one thread, and the documents whose
+    ids differ from the `tokenizers` crate's (ftc's must be 0)."""
+    print(f"encoder alone, 1 thread, {r['docs']:,} rendered documents, {r['tokens']:,} tokens "
+          f"(ftc: {r['ftc_encoder']}; tiktoken: {r['tiktoken']})")
+    base = r["encoders"]["tokenizers"]
+    print(f"  {'encoder':<12}{'seconds':>10}{'tokens/s':>14}{'x tokenizers':>14}{'docs differing':>16}")
+    for name, secs in r["encoders"].items():
+        d = "(reference)" if name == "tokenizers" else f"{r['differ'][name]:,}"
+        print(f"  {name:<12}{secs:>10.2f}{r['tokens'] / secs:>14,.0f}{base / secs:>14.2f}{d:>16}")
+    print()
+    out = {"encoder: ftc-bpe vs tokenizers (x faster)": base / r["encoders"]["ftc-bpe"],
+           "encoder: docs differing, ftc-bpe": r["differ"]["ftc-bpe"]}
+    if "tiktoken" in r["encoders"]:
+        out["encoder: ftc-bpe vs tiktoken (x faster)"] = r["encoders"]["tiktoken"] / r["encoders"]["ftc-bpe"]
+        out["encoder: docs differing, tiktoken"] = r["differ"]["tiktoken"]
+    return out
 
 
 def report(results: dict[str, dict], docs: int, max_length: int) -> dict[str, float]:
@@ -416,6 +516,7 @@ def report(results: dict[str, dict], docs: int, max_length: int) -> dict[str, fl
         "ftc vs SFTTrainer prep (x faster)": (secs.get("TRL SFTTrainer prep, 2 proc"), ftc2),
         "ftc vs datasets, 2 proc (x faster)": (secs.get("datasets map + pack, 2 proc"), ftc2),
         "ftc speed-up, 1 -> 2 threads": (ftc1, ftc2),
+        "ftc vs ftc with the tokenizers crate (x faster)": (secs.get("ftc prep, 2 threads, tokenizers crate"), ftc2),
     }
     if warm is not None and ftc2 is not None:  # the whole process: a user waits for start-up too
         candidates["ftc warm / cold, whole process"] = (results["ftc prep, warm (cache hit)"]["process_s"],
@@ -426,7 +527,7 @@ def report(results: dict[str, dict], docs: int, max_length: int) -> dict[str, fl
     if ratios:
         print()
     for k, v in ratios.items():
-        print(f"{k:<36} {v:,.0f}" if "RSS" in k else f"{k:<36} {v:,.2f}")
+        print(f"{k:<48} {v:,.0f}" if "RSS" in k else f"{k:<48} {v:,.2f}")
     return ratios
 
 
@@ -743,7 +844,11 @@ def bench_prep(args: argparse.Namespace) -> None:
     print(f"corpus {corpus} ({args.docs:,} docs, {size / 1e6:,.0f} MB); tokenizer {tokenizer} "
           f"(ready in {time.perf_counter() - t0:.0f}s); {os.cpu_count()} CPUs\n")
     results = run_all(args, corpus, tokenizer)
-    ratios = report(results, args.docs, args.max_length)
+    encoder = results.pop("encoder alone, 1 thread", None)
+    ratios = {**(report_encoder(encoder) if encoder else {}),
+              **(report(results, args.docs, args.max_length) if results else {})}
+    if encoder:
+        results["encoder alone, 1 thread"] = encoder
     summary = {"docs": args.docs, "corpus_bytes": size, "max_length": args.max_length, "cpus": os.cpu_count(),
                "results": results, "ratios": ratios}
     (OUT / "prep.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")

@@ -195,7 +195,7 @@ def _build(spec: Spec, files: list[list[Path]], info: TokenizerInfo, template: t
     run = Run(
         spec=spec,
         encoder=_data.DataEncoder(info.tokenizer_json, template[1] if template else None, info.special_tokens,
-                                  info.eos_token, threads),
+                                  info.eos_token, threads, fast=os.environ.get("FTC_ENCODER") != "tokenizers"),
         cleaner=quality.make_cleaner(spec, threads),
         deduper=deduper,
         augment=quality.Augmentation(spec, threads) if spec.data.augment.copies else None,
@@ -240,6 +240,8 @@ def _build(spec: Spec, files: list[list[Path]], info: TokenizerInfo, template: t
         "template": template[0] if template else None,
         "template_source": template[1] if template else None,
         "tokenizer_dir": str(info.dir),
+        # `ftc-bpe: …` (the exact fast path, what it covers) or `tokenizers: …` (why not).
+        "encoder": run.encoder.encoder,
         "files": {s: f"{s}.arrow" for s in SPLITS},
         "columns": columns,
         **extra,

@@ -16,6 +16,7 @@ use tokenizers::{
     truncate_encodings, Encoding, PostProcessor, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
 };
 
+use crate::bpe::FastBpe;
 use crate::error::{DataError, Result};
 use crate::template::{ChatTemplate, Message};
 
@@ -58,12 +59,17 @@ pub struct Example {
 
 pub struct Encoder {
     tokenizer: Tokenizer,
+    /// The exact fast path for chat and text, when `FastBpe::plan` accepts the tokenizer.
+    fast: Option<FastBpe>,
+    /// Which encoder runs and why, for the manifest.
+    note: String,
     special_ids: HashSet<u32>,
     eos_id: Option<u32>,
 }
 
 impl Encoder {
-    pub fn new(tokenizer_json: &str, eos_token: Option<&str>) -> Result<Self> {
+    /// `fast = false` keeps the `tokenizers` crate even where the fast path would be exact.
+    pub fn new(tokenizer_json: &str, eos_token: Option<&str>, fast: bool) -> Result<Self> {
         let mut tokenizer: Tokenizer =
             tokenizer_json.parse().map_err(|e: tokenizers::Error| DataError::Tokenizer(e.to_string()))?;
         // transformers ignores the truncation and padding saved in tokenizer.json unless asked;
@@ -78,11 +84,52 @@ impl Encoder {
         let special_ids =
             tokenizer.get_added_tokens_decoder().into_iter().filter(|(_, t)| t.special).map(|(id, _)| id).collect();
         let eos_id = eos_token.and_then(|t| tokenizer.token_to_id(t));
-        Ok(Self { tokenizer, special_ids, eos_id })
+        let plan = if fast { FastBpe::plan(&tokenizer) } else { Err("the fast path was turned off".to_string()) };
+        let (fast, note) = match plan {
+            Ok(f) => {
+                let note = format!("ftc-bpe: {}", f.describe());
+                (Some(f), note)
+            }
+            Err(why) => (None, format!("tokenizers: {why}")),
+        };
+        Ok(Self { tokenizer, fast, note, special_ids, eos_id })
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
+    }
+
+    /// `ftc-bpe: <what it covers>` or `tokenizers: <why the fast path does not apply>`.
+    pub fn note(&self) -> &str {
+        &self.note
+    }
+
+    /// `tk.encode(text, false)`'s ids and byte offsets.
+    fn encode_plain(&self, tk: &Tokenizer, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+        if let Some(f) = &self.fast {
+            let (mut ids, mut offsets) = (Vec::with_capacity(text.len() / 3), Vec::with_capacity(text.len() / 3));
+            if f.encode(text, &mut ids, &mut offsets) {
+                return Ok((ids, offsets));
+            }
+        }
+        let enc = tk.encode(text, false).map_err(|e| DataError::Tokenizer(e.to_string()))?;
+        Ok((enc.get_ids().to_vec(), enc.get_offsets().to_vec()))
+    }
+
+    /// `tk.encode_fast(text, true)`'s ids: the fast path's tokens through the post-processor.
+    fn encode_with_specials(&self, tk: &Tokenizer, text: &str) -> Result<Vec<u32>> {
+        let err = |e: tokenizers::Error| DataError::Tokenizer(e.to_string());
+        if self.fast.is_none() {
+            return Ok(tk.encode_fast(text, true).map_err(err)?.get_ids().to_vec());
+        }
+        let (ids, offsets) = self.encode_plain(tk, text)?;
+        if tk.get_post_processor().is_none() {
+            return Ok(ids);
+        }
+        let n = ids.len();
+        let enc = Encoding::new(ids, vec![0; n], vec![String::new(); n], vec![None; n], offsets, vec![0; n], vec![1; n],
+                                vec![], Default::default());
+        Ok(tk.post_process(enc, None, true).map_err(err)?.get_ids().to_vec())
     }
 
     /// Conversations → examples. `train_on_all = false` labels only assistant turns.
@@ -101,12 +148,11 @@ impl Encoder {
             let encoded = template
                 .render_with_spans(msgs)
                 .and_then(|(text, spans)| {
-                    let enc = tk.encode(text.as_str(), false).map_err(|e| DataError::Tokenizer(e.to_string()))?;
-                    let ids = enc.get_ids().to_vec();
+                    let (ids, offsets) = self.encode_plain(tk, &text)?;
                     let labels = if train_on_all {
                         ids.iter().map(|&i| i as i32).collect()
                     } else {
-                        completion_labels(&ids, enc.get_offsets(), &spans, &self.special_ids)
+                        completion_labels(&ids, &offsets, &spans, &self.special_ids)
                     };
                     Ok((ids, labels))
                 });
@@ -122,9 +168,8 @@ impl Encoder {
     pub fn encode_text(&self, texts: &[&str], max_length: usize, truncation: Truncation) -> Vec<Example> {
         self.par_map(texts, |tk, text| {
             let hash = content_hash([*text]);
-            match tk.encode_fast(*text, true) {
-                Ok(enc) => {
-                    let mut ids = enc.get_ids().to_vec();
+            match self.encode_with_specials(tk, text) {
+                Ok(mut ids) => {
                     if let Some(eos) = self.eos_id {
                         if ids.last() != Some(&eos) {
                             ids.push(eos);
@@ -133,7 +178,7 @@ impl Encoder {
                     let labels = ids.iter().map(|&i| i as i32).collect();
                     finish(ids, labels, max_length, truncation, hash)
                 }
-                Err(e) => failed(DataError::Tokenizer(e.to_string()), hash),
+                Err(e) => failed(e, hash),
             }
         })
     }

@@ -3,12 +3,14 @@
 //! lives in one module per capability.
 
 mod augment;
+mod bpe;
 mod clean;
 mod dedup;
 mod encode;
 mod error;
 mod lines;
 mod pack;
+mod pretok;
 mod template;
 
 use std::collections::HashMap;
@@ -238,22 +240,31 @@ fn examples_to_arrow(examples: Vec<Example>, type_ids: bool) -> Encoded {
 #[pymethods]
 impl DataEncoder {
     /// `special_tokens`: `{bos_token: "<s>", ...}` as the template sees them.
+    /// `fast=False` keeps the `tokenizers` crate where the exact fast BPE path would apply.
     #[new]
-    #[pyo3(signature = (tokenizer_json, template=None, special_tokens=HashMap::new(), eos_token=None, threads=0))]
+    #[pyo3(signature = (tokenizer_json, template=None, special_tokens=HashMap::new(), eos_token=None, threads=0, fast=true))]
     fn new(
         tokenizer_json: &str,
         template: Option<&str>,
         special_tokens: HashMap<String, String>,
         eos_token: Option<&str>,
         threads: usize,
+        fast: bool,
     ) -> PyResult<Self> {
         let mut special: Vec<(String, String)> = special_tokens.into_iter().collect();
         special.sort();
         Ok(Self {
-            encoder: Encoder::new(tokenizer_json, eos_token)?,
+            encoder: Encoder::new(tokenizer_json, eos_token, fast)?,
             template: template.map(|t| ChatTemplate::new(t, special)).transpose()?,
             pool: pool(threads)?,
         })
+    }
+
+    /// Which encoder runs chat and text: `ftc-bpe: …` (what it covers) or `tokenizers: …` (why
+    /// the exact fast path does not apply). Pairs always go through `tokenizers`.
+    #[getter]
+    fn encoder(&self) -> &str {
+        self.encoder.note()
     }
 
     /// Renders each conversation (for inspection and tests); large_string out.
