@@ -135,6 +135,21 @@ def check_tags(sequences: Sequence[Sequence[int | str]], labels: Sequence[str], 
     if on_invalid == "drop":
         dropped = set(invalid)
         return TagCheck([s for i, s in enumerate(out) if i not in dropped], invalid, on_invalid)
+    if scheme == "IOB2":
+        # An IOB2 sequence is invalid only at an I-X that opens an entity, and seqeval's default
+        # mode reads exactly that I-X as the entity's start: B-X in its place is the repair.
+        begin = np.array([index.get("B-" + split_tag(t)[1], -1) for t in labels])
+        fixed_flat = flat.copy()
+        fixed_flat[bad] = begin[flat[bad]]
+        if (fixed_flat < 0).any():
+            at = int(np.argmax(fixed_flat < 0))
+            raise SourceError(f"row {rows[at]}: repairing {labels[flat[at]]!r} needs "
+                              f"{'B-' + split_tag(labels[flat[at]])[1]!r}, which is not in the label list",
+                              hint="list every P-TYPE of the scheme for each entity type")
+        for r in invalid:
+            fixed = fixed_flat[starts[r]:starts[r] + lengths[r]].tolist()
+            out[r] = [labels[t] for t in fixed] if as_str else fixed
+        return TagCheck(out, invalid, on_invalid)
     for r in invalid:
         text = [labels[t] for t in ids[r]]
         fixed = encode_entities(len(text), entities_lenient(text), scheme)
