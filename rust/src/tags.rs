@@ -58,7 +58,8 @@ pub fn encode_words(
         return Err(DataError::Input(format!("tag id {bad} is not a label id")));
     }
     let err = |e: tokenizers::Error| DataError::Tokenizer(e.to_string());
-    let enc = tk.encode_fast(words, false).map_err(err)?;
+    // `encode`, not `encode_fast`: without offsets the tokenizer also drops the word ids.
+    let enc = tk.encode(words, false).map_err(err)?;
     let added = tk.get_post_processor().map_or(0, |p| p.added_tokens(false));
     let length = enc.len() + added;
     let enc = if length > max_length {
