@@ -161,6 +161,8 @@ def test_check_table_names_the_bad_row():
         tc.check_table(bad)
     with pytest.raises(SourceError, match="not a list"):
         tc.check_table(pa.table({"tokens": ["a b"], "tags": [["O", "O"]]}))
+    with pytest.raises(SourceError, match="expected a list of strings"):
+        tc.check_table(pa.table({"tokens": [["a"]], "tags": [[3]]}))
     with pytest.raises(SourceError, match="no column 'tags'"):
         tc.check_table(pa.table({"tokens": [["a"]], "ner_tags": [["O"]]}))
 

@@ -69,10 +69,12 @@ def check_table(table: pa.Table, tokens: str = "tokens", tags: str = "tags") -> 
         if not pa.types.is_list(col.type) and not pa.types.is_large_list(col.type):
             raise SourceError(f"column {name!r} is {col.type}, not a list of strings",
                               hint="split the text into tokens first, or give spans (see spans_to_tagged)")
-        try:
-            out.append(col.cast(TAGGED.field("tokens").type))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-            raise SourceError(f"column {name!r} ({col.type}) does not hold strings: {e}") from None
+        value = col.type.value_type
+        if not (pa.types.is_string(value) or pa.types.is_large_string(value) or pa.types.is_string_view(value)):
+            # A cast would quietly turn tag ids into the strings "0", "1"…
+            raise SourceError(f"column {name!r} is {col.type}; expected a list of strings",
+                              hint="tags given as ids (datasets' ner_tags): map them to label names first")
+        out.append(col.cast(TAGGED.field("tokens").type))
     n_tokens, n_tags = (pc.fill_null(pc.list_value_length(c), -1) for c in out)
     bad = pc.indices_nonzero(pc.or_(pc.not_equal(n_tokens, n_tags), pc.equal(n_tokens, -1)))
     if len(bad):
