@@ -42,6 +42,10 @@ class DataEncoder:
     def encode_text(self, texts: ArrowArray, max_length: int, truncation: str = "right") -> Encoded: ...
     def encode_pairs(self, texts: ArrowArray, pairs: ArrowArray | None = None, max_length: int = 512,
                      truncation: str = "right") -> Encoded: ...
+    def encode_words(self, words: ArrowArray, tags: ArrowArray, max_length: int, label_all_subwords: bool = False,
+                     label_names: list[str] | None = None) -> tuple[ArrowArray, ArrowArray, ArrowArray]:
+        """Token classification: words list<string> + tag ids list<int32> → (input_ids, labels,
+        length: u32 before truncation), as `is_split_into_words=True` + `word_ids()` align them."""
     def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str: ...
 
 def scan_lines(buf: bytes, first_line: int, json_fields: list[tuple[str, str]] | None = None,
@@ -51,6 +55,10 @@ def gather_rows(ids_path: str, labels_path: str, offsets: ArrowArray, lengths: A
                 items: ArrowArray, start: int, end: int, threads: int = 0) -> tuple[ArrowArray, ArrowArray, ArrowArray, ArrowArray, int]: ...
 def hash_files(paths: list[str], threads: int = 0) -> list[str]: ...
 def builtin_template(name: str) -> str | None: ...
+def spans_to_words(texts: ArrowArray, spans: ArrowArray, threads: int = 0
+                   ) -> tuple[ArrowArray, ArrowArray, ArrowArray, ArrowArray, ArrowArray]:
+    """Texts + list<struct<start: int64, end: int64, label: string>> character spans → (words, BIO tags,
+    word starts, word ends, problems: the spans left out, one line each)."""
 def render_prompt(template: str, messages: list[tuple[str, str | None]],
                   special_tokens: dict[str, str] = ...) -> str:
     """One conversation rendered with `add_generation_prompt=True` (the inference prompt)."""

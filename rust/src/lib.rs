@@ -11,6 +11,7 @@ mod error;
 mod lines;
 mod pack;
 mod pretok;
+mod tags;
 mod template;
 
 use std::collections::HashMap;
@@ -95,7 +96,11 @@ fn downcast<'a, T: 'static>(a: &'a PyArray, what: &str) -> PyResult<&'a T> {
 
 /// Borrowed `&str`s of a string column (utf8, large_utf8 or utf8_view); null reads as "".
 fn strs<'a>(a: &'a PyArray, what: &str) -> PyResult<Vec<&'a str>> {
-    let any = a.as_ref().as_any();
+    str_values(a.as_ref().as_ref(), what)
+}
+
+fn str_values<'a>(a: &'a dyn Array, what: &str) -> PyResult<Vec<&'a str>> {
+    let any = a.as_any();
     let get = |n: usize, null: &dyn Fn(usize) -> bool, val: &dyn Fn(usize) -> &'a str| {
         (0..n).map(|i| if null(i) { "" } else { val(i) }).collect()
     };
@@ -106,8 +111,27 @@ fn strs<'a>(a: &'a PyArray, what: &str) -> PyResult<Vec<&'a str>> {
     } else if let Some(s) = any.downcast_ref::<StringViewArray>() {
         Ok(get(s.len(), &|i| s.is_null(i), &|i| s.value(i)))
     } else {
-        Err(input_err(format!("{what}: expected strings, found Arrow type {}", a.as_ref().data_type())))
+        Err(input_err(format!("{what}: expected strings, found Arrow type {}", a.data_type())))
     }
+}
+
+/// The row boundaries and the values of a list or large_list column.
+fn list_parts<'a>(a: &'a PyArray, what: &str) -> PyResult<(Vec<usize>, &'a ArrayRef)> {
+    let any = a.as_ref().as_any();
+    if let Some(l) = any.downcast_ref::<ListArray>() {
+        Ok((l.value_offsets().iter().map(|&o| o as usize).collect(), l.values()))
+    } else if let Some(l) = any.downcast_ref::<LargeListArray>() {
+        Ok((l.value_offsets().iter().map(|&o| o as usize).collect(), l.values()))
+    } else {
+        Err(input_err(format!("{what}: expected a list column, found Arrow type {}", a.as_ref().data_type())))
+    }
+}
+
+/// `list<large_string>` from row offsets and values.
+fn list_str(offsets: Vec<i32>, values: Vec<String>) -> PyArray {
+    let field = Arc::new(Field::new("item", DataType::LargeUtf8, true));
+    let values = Arc::new(LargeStringArray::from_iter_values(values));
+    arr(ListArray::new(field, OffsetBuffer::new(ScalarBuffer::from(offsets)), values, None))
 }
 
 fn list_i32(offsets: Vec<i32>, values: Vec<i32>) -> PyArray {
@@ -330,6 +354,53 @@ impl DataEncoder {
         Ok(examples_to_arrow(examples, true))
     }
 
+    /// Token classification: pre-split words (`list<string>`) and one tag id per word
+    /// (`list<int32>`) → `(input_ids, labels, length: u32 before truncation)`, as transformers'
+    /// `is_split_into_words=True` + `word_ids()` recipe builds them (see tags.rs).
+    /// `label_names` (the label of each id) is needed for `label_all_subwords` (B-X → I-X).
+    #[pyo3(signature = (words, tags, max_length, label_all_subwords=false, label_names=None))]
+    fn encode_words(
+        &self,
+        py: Python<'_>,
+        words: PyArray,
+        tags: PyArray,
+        max_length: usize,
+        label_all_subwords: bool,
+        label_names: Option<Vec<String>>,
+    ) -> PyResult<(PyArray, PyArray, PyArray)> {
+        let continuation = match (label_all_subwords, label_names) {
+            (false, _) => None,
+            (true, Some(names)) => Some(tags::continuation_labels(&names)),
+            (true, None) => return Err(input_err("label_all_subwords needs label_names (to turn B-X into I-X)")),
+        };
+        let (word_offsets, word_values) = list_parts(&words, "words")?;
+        let (tag_offsets, tag_values) = list_parts(&tags, "tags")?;
+        if word_offsets.len() != tag_offsets.len() {
+            return Err(input_err(format!("{} rows of words but {} rows of tags", word_offsets.len() - 1, tag_offsets.len() - 1)));
+        }
+        let word_values = str_values(word_values.as_ref(), "words")?;
+        let tag_values = tag_values
+            .as_any()
+            .downcast_ref::<Int32Array>()
+            .ok_or_else(|| input_err(format!("tags: expected list<int32>, found list<{}>", tag_values.data_type())))?
+            .values();
+        let rows = word_offsets.len() - 1;
+        let words: Vec<Vec<&str>> = (0..rows).map(|i| word_values[word_offsets[i]..word_offsets[i + 1]].to_vec()).collect();
+        let tags: Vec<&[i32]> = (0..rows).map(|i| &tag_values[tag_offsets[i]..tag_offsets[i + 1]]).collect();
+        let tk = self.encoder.tokenizer();
+        let out = py.detach(|| {
+            self.pool.install(|| tags::encode_all(tk, &words, &tags, max_length, continuation.as_deref()))
+        })?;
+        let (mut offsets, mut ids, mut labels, mut lengths) = (vec![0i32], vec![], vec![], vec![]);
+        for t in out {
+            ids.extend(t.ids.iter().map(|&i| i as i32));
+            labels.extend(t.labels);
+            offsets.push(ids.len() as i32);
+            lengths.push(t.length);
+        }
+        Ok((list_i32(offsets.clone(), ids), list_i32(offsets, labels), arr(UInt32Array::from(lengths))))
+    }
+
     /// Token ids → text, for `ftc inspect`.
     #[pyo3(signature = (ids, skip_special_tokens=false))]
     fn decode(&self, ids: Vec<u32>, skip_special_tokens: bool) -> PyResult<String> {
@@ -528,6 +599,59 @@ fn hash_files(py: Python<'_>, paths: Vec<String>, threads: usize) -> PyResult<Ve
     .map_err(Into::into)
 }
 
+/// Texts + character-offset entity spans (`list<struct<start: int64, end: int64, label:
+/// string>>`, one list per text) → `(words, tags, starts, ends, problems)`: BIO tags on words
+/// split at whitespace and punctuation, each word's character offsets (`list<int32>`), and per
+/// text the spans left out, one line each (`list<large_string>`), see tags.rs.
+#[pyfunction]
+#[pyo3(signature = (texts, spans, threads=0))]
+fn spans_to_words(py: Python<'_>, texts: PyArray, spans: PyArray, threads: usize) -> PyResult<(PyArray, PyArray, PyArray, PyArray, PyArray)> {
+    let texts = strs(&texts, "texts")?;
+    let (offsets, values) = list_parts(&spans, "spans")?;
+    if offsets.len() != texts.len() + 1 {
+        return Err(input_err(format!("{} texts but {} rows of spans", texts.len(), offsets.len() - 1)));
+    }
+    let structs = values.as_any().downcast_ref::<StructArray>().ok_or_else(|| input_err("spans: expected a list of structs"))?;
+    let int = |name: &str| -> PyResult<&[i64]> {
+        structs
+            .column_by_name(name)
+            .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
+            .map(|c| c.values().as_ref())
+            .ok_or_else(|| input_err(format!("spans: expected an int64 field {name:?}")))
+    };
+    let (starts, ends) = (int("start")?, int("end")?);
+    let labels = str_values(
+        structs.column_by_name("label").ok_or_else(|| input_err("spans: expected a string field \"label\""))?.as_ref(),
+        "spans.label",
+    )?;
+    let rows: Vec<Vec<tags::Span>> = (0..texts.len())
+        .map(|i| (offsets[i]..offsets[i + 1]).map(|j| tags::Span { start: starts[j], end: ends[j], label: labels[j] }).collect())
+        .collect();
+    let pool = pool(threads)?;
+    let out: Vec<tags::Words> = py.detach(|| {
+        use rayon::prelude::*;
+        pool.install(|| (0..texts.len()).into_par_iter().map(|i| tags::spans_to_words(texts[i], &rows[i])).collect())
+    });
+    let (mut w_off, mut p_off) = (vec![0i32], vec![0i32]);
+    let (mut words, mut tag_values, mut s, mut e, mut problems) = (vec![], vec![], vec![], vec![], vec![]);
+    for row in out {
+        words.extend(row.words);
+        tag_values.extend(row.tags);
+        s.extend(row.starts);
+        e.extend(row.ends);
+        problems.extend(row.problems);
+        w_off.push(words.len() as i32);
+        p_off.push(problems.len() as i32);
+    }
+    Ok((
+        list_str(w_off.clone(), words),
+        list_str(w_off.clone(), tag_values),
+        list_i32(w_off.clone(), s),
+        list_i32(w_off, e),
+        list_str(p_off, problems),
+    ))
+}
+
 /// Built-in chat template source by name (`chatml`, `alpaca`), or None.
 #[pyfunction]
 fn builtin_template(name: &str) -> Option<&'static str> {
@@ -564,5 +688,6 @@ fn _data(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(hash_files, m)?)?;
     m.add_function(wrap_pyfunction!(builtin_template, m)?)?;
     m.add_function(wrap_pyfunction!(render_prompt, m)?)?;
+    m.add_function(wrap_pyfunction!(spans_to_words, m)?)?;
     Ok(())
 }

@@ -1,0 +1,233 @@
+//! Token classification (NER, POS): pre-split words and one tag per word → sub-word ids with
+//! aligned labels, and text with character-offset entity spans → words with BIO tags.
+//!
+//! The alignment is transformers' token-classification recipe, to the id: the words are
+//! tokenized as `is_split_into_words=True` does (each word normalized and pre-tokenized on its
+//! own, every piece keeping the word's index), truncated, then special tokens added; the first
+//! sub-word of a word carries the word's tag, the others -100 or (every sub-word labelled) the
+//! tag with `B-X` turned into `I-X`, so that a word split in three still reads as one entity.
+
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+use regex::Regex;
+use tokenizers::{truncate_encodings, PostProcessor, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+
+use crate::encode::IGNORE;
+use crate::error::{DataError, Result};
+
+/// For each label id, the id a continuation sub-word carries when every sub-word is labelled:
+/// `B-X` → `I-X` when the label list has `I-X`, else the label itself (run_ner.py's
+/// `b_to_i_label`, including its `str.replace`, which rewrites every `B-` in the name).
+pub fn continuation_labels(labels: &[String]) -> Vec<i32> {
+    labels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let inside = l.replace("B-", "I-");
+            match labels.iter().position(|x| *x == inside) {
+                Some(j) if l.starts_with("B-") => j as i32,
+                _ => i as i32,
+            }
+        })
+        .collect()
+}
+
+#[derive(Debug, PartialEq)]
+pub struct Tagged {
+    pub ids: Vec<u32>,
+    pub labels: Vec<i32>,
+    /// Tokens before truncation, special tokens included: `> max_length` means words lost.
+    pub length: u32,
+}
+
+/// One sentence. `continuation`: `None` labels only the first sub-word of a word, else the
+/// label of every later sub-word (see `continuation_labels`). A word tagged -100 stays
+/// unlabelled whole.
+pub fn encode_words(
+    tk: &Tokenizer,
+    words: &[&str],
+    tags: &[i32],
+    max_length: usize,
+    continuation: Option<&[i32]>,
+) -> Result<Tagged> {
+    if words.len() != tags.len() {
+        return Err(DataError::Input(format!("{} words but {} tags", words.len(), tags.len())));
+    }
+    if let Some(bad) = tags.iter().find(|&&t| t != IGNORE && (t < 0 || continuation.is_some_and(|c| t as usize >= c.len()))) {
+        return Err(DataError::Input(format!("tag id {bad} is not a label id")));
+    }
+    let err = |e: tokenizers::Error| DataError::Tokenizer(e.to_string());
+    // `encode`, not `encode_fast`: without offsets the tokenizer also drops the word ids.
+    let enc = tk.encode(words, false).map_err(err)?;
+    let added = tk.get_post_processor().map_or(0, |p| p.added_tokens(false));
+    let length = enc.len() + added;
+    let enc = if length > max_length {
+        let params = TruncationParams {
+            direction: TruncationDirection::Right,
+            max_length: max_length.saturating_sub(added),
+            strategy: TruncationStrategy::LongestFirst,
+            stride: 0,
+        };
+        truncate_encodings(enc, None, &params).map_err(err)?.0
+    } else {
+        enc
+    };
+    let enc = tk.post_process(enc, None, true).map_err(err)?;
+    let mut previous = None;
+    let labels = enc
+        .get_word_ids()
+        .iter()
+        .map(|&w| {
+            let label = match w {
+                None => IGNORE,
+                Some(w) if Some(w) != previous => tags[w as usize],
+                Some(w) => match continuation {
+                    Some(c) if tags[w as usize] != IGNORE => c[tags[w as usize] as usize],
+                    _ => IGNORE,
+                },
+            };
+            previous = w;
+            label
+        })
+        .collect();
+    Ok(Tagged { ids: enc.get_ids().to_vec(), labels, length: length as u32 })
+}
+
+/// Every sentence of a batch, in parallel; the first failure names its row.
+pub fn encode_all(
+    tk: &Tokenizer,
+    words: &[Vec<&str>],
+    tags: &[&[i32]],
+    max_length: usize,
+    continuation: Option<&[i32]>,
+) -> Result<Vec<Tagged>> {
+    (0..words.len())
+        .into_par_iter()
+        .with_min_len(8)
+        .map(|i| {
+            encode_words(tk, &words[i], tags[i], max_length, continuation)
+                .map_err(|e| DataError::Input(format!("row {i}: {e}")))
+        })
+        .collect()
+}
+
+pub struct Span<'a> {
+    /// Character (code point) offsets, end exclusive: Python's `text[start:end]`.
+    pub start: i64,
+    pub end: i64,
+    pub label: &'a str,
+}
+
+#[derive(Debug, Default, PartialEq)]
+pub struct Words {
+    pub words: Vec<String>,
+    pub tags: Vec<String>,
+    /// Character offsets of each word in the text.
+    pub starts: Vec<i32>,
+    pub ends: Vec<i32>,
+    /// One line per span left out (the words it covered stay `O`).
+    pub problems: Vec<String>,
+}
+
+/// A word: a run of characters that are neither whitespace, punctuation nor symbols; each
+/// punctuation or symbol character is a word of its own (CoNLL-style tokens: "U.S." is four).
+fn word_regex() -> &'static Regex {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    RE.get_or_init(|| Regex::new(r"[\p{P}\p{S}]|[^\s\p{P}\p{S}]+").expect("valid regex"))
+}
+
+/// Text + entity spans (the export of annotation tools) → words + BIO tags. Whitespace at a
+/// span's ends is dropped (annotators often select a trailing space); a span that still
+/// starts or ends inside a word, overlaps an earlier one, or lies outside the text is left out
+/// and reported, never stretched or cut to fit.
+pub fn spans_to_words(text: &str, spans: &[Span]) -> Words {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = Words::default();
+    let (mut byte, mut char_at) = (0usize, 0usize);
+    for m in word_regex().find_iter(text) {
+        char_at += text[byte..m.start()].chars().count();
+        let n = m.as_str().chars().count();
+        out.words.push(m.as_str().to_string());
+        out.starts.push(char_at as i32);
+        out.ends.push((char_at + n) as i32);
+        (byte, char_at) = (m.end(), char_at + n);
+    }
+    out.tags = vec!["O".to_string(); out.words.len()];
+    let mut order: Vec<&Span> = spans.iter().collect();
+    order.sort_by_key(|s| (s.start, s.end));
+    for span in order {
+        let shown = |s: i64, e: i64| -> String { chars[s as usize..e as usize].iter().collect() };
+        let what = |why: &str| format!("span {}..{} ({}) {why}", span.start, span.end, span.label);
+        if span.start < 0 || span.end > chars.len() as i64 || span.start >= span.end {
+            out.problems.push(what(&format!("is empty or outside the text ({} characters)", chars.len())));
+            continue;
+        }
+        let (mut s, mut e) = (span.start, span.end);
+        while s < e && chars[s as usize].is_whitespace() {
+            s += 1;
+        }
+        while e > s && chars[e as usize - 1].is_whitespace() {
+            e -= 1;
+        }
+        if s == e {
+            out.problems.push(what("covers only whitespace"));
+            continue;
+        }
+        // First word ending after s, last word starting before e: both exist, as s..e holds a
+        // non-whitespace character and every such character is in a word.
+        let first = out.ends.partition_point(|&we| we as i64 <= s);
+        let last = out.starts.partition_point(|&ws| (ws as i64) < e) - 1;
+        if out.starts[first] as i64 != s || out.ends[last] as i64 != e {
+            let (ws, we) = (out.starts[first] as i64, out.ends[last] as i64);
+            out.problems.push(what(&format!("{:?} cuts through a word: {:?}", shown(s, e), shown(ws, we))));
+            continue;
+        }
+        if out.tags[first..=last].iter().any(|t| t != "O") {
+            out.problems.push(what(&format!("{:?} overlaps an earlier entity", shown(s, e))));
+            continue;
+        }
+        out.tags[first] = format!("B-{}", span.label);
+        for t in &mut out.tags[first + 1..=last] {
+            *t = format!("I-{}", span.label);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn span(start: i64, end: i64, label: &str) -> Span<'_> {
+        Span { start, end, label }
+    }
+
+    #[test]
+    fn tags_continuation_maps_b_to_i_only_when_i_exists() {
+        let labels: Vec<String> = ["O", "B-PER", "I-PER", "B-LOC", "B-B-X", "I-I-X"].map(String::from).to_vec();
+        assert_eq!(continuation_labels(&labels), vec![0, 2, 2, 3, 5, 5]);
+    }
+
+    #[test]
+    fn tags_spans_become_bio_with_char_offsets() {
+        let text = "Ana García visited New York, née Zoë.";
+        // The trailing space of the first span is dropped, not reported.
+        let w = spans_to_words(text, &[span(19, 27, "LOC"), span(0, 11, "PER"), span(33, 36, "PER")]);
+        assert_eq!(w.words, ["Ana", "García", "visited", "New", "York", ",", "née", "Zoë", "."]);
+        assert_eq!(w.starts, [0, 4, 11, 19, 23, 27, 29, 33, 36]);
+        assert_eq!(w.tags, ["B-PER", "I-PER", "O", "B-LOC", "I-LOC", "O", "O", "B-PER", "O"]);
+        assert!(w.problems.is_empty(), "{:?}", w.problems);
+    }
+
+    #[test]
+    fn tags_bad_spans_are_reported_not_stretched() {
+        let text = "Parisian food in Paris";
+        let w = spans_to_words(text, &[span(0, 5, "LOC"), span(16, 22, "LOC"), span(17, 22, "X"), span(20, 40, "Y")]);
+        assert_eq!(w.tags, ["O", "O", "O", "B-LOC"]);
+        assert_eq!(w.problems.len(), 3);
+        assert!(w.problems[0].contains("cuts through a word: \"Parisian\""), "{:?}", w.problems);
+        assert!(w.problems[1].contains("overlaps"), "{:?}", w.problems);
+        assert!(w.problems[2].contains("outside the text"), "{:?}", w.problems);
+    }
+}
