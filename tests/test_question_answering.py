@@ -398,3 +398,22 @@ def test_extract_answer_rejects_mismatched_inputs():
         extract_answer("Word", [w], [np.zeros(4)], [np.zeros(4)], cls_token_id=2, top_k=0)
     best = extract_answer("Word", [w], [np.zeros(4)], [np.zeros(4)], cls_token_id=2)
     assert [(a.text, a.start, a.end) for a in best] == [("Word", 0, 4)]
+
+
+def test_null_answer_scores_the_least_likely_cls_over_windows():
+    """By hand: [CLS] q [SEP] "ab" "cd" [SEP] twice; softmaxes over CLS and the context only."""
+    w = {"input_ids": np.array([2, 9, 3, 10, 11, 3]), "offset_starts": np.array([-1, -1, -1, 0, 3, -1]),
+         "offset_ends": np.array([-1, -1, -1, 2, 5, -1]), "word_ids": np.array([-1, -1, -1, 0, 1, -1])}
+    low = (np.array([0, 7, 7, 2, 0, 7.0]), np.array([0, 7, 7, 0, 2, 7.0]))  # question/SEP logits are masked
+    high = (np.array([5, 0, 0, 1, 0, 0.0]), np.array([5, 0, 0, 0, 1, 0.0]))
+    got = extract_answer("ab cd", [w, w], [low[0], high[0]], [low[1], high[1]], cls_token_id=2, top_k=10,
+                         handle_impossible_answer=True)
+    e = np.e
+    p_low, p_high = 1 / (2 + e**2), e**5 / (e**5 + e + 1)
+    # Past the three real spans per window come zero-score ones (the pipeline's too), some empty.
+    null = max(a.score for a in got if a.text == "")
+    assert null == pytest.approx(p_low**2) and p_high**2 > 0.9  # the lower of the two windows' CLS scores
+    # "ab cd" from both windows is one answer, its scores summed.
+    both = (e**2 / (2 + e**2)) ** 2 + (e / (e**5 + e + 1)) ** 2
+    assert (got[0].text, got[0].start, got[0].end, got[0].score) == ("ab cd", 0, 5, pytest.approx(both))
+    assert [a.text for a in got].count("ab cd") == 1 and {a.text for a in got} == {"ab cd", "ab", "cd", ""}
