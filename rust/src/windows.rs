@@ -9,8 +9,9 @@
 //! the "no answer" target) when the answer is absent or not wholly inside the window.
 
 use rayon::prelude::*;
-use tokenizers::{truncate_encodings, Encoding, PostProcessor, Tokenizer, TruncationDirection, TruncationParams,
-                 TruncationStrategy};
+use tokenizers::{
+    truncate_encodings, Encoding, PostProcessor, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
+};
 
 use crate::error::{DataError, Result};
 
@@ -38,7 +39,12 @@ pub struct Example<'a> {
 }
 
 /// Every example's windows, or the reason it has none; in example order.
-pub fn encode_windows(tk: &Tokenizer, examples: &[Example], max_length: usize, stride: usize) -> Vec<Result<Vec<Window>>> {
+pub fn encode_windows(
+    tk: &Tokenizer,
+    examples: &[Example],
+    max_length: usize,
+    stride: usize,
+) -> Vec<Result<Vec<Window>>> {
     examples.par_iter().with_min_len(8).map(|e| windows(tk, e, max_length, stride)).collect()
 }
 
