@@ -46,6 +46,14 @@ class DataEncoder:
                      label_names: list[str] | None = None) -> tuple[ArrowArray, ArrowArray, ArrowArray]:
         """Token classification: words list<string> + tag ids list<int32> → (input_ids, labels,
         length: u32 before truncation), as `is_split_into_words=True` + `word_ids()` align them."""
+    def encode_windows(self, questions: ArrowArray, contexts: ArrowArray, answer_starts: ArrowArray | None = None,
+                       answer_ends: ArrowArray | None = None, max_length: int = 384, doc_stride: int = 128
+                       ) -> tuple[ArrowArray, ArrowArray, ArrowArray, ArrowArray, ArrowArray, ArrowArray,
+                                  ArrowArray | None, ArrowArray | None, ArrowArray]:
+        """Extractive QA windows, one row each: (input_ids, token_type_ids, offset_starts, offset_ends,
+        word_ids, example: u32, start_positions | None, end_positions | None), then one error (or null)
+        per example. Offsets and word ids are -1 outside the context; answers are int64 character
+        spans (null or -1: no answer), positions 0 (CLS) when the window does not hold the answer."""
     def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str: ...
 
 def scan_lines(buf: bytes, first_line: int, json_fields: list[tuple[str, str]] | None = None,

@@ -13,6 +13,7 @@ mod pack;
 mod pretok;
 mod tags;
 mod template;
+mod windows;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -261,6 +262,45 @@ fn examples_to_arrow(examples: Vec<Example>, type_ids: bool) -> Encoded {
     )
 }
 
+type Windows = (PyArray, PyArray, PyArray, PyArray, PyArray, PyArray, Option<PyArray>, Option<PyArray>, PyArray);
+
+fn windows_to_arrow(out: Vec<Result<Vec<windows::Window>, DataError>>, train: bool) -> Windows {
+    let mut offsets = vec![0i32];
+    let (mut ids, mut types, mut starts, mut ends, mut words) = (vec![], vec![], vec![], vec![], vec![]);
+    let (mut example, mut first, mut last) = (vec![], vec![], vec![]);
+    let mut errors = LargeStringBuilder::new();
+    for (i, r) in out.into_iter().enumerate() {
+        match r {
+            Ok(ws) => {
+                errors.append_null();
+                for w in ws {
+                    ids.extend(w.ids.iter().map(|&t| t as i32));
+                    types.extend(w.type_ids.iter().map(|&t| t as i32));
+                    starts.extend(w.starts);
+                    ends.extend(w.ends);
+                    words.extend(w.words);
+                    offsets.push(ids.len() as i32);
+                    example.push(i as u32);
+                    first.push(w.answer.0);
+                    last.push(w.answer.1);
+                }
+            }
+            Err(e) => errors.append_value(e.to_string()),
+        }
+    }
+    (
+        list_i32(offsets.clone(), ids),
+        list_i32(offsets.clone(), types),
+        list_i32(offsets.clone(), starts),
+        list_i32(offsets.clone(), ends),
+        list_i32(offsets, words),
+        arr(UInt32Array::from(example)),
+        train.then(|| arr(Int32Array::from(first))),
+        train.then(|| arr(Int32Array::from(last))),
+        arr(errors.finish()),
+    )
+}
+
 #[pymethods]
 impl DataEncoder {
     /// `special_tokens`: `{bos_token: "<s>", ...}` as the template sees them.
@@ -399,6 +439,55 @@ impl DataEncoder {
             lengths.push(t.length);
         }
         Ok((list_i32(offsets.clone(), ids), list_i32(offsets, labels), arr(UInt32Array::from(lengths))))
+
+    /// Extractive QA windows (see windows.rs): questions + contexts → one row per window:
+    /// `(input_ids, token_type_ids, offset_starts, offset_ends, word_ids, example: u32,
+    /// start_positions: i32 | None, end_positions: i32 | None, errors)`. The four list columns
+    /// are `list<int32>`; offsets (characters into the context) and word ids are -1 outside the
+    /// context. `answer_starts`/`answer_ends` (int64 character offsets, null or -1 for no
+    /// answer) give the training targets; without them both position columns are None.
+    /// `errors` has one row per example: null, or why the example has no window.
+    #[pyo3(signature = (questions, contexts, answer_starts=None, answer_ends=None, max_length=384, doc_stride=128))]
+    #[allow(clippy::too_many_arguments)]
+    fn encode_windows(
+        &self,
+        py: Python<'_>,
+        questions: PyArray,
+        contexts: PyArray,
+        answer_starts: Option<PyArray>,
+        answer_ends: Option<PyArray>,
+        max_length: usize,
+        doc_stride: usize,
+    ) -> PyResult<Windows> {
+        let questions = strs(&questions, "questions")?;
+        let contexts = strs(&contexts, "contexts")?;
+        if questions.len() != contexts.len() {
+            return Err(input_err("questions and contexts differ in length"));
+        }
+        if doc_stride >= max_length {
+            return Err(input_err(format!("doc_stride {doc_stride} must be less than max_length {max_length}")));
+        }
+        let spans = match (&answer_starts, &answer_ends) {
+            (Some(s), Some(e)) => {
+                let (s, e) = (downcast::<Int64Array>(s, "answer_starts")?, downcast::<Int64Array>(e, "answer_ends")?);
+                if s.len() != questions.len() || e.len() != questions.len() {
+                    return Err(input_err("answer_starts and answer_ends need one value per question"));
+                }
+                let span = |i: usize| {
+                    (s.is_valid(i) && e.is_valid(i) && s.value(i) >= 0 && e.value(i) >= s.value(i))
+                        .then(|| (s.value(i) as usize, e.value(i) as usize))
+                };
+                (0..s.len()).map(span).collect()
+            }
+            (None, None) => vec![None; questions.len()],
+            _ => return Err(input_err("answer_starts and answer_ends go together")),
+        };
+        let examples: Vec<windows::Example> = (0..questions.len())
+            .map(|i| windows::Example { question: questions[i], context: contexts[i], answer: spans[i] })
+            .collect();
+        let tk = self.encoder.tokenizer();
+        let out = py.detach(|| self.pool.install(|| windows::encode_windows(tk, &examples, max_length, doc_stride)));
+        Ok(windows_to_arrow(out, answer_starts.is_some()))
     }
 
     /// Token ids → text, for `ftc inspect`.
