@@ -439,6 +439,7 @@ impl DataEncoder {
             lengths.push(t.length);
         }
         Ok((list_i32(offsets.clone(), ids), list_i32(offsets, labels), arr(UInt32Array::from(lengths))))
+    }
 
     /// Extractive QA windows (see windows.rs): questions + contexts → one row per window:
     /// `(input_ids, token_type_ids, offset_starts, offset_ends, word_ids, example: u32,
