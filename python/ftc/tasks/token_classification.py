@@ -18,7 +18,6 @@ import pyarrow.compute as pc
 
 from ftc.errors import FtcError, SourceError
 
-IGNORE = -100
 TAGGED = pa.schema([("tokens", pa.list_(pa.large_string())), ("tags", pa.list_(pa.large_string()))])
 SPANS = pa.large_list(pa.struct([("start", pa.int64()), ("end", pa.int64()), ("label", pa.large_string())]))
 
