@@ -95,6 +95,20 @@ def test_the_quarantine_file_stays_in_the_store(tmp_path: Path, llama_dir: Path,
     assert not list(tmp_path.glob("evil*")) and not list(ftc_home.glob("evil*"))
 
 
+def test_a_directory_given_as_a_source_is_an_error_not_an_empty_source(tmp_path: Path, llama_dir: Path):
+    from ftc.errors import SourceError
+    from ftc.prep import prep
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in chat_rows(20)), encoding="utf-8")
+    spec = load_spec(write_spec(tmp_path / "spec.toml", llama_dir, [{"path": "data"}]))
+    with pytest.raises(SourceError, match="is a directory") as e:
+        prep(spec)
+    assert "data/*.jsonl" in (e.value.hint or "")
+    globbed = load_spec(write_spec(tmp_path / "spec.toml", llama_dir, [{"path": "data/*.jsonl"}]))
+    assert prep(globbed).manifest["stats"]["rows_read"] == 20
+
+
 @pytest.mark.parametrize("content", [b"\x89PNG\r\n\x1a\n\xff\xfe\x00\x00", b"{{ x }}\x00"])
 def test_a_binary_template_file_is_a_clear_error(tmp_path: Path, bpe_dir: Path, content: bytes):
     from ftc.errors import ModelError
@@ -300,6 +314,7 @@ def test_cli_refuses_bad_limits_and_seeds_without_a_traceback(tmp_path: Path):
     from ftc.cli import main
 
     for args in (["serve", str(tmp_path), "--max-bytes", "nan"], ["serve", str(tmp_path), "--max-bytes", "inf"],
+                 ["serve", str(tmp_path), "--max-bytes", "lots"],
                  ["serve", str(tmp_path), "--max-bytes", "-5"],
                  ["infer", str(tmp_path), "--text", "hi", "--seed", str(2**70)]):
         result = CliRunner().invoke(main, args)

@@ -110,6 +110,24 @@ def test_killed_build_leftovers_are_not_entries_and_gc_removes_them(project: Pat
     assert removed == 1 and not leftover.exists() and result.path.exists()
 
 
+def test_gc_never_removes_what_a_build_holds_and_collects_abandoned_checkpoints(project: Path):
+    """A dataset a training run reads and the checkpoints it writes are held by locks; `gc
+    --older-than 0` skips them, and takes them once released. Checkpoints nobody holds (a killed
+    build's) are listed as abandoned and collected."""
+    data = build(project)
+    running, killed = store.home() / store.WORK / "a", store.home() / store.WORK / "b"
+    for d in (running, killed):
+        d.mkdir(parents=True)
+        (d / "checkpoint-1").write_bytes(b"weights")
+    with store.lock(store.WORK, "a"), store.lock(store.DATASETS, data.key, shared=True):
+        assert store.abandoned() == [killed]
+        store.gc(older_than_days=0)
+        assert data.path.is_dir() and running.is_dir() and not killed.exists()
+    assert store.abandoned() == [running]
+    store.gc(older_than_days=0)
+    assert not data.path.exists() and not running.exists()
+
+
 def test_incomplete_entry_is_rebuilt(project: Path):
     result = build(project)
     os.remove(result.path / "manifest.json")  # as if an older ftc crashed before the manifest

@@ -125,15 +125,17 @@ def _build_run(spec: Spec, *, threads: int = 0, progress: data_stage.Progress | 
     data = data_stage.prep(spec, threads=threads, progress=progress)
     inputs = train_inputs(spec, data.key, model_dir, threads)
     key = store.key_of(inputs)
-    work = store.home() / "work" / key
+    work = store.home() / store.WORK / key
 
     def make(tmp: Path) -> dict[str, Any]:
-        work.mkdir(parents=True, exist_ok=True)
-        try:
-            manifest = _train(spec, data, model_dir, inputs, key, work, tmp)
-        except DivergedError:
-            shutil.rmtree(work, ignore_errors=True)  # its checkpoints hold the diverged weights
-            raise
+        # Held while training: `ftc cache gc` leaves the checkpoints and the dataset alone.
+        with store.lock(store.WORK, key), store.lock(store.DATASETS, data.key, shared=True):
+            work.mkdir(parents=True, exist_ok=True)
+            try:
+                manifest = _train(spec, data, model_dir, inputs, key, work, tmp)
+            except DivergedError:
+                shutil.rmtree(work, ignore_errors=True)  # its checkpoints hold the diverged weights
+                raise
         manifest["seconds"] = round(time.perf_counter() - t0, 3)
         return manifest
 

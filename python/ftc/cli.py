@@ -535,9 +535,12 @@ def cache_ls(as_json: bool) -> None:
     from ftc import store
 
     entries = store.entries()
+    left = store.abandoned()
     if as_json:
         click.echo(json.dumps([{"bucket": e.bucket, "key": e.key, "name": e.name, "path": str(e.path),
-                                "bytes": e.size, "created": e.created} for e in entries], indent=2))
+                                "bytes": e.size, "created": e.created} for e in entries]
+                              + [{"bucket": store.WORK, "key": d.name, "name": "(abandoned build)", "path": str(d),
+                                  "bytes": _tree_size(d), "created": d.stat().st_mtime} for d in left], indent=2))
         return
     table = Table(title=f"store {store.home()}", title_justify="left", box=None, pad_edge=False)
     for col in ("key", "bucket", "name", "size", "created"):
@@ -545,7 +548,14 @@ def cache_ls(as_json: bool) -> None:
     for e in entries:
         table.add_row(e.key[:12], e.bucket, e.name, f"{e.size / 1e6:.1f} MB",
                       time.strftime("%Y-%m-%d %H:%M", time.localtime(e.created)))
-    err.print(table if entries else f"store {store.home()}: empty")
+    for d in left:  # checkpoints of a killed or failed build: a rebuild resumes, `gc` removes them
+        table.add_row(d.name[:12], store.WORK, "(abandoned build)", f"{_tree_size(d) / 1e6:.1f} MB",
+                      time.strftime("%Y-%m-%d %H:%M", time.localtime(d.stat().st_mtime)))
+    err.print(table if entries or left else f"store {store.home()}: empty")
+
+
+def _tree_size(d: Path) -> int:
+    return sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
 
 
 @cache.command("rm")
@@ -565,7 +575,8 @@ def cache_rm(keys: tuple[str, ...]) -> None:
 @click.option("--older-than", type=float, default=None, metavar="DAYS", help="Also remove entries older than DAYS.")
 @reported
 def cache_gc(older_than: float | None) -> None:
-    """Remove what interrupted builds left behind (and, if asked, old entries)."""
+    """Remove what interrupted builds left behind (and, if asked, old entries); never what a
+    running build uses."""
     from ftc import store
 
     n, freed = store.gc(older_than)

@@ -133,7 +133,9 @@ def export(run: Run, settings: Export | None = None, *, spec_text: str | None = 
     key = store.key_of(inputs)
 
     def make(tmp: Path) -> dict[str, Any]:
-        manifest = _export(run, settings, inputs, key, spec_text or run.spec_text, tmp, progress or _quiet)
+        # Held while exporting: `ftc cache gc` leaves the run and its dataset alone.
+        with store.lock(RUNS, run.key, shared=True), store.lock(store.DATASETS, run.manifest["data_key"], shared=True):
+            manifest = _export(run, settings, inputs, key, spec_text or run.spec_text, tmp, progress or _quiet)
         manifest["seconds"] = round(time.perf_counter() - t0, 3)
         return manifest
 

@@ -62,9 +62,14 @@ def source_files(source: Source, root: Path) -> list[Path]:
     for pat in patterns:
         base = str(resolve_pkg(pat)) if pat.startswith("pkg://") else str(root / Path(pat).expanduser())
         found = sorted(glob.glob(base, recursive=True)) if glob.has_magic(base) else [base] if Path(base).exists() else []
+        if not glob.has_magic(base) and Path(base).is_dir():
+            raise SourceError(f"source `{source_name(source, pat)}`: `{pat}` is a directory, not a file",
+                              hint=f"give its files with a glob, e.g. `path = \"{pat.rstrip('/')}/*.jsonl\"` "
+                                   "(`**` also reads subdirectories)")
+        found = [f for f in found if Path(f).is_file()]
         if not found:
             raise SourceError(f"source `{source_name(source, pat)}`: `{pat}` matches no file (looked in {root})")
-        files.extend(Path(f).resolve() for f in found if Path(f).is_file())
+        files.extend(Path(f).resolve() for f in found)
     return files
 
 

@@ -27,6 +27,7 @@ from ftc.errors import StoreError
 DATASETS = "datasets-v1"
 MODELS = "models-v1"  # HF directories converted from GGUF files
 MANIFEST = "manifest.json"
+WORK = "work"  # checkpoints of runs being trained (or killed): `work/<train key>/`
 
 
 def home() -> Path:
@@ -49,19 +50,35 @@ def lookup(bucket: str, key: str) -> Path | None:
 
 
 @contextmanager
-def lock(bucket: str, key: str) -> Iterator[None]:
-    """Exclusive lock on one key; a second build of the same key waits, then finds it cached."""
+def lock(bucket: str, key: str, *, shared: bool = False) -> Iterator[None]:
+    """A lock on one key: exclusive to build or remove it (a second build of the same key
+    waits, then finds it cached), shared to read it (a build reading a dataset, an export
+    reading a run), so `gc` and `rm` never take an entry from under a reader."""
     root = home() / bucket
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise StoreError(f"cannot create the store at {root}: {e}", hint="set FTC_HOME to a writable directory") from None
     with open(root / f".{key}.lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        fcntl.flock(f, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _busy(bucket_dir: Path, key: str) -> bool:
+    """Whether some process holds the key's lock (building, reading or training it)."""
+    path = bucket_dir / f".{key}.lock"
+    if not path.is_file():
+        return False
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return False
 
 
 @contextmanager
@@ -161,23 +178,49 @@ def remove(entry: Entry) -> None:
         shutil.rmtree(entry.path)
 
 
+def abandoned() -> list[Path]:
+    """Checkpoint directories of builds that no process is running: killed or failed builds.
+    A rebuild of the same spec resumes from them; `gc` removes them."""
+    root = home() / WORK
+    if not root.is_dir():
+        return []
+    return sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and not _busy(root, d.name))
+
+
 def gc(older_than_days: float | None = None) -> tuple[int, int]:
-    """Removes leftovers of interrupted builds and, if asked, entries older than N days.
-    Returns (directories removed, bytes freed)."""
+    """Removes leftovers of interrupted builds (temporary directories, abandoned checkpoints)
+    and, if asked, entries older than N days; never what a running build holds. Returns
+    (directories removed, bytes freed)."""
     removed, freed = 0, 0
     root = home()
     if not root.is_dir():
         return 0, 0
     cutoff = time.time() - older_than_days * 86400 if older_than_days is not None else None
+    left = set(abandoned())
     for bucket in (p for p in root.iterdir() if p.is_dir()):
         for d in bucket.iterdir():
             stale_tmp = d.name.startswith(".tmp-") and not _pid_alive(d.name)
-            too_old = cutoff is not None and d.is_dir() and not d.name.startswith(".") and d.stat().st_mtime < cutoff
-            if stale_tmp or too_old:
-                freed += sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
-                shutil.rmtree(d, ignore_errors=True)
+            entry = d.is_dir() and not d.name.startswith(".")
+            too_old = cutoff is not None and entry and d.stat().st_mtime < cutoff
+            if stale_tmp:
+                freed += _remove_tree(d)
                 removed += 1
+            elif d in left or too_old:
+                with open(bucket / f".{d.name}.lock", "a") as f:
+                    try:  # held: a build or a reader is using it
+                        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        continue
+                    freed += _remove_tree(d)
+                    removed += 1
+                    fcntl.flock(f, fcntl.LOCK_UN)
     return removed, freed
+
+
+def _remove_tree(d: Path) -> int:
+    size = sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
+    shutil.rmtree(d, ignore_errors=True)
+    return size
 
 
 def _pid_alive(tmp_name: str) -> bool:
