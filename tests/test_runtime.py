@@ -207,7 +207,8 @@ def test_generation_stops_at_any_eos_token(generator: runtime.Generator):
     stop = free.token_ids[4]
     first = free.token_ids.index(stop)
     art = generator.artifact
-    stopping = runtime.Generator(Artifact(art.path, {**art.manifest, "eos_token_ids": [stop]}, art.variant))
+    stopping = runtime.Generator(Artifact(art.path, {**art.manifest, "eos_token_ids": [stop]}, art.variant,
+                                                   art.digest))
     assert stop in stopping.eos
     got = stopping.generate(CHATS[0], max_new_tokens=12)
     assert got.token_ids == free.token_ids[:first] and got.finish_reason == "eos"
@@ -272,6 +273,33 @@ def test_load_refuses_tampered_missing_and_unlisted_files(cls_artifact: Path, lm
     (lm / MANIFEST).write_text(json.dumps({**manifest, "format": "ftc-artifact-v9"}))
     with pytest.raises(ArtifactError, match="ftc-artifact-v9"):
         runtime.load(lm)
+
+
+def test_the_artifact_is_sealed_by_its_card(cls_artifact: Path, tmp_path: Path):
+    """The card's sha256 names the whole artifact: a pinned deployment refuses an edited card
+    (swapped labels run silently otherwise); an unlisted file any variant could read is refused;
+    a card whose fields have the wrong type is a clear error, not a traceback."""
+    from ftc.runtime.artifact import sha256
+
+    art = shutil.copytree(cls_artifact, tmp_path / "a")
+    digest = sha256(art / MANIFEST)
+    assert runtime.load(art, pin=digest).artifact.digest == digest
+    original = (art / MANIFEST).read_bytes()
+    card = json.loads(original)
+    (art / MANIFEST).write_text(json.dumps({**card, "labels": card["labels"][::-1]}))
+    runtime.load(art)  # unpinned, a consistent card still loads
+    with pytest.raises(ArtifactError, match="not the pinned"):
+        runtime.load(art, pin=digest)
+    (art / MANIFEST).write_bytes(original)
+    assert "added_tokens.json" not in card["files"]
+    (art / "added_tokens.json").write_text('{"[SEP]": 0}')  # a file tokenizers read beside tokenizer.json
+    with pytest.raises(ArtifactError, match="`added_tokens.json` is not listed"):
+        runtime.load(art, pin=digest)
+    (art / "added_tokens.json").unlink()
+    for field, value in (("max_length", -1), ("max_length", 1.5), ("labels", [1, 2]), ("eos_token_ids", "x")):
+        (art / MANIFEST).write_text(json.dumps({**card, field: value}))
+        with pytest.raises(ArtifactError, match=f"`{field}` must be"):
+            runtime.load(art)
 
 
 def test_runtime_never_imports_torch(cls_artifact: Path, lm_artifact: Path):
@@ -376,7 +404,7 @@ def test_serve_classification(served, classifier: runtime.Classifier):
     url = served(classifier, max_batch=3, max_bytes=2000)
     assert url.startswith("http://127.0.0.1:")
     assert call(url + "/health") == (200, {"status": "ok", "task": "classification", "variant": "fp32",
-                                           "labels": LABELS})
+                                           "labels": LABELS, "artifact_sha256": classifier.artifact.digest})
     status, body = call(url + "/v1/classify", {"texts": TEXTS[:2], "text_pairs": PAIRS[:2]})
     assert status == 200
     assert body["predictions"] == [p.as_dict() for p in classifier.classify(TEXTS[:2], PAIRS[:2])]

@@ -352,8 +352,11 @@ def _print_export(r: Any) -> None:
     for failure in m.get("failures") or []:
         err.print(f"warning: parity failed (published with verify = false): {failure}", markup=False, soft_wrap=True)
     if r.artifact is not None:
-        card = json.loads((r.artifact / "ftc-artifact.json").read_text(encoding="utf-8"))
-        err.print(f"artifact {r.artifact} (default {card['default']})", markup=False, soft_wrap=True)
+        from ftc.runtime.artifact import MANIFEST, sha256
+
+        card = json.loads((r.artifact / MANIFEST).read_text(encoding="utf-8"))
+        err.print(f"artifact {r.artifact} (default {card['default']}) · sha256 {sha256(r.artifact / MANIFEST)} "
+                  "(`--pin` it)", markup=False, soft_wrap=True)
     if (r.path / "merged").is_dir():
         err.print(f"merged weights {r.path / 'merged'}", markup=False, soft_wrap=True)
 
@@ -435,10 +438,12 @@ def inspect(target: str, split: str, n_rows: int, as_json: bool) -> None:
 @click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=None,
               help="Seed of the sampler (with --temperature above 0), 0 to 2³¹−1.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per input on stdout (JSON Lines).")
+@click.option("--pin", metavar="SHA256", help="Refuse any artifact but the one whose ftc-artifact.json has this "
+              "sha256 (printed by `ftc export`, `ftc infer`, GET /health).")
 @reported
 def infer(artifact: Path, texts: tuple[str, ...], file: Path | None, variant: str | None, batch_size: int, raw: bool,
           max_new_tokens: int, temperature: float, top_p: float, top_k: int, seed: int | None,
-          as_json: bool) -> None:
+          as_json: bool, pin: str | None) -> None:
     """Run ARTIFACT (a directory `ftc export` wrote) on --text or --file, with onnxruntime only.
 
     A classifier prints each text's label and the probability of every label; a causal LM
@@ -452,15 +457,16 @@ def infer(artifact: Path, texts: tuple[str, ...], file: Path | None, variant: st
         raise click.UsageError("give --text or --file")
     inputs = [{"text": t} for t in texts] + (read_inputs(file) if file is not None else [])
     start = time.perf_counter()
-    model = runtime.load(artifact, variant)
+    model = runtime.load(artifact, variant, pin=pin)
     task = tasks.get(model.task)
     results = task.infer(model, inputs, {"batch_size": batch_size, "raw": raw, "max_new_tokens": max_new_tokens,
                                          "temperature": temperature, "top_p": top_p, "top_k": top_k, "seed": seed})
     for i, (inp, res) in enumerate(zip(inputs, results, strict=True)):
         click.echo(json.dumps(task.infer_json(inp, res), ensure_ascii=False) if as_json
                    else task.infer_line(inp, res, i == 0))
-    err.print(f"{model.task} · {artifact} · {model.artifact.variant} · {len(inputs)} input{'s' * (len(inputs) != 1)} · "
-              f"{time.perf_counter() - start:.2f}s", markup=False, soft_wrap=True)
+    err.print(f"{model.task} · {artifact} · {model.artifact.variant} · sha256 {model.artifact.digest[:12]} · "
+              f"{len(inputs)} input{'s' * (len(inputs) != 1)} · {time.perf_counter() - start:.2f}s", markup=False,
+              soft_wrap=True)
 
 
 @main.command()
@@ -476,9 +482,11 @@ def infer(artifact: Path, texts: tuple[str, ...], file: Path | None, variant: st
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=512, show_default=True,
               help="Most tokens a generate request may ask for.")
 @click.option("--threads", type=click.IntRange(min=0), default=0, help="onnxruntime threads (0: one per core).")
+@click.option("--pin", metavar="SHA256", help="Refuse any artifact but the one whose ftc-artifact.json has this "
+              "sha256 (printed by `ftc export`, `ftc infer`, GET /health).")
 @reported
 def serve(artifact: Path, variant: str | None, host: str, port: int, max_batch: int, max_bytes: str,
-          max_new_tokens: int, threads: int) -> None:
+          max_new_tokens: int, threads: int, pin: str | None) -> None:
     """Serve ARTIFACT over HTTP: GET /health, POST /v1/classify or /v1/generate (JSON).
 
     \b
@@ -490,7 +498,7 @@ def serve(artifact: Path, variant: str | None, host: str, port: int, max_batch: 
     from ftc.runtime.serve import make_server
 
     limit = _size(max_bytes)
-    model = runtime.load(artifact, variant, threads)
+    model = runtime.load(artifact, variant, threads, pin)
     try:
         server = make_server(model, host, port, max_batch, limit, max_new_tokens)
     except OSError as e:

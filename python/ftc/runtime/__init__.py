@@ -24,14 +24,15 @@ Model = Classifier | Generator
 __all__ = ["Artifact", "Classifier", "Generation", "Generator", "Model", "Prediction", "load"]
 
 
-def load(path: str | Path, variant: str | None = None, threads: int = 0) -> Model:
+def load(path: str | Path, variant: str | None = None, threads: int = 0, pin: str | None = None) -> Model:
     """The artifact at `path`, its hashes checked, as a `Classifier` or a `Generator`.
 
     `variant` picks `fp32`, `int8` or `int4` (default: the artifact's `default`); `threads`
-    sets onnxruntime's intra-op threads for a classifier (0: one per core).
+    sets onnxruntime's intra-op threads for a classifier (0: one per core); `pin`, the sha256
+    of the artifact's card, refuses any other artifact.
     """
     from ftc import tasks
 
-    artifact = read(Path(path), variant)
+    artifact = read(Path(path), variant, pin)
     model: Model = tasks.get(artifact.task).runtime(artifact, threads)
     return model

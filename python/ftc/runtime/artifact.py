@@ -9,6 +9,11 @@ weights, which would cost seconds per GB at every start for nothing that runs.
 
     art = read(Path("artifact"), "int8")      # ArtifactError if a hash does not match
     art.model_path                             # artifact/model.int8.onnx
+
+The card lists the sha256 of every other file, so the sha256 of `ftc-artifact.json` itself
+(`Artifact.digest`, printed by `ftc export`, `ftc infer` and `GET /health`) names the whole
+artifact: a deployment pins it (`--pin`, `read(..., pin=)`) and an edited card (swapped
+labels, another template) is refused like an edited graph.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ class Artifact:
     path: Path
     manifest: dict[str, Any]
     variant: str
+    digest: str  # sha256 of ftc-artifact.json: the whole artifact's name
 
     @property
     def task(self) -> str:
@@ -65,16 +71,21 @@ class Artifact:
         return [int(i) for i in self.manifest.get("eos_token_ids") or []]
 
 
-def read(path: Path, variant: str | None = None) -> Artifact:
-    """The artifact at `path` with `variant` (default: the manifest's `default`), verified."""
+def read(path: Path, variant: str | None = None, pin: str | None = None) -> Artifact:
+    """The artifact at `path` with `variant` (default: the manifest's `default`), verified;
+    with `pin`, only the artifact whose card has that sha256."""
     manifest = read_manifest(path)
+    digest = sha256(path / MANIFEST)
+    if pin is not None and digest != pin.strip().lower():
+        raise ArtifactError(f"{path / MANIFEST}: sha256 {digest}, not the pinned {pin}: this is another artifact, or "
+                            "its card was edited", hint="deploy the artifact you pinned, or pin this one's digest")
     variants = manifest["variants"]
     name = variant or manifest["default"]
     if name not in variants:
         raise ArtifactError(f"{path}: no variant `{name}`; this artifact has {_names(variants)}",
                             hint=f"pass --variant {next(iter(variants))}, or leave it out for `{manifest['default']}`")
     verify(path, manifest, name)
-    return Artifact(path, manifest, name)
+    return Artifact(path, manifest, name, digest)
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
@@ -103,7 +114,28 @@ def read_manifest(path: Path) -> dict[str, Any]:
         raise ArtifactError(f"{file}: `variants` must map names to {{\"path\": ...}}", hint=REEXPORT)
     if not isinstance(manifest["files"], dict):
         raise ArtifactError(f"{file}: `files` must map relative paths to sha256 digests", hint=REEXPORT)
+    for key, ok, what in CARD_FIELDS:
+        if key in manifest and not ok(manifest[key]):
+            raise ArtifactError(f"{file}: `{key}` must be {what}, not {json.dumps(manifest[key])[:60]}", hint=REEXPORT)
+    if manifest["default"] not in variants:
+        raise ArtifactError(f"{file}: `default` names no variant ({manifest['default']!r})", hint=REEXPORT)
     return manifest
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+# The card's typed fields: (key, check, what it must be).
+CARD_FIELDS = (
+    ("max_length", lambda v: _int(v) and 1 <= v <= 1 << 24, "a positive integer"),
+    ("labels", lambda v: v is None or (isinstance(v, list) and all(isinstance(x, str) for x in v)),
+     "a list of strings or null"),
+    ("pad_token_id", lambda v: v is None or (_int(v) and v >= 0), "a token id or null"),
+    ("eos_token_ids", lambda v: isinstance(v, list) and all(_int(x) and x >= 0 for x in v), "a list of token ids"),
+    ("template", lambda v: v is None or isinstance(v, str), "a string or null"),
+    ("default", lambda v: isinstance(v, str), "a variant's name"),
+)
 
 
 def owner(rel: str, variants: dict[str, Any]) -> str | None:
@@ -116,7 +148,8 @@ def owner(rel: str, variants: dict[str, Any]) -> str | None:
 
 
 def verify(path: Path, manifest: dict[str, Any], variant: str) -> None:
-    """Every listed file exists; those `variant` reads match their sha256; none it reads is unlisted."""
+    """Every listed file exists; those `variant` reads match their sha256; none it reads is
+    unlisted: a file of no variant (a tokenizer's side file) may be read by any."""
     files: dict[str, str] = manifest["files"]
     variants = manifest["variants"]
     for rel in sorted(files):
@@ -128,7 +161,7 @@ def verify(path: Path, manifest: dict[str, Any], variant: str) -> None:
                                 "or damaged after export", hint=REEXPORT)
     for f in sorted(path.rglob("*")):
         rel = f.relative_to(path).as_posix()
-        if f.is_file() and rel not in files and owner(rel, variants) == variant:
+        if f.is_file() and rel not in files and rel != MANIFEST and owner(rel, variants) in (None, variant):
             raise ArtifactError(f"{path}: `{rel}` is not listed in {MANIFEST}, so it cannot be verified",
                                 hint=f"remove it, or {REEXPORT}")
     if not (path / variants[variant]["path"]).exists():

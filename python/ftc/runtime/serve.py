@@ -1,6 +1,7 @@
 """An HTTP JSON API over a loaded model, on the standard library's threading server.
 
-    GET  /health       → {"status": "ok", "task": ..., "variant": ..., "labels": [...] | null}
+    GET  /health       → {"status": "ok", "task": ..., "variant": ..., "labels": [...] | null,
+                          "artifact_sha256": ...}
     POST /v1/classify  {"texts": [...]} or {"text": "..."}, with "text_pairs" / "text_pair"
                        → {"predictions": [{"label", "score", "probabilities"}, ...]}
     POST /v1/generate  {"prompt": "..."} or {"messages": [{"role", "content"}, ...]}, with
@@ -155,7 +156,7 @@ class Handler(BaseHTTPRequestHandler):
     def health(self) -> dict[str, Any]:
         m = self.server.model
         return {"status": "ok", "task": m.task, "variant": m.artifact.variant,
-                "labels": getattr(m, "labels", None)}
+                "labels": getattr(m, "labels", None), "artifact_sha256": m.artifact.digest}
 
     def body(self) -> dict[str, Any]:
         length = self.headers.get("Content-Length")
