@@ -13,7 +13,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from ftc import _data
-from ftc.errors import FtcError, SourceError
+from ftc.errors import FtcError, KernelInputError, SourceError
 from ftc.tasks import squad
 from ftc.tasks.question_answering import encode_windows, extract_answer
 
@@ -176,7 +176,7 @@ def test_windows_errors_name_the_example(wordpiece_dir: Path):
     rows[0] = rows[0] | {"question": "what is the capital of France " * 5}  # 30 tokens: room 15 ≤ stride 20
     _, errors = encode_windows(enc, _table(rows), max_length=MAX_LEN, doc_stride=20)
     assert "doc_stride 20 must be less than" in errors[0].as_py()
-    with pytest.raises(_data.DataKernelError, match="doc_stride 48 must be less than max_length 48"):
+    with pytest.raises(KernelInputError, match="doc_stride 48 must be less than max_length 48"):
         encode_windows(enc, _table(rows), max_length=MAX_LEN, doc_stride=MAX_LEN)
 
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from tiny import CORPUS
 
 from ftc import _data
-from ftc.errors import FtcError, SourceError
+from ftc.errors import FtcError, KernelInputError, SourceError
 from ftc.tasks import tagging
 from ftc.tasks import token_classification as tc
 
@@ -77,11 +77,11 @@ def test_encode_tagged_maps_tag_names_and_reports_problems(wordpiece_dir):
         tok, ["Ana", "visited", "Zürich"], [1, 0, 3], 64, True)
     with pytest.raises(SourceError, match=r"row 1: tag 'B-ORG' is not a label"):
         tc.tag_ids(pa.array([["O"], ["O", "B-ORG"]], pa.list_(pa.large_string())), LABELS)
-    with pytest.raises(_data.DataKernelError, match=r"row 1: 2 words but 1 tags"):
+    with pytest.raises(KernelInputError, match=r"row 1: 2 words but 1 tags"):
         enc.encode_words(pa.array([["a"], ["a", "b"]]), pa.array([[0], [0]], pa.list_(pa.int32())), 16)
-    with pytest.raises(_data.DataKernelError, match=r"tag id 6 is not a label id"):
+    with pytest.raises(KernelInputError, match=r"tag id 6 is not a label id"):
         enc.encode_words(pa.array([["a"]]), pa.array([[6]], pa.list_(pa.int32())), 16, True, LABELS)
-    with pytest.raises(_data.DataKernelError, match="needs label_names"):
+    with pytest.raises(KernelInputError, match="needs label_names"):
         enc.encode_words(pa.array([["a"]]), pa.array([[0]], pa.list_(pa.int32())), 16, True)
 
 

@@ -129,7 +129,7 @@ def _build_run(spec: Spec, *, threads: int = 0, progress: data_stage.Progress | 
 
     def make(tmp: Path) -> dict[str, Any]:
         # Held while training: `ftc cache gc` leaves the checkpoints and the dataset alone.
-        with store.lock(store.WORK, key), store.lock(store.DATASETS, data.key, shared=True):
+        with store.lock(store.WORK_LOCKS, key), store.lock(store.DATASETS, data.key, shared=True):
             work.mkdir(parents=True, exist_ok=True)
             try:
                 manifest = _train(spec, data, model_dir, inputs, key, work, tmp)

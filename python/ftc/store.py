@@ -28,6 +28,7 @@ DATASETS = "datasets-v1"
 MODELS = "models-v1"  # HF directories converted from GGUF files
 MANIFEST = "manifest.json"
 WORK = "work"  # checkpoints of runs being trained (or killed): `work/<train key>/`
+WORK_LOCKS = ".work-locks"  # their locks, apart: `work/` holds checkpoint directories only
 
 
 def home() -> Path:
@@ -184,7 +185,8 @@ def abandoned() -> list[Path]:
     root = home() / WORK
     if not root.is_dir():
         return []
-    return sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and not _busy(root, d.name))
+    locks = home() / WORK_LOCKS
+    return sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and not _busy(locks, d.name))
 
 
 def gc(older_than_days: float | None = None) -> tuple[int, int]:
@@ -206,7 +208,9 @@ def gc(older_than_days: float | None = None) -> tuple[int, int]:
                 freed += _remove_tree(d)
                 removed += 1
             elif d in left or too_old:
-                with open(bucket / f".{d.name}.lock", "a") as f:
+                locks = root / WORK_LOCKS if bucket.name == WORK else bucket
+                locks.mkdir(exist_ok=True)
+                with open(locks / f".{d.name}.lock", "a") as f:
                     try:  # held: a build or a reader is using it
                         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     except BlockingIOError:
