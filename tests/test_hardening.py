@@ -320,3 +320,15 @@ def test_cli_refuses_bad_limits_and_seeds_without_a_traceback(tmp_path: Path):
         result = CliRunner().invoke(main, args)
         assert result.exit_code == 2 and "Traceback" not in result.output, (args, result.output)
         assert ("--max-bytes" if "serve" in args else "--seed") in result.output
+
+
+def test_a_ragged_csv_row_is_quarantined_with_its_line_not_the_whole_file(tmp_path: Path, llama_dir: Path):
+    from ftc.prep import prep
+
+    rows = [f"sentence number {i} about code,{i}" for i in range(30)]
+    rows[6] = "a row with one field too many,6,extra"
+    (tmp_path / "d.csv").write_text("text,n\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    result = prep(load_spec(write_spec(tmp_path / "spec.toml", llama_dir, [{"path": "d.csv"}])))
+    quarantined = [json.loads(x) for x in (result.path / "quarantine.jsonl").read_text().splitlines()]
+    assert [(q["line"], q["reason"]) for q in quarantined] == [(8, "ragged row: 3 fields, the header has 2")]
+    assert result.manifest["stats"]["kept"] == 29

@@ -291,14 +291,42 @@ def _read_utf8_csv(file: Path, utf8: Path, sep: str, cols: Columns, split: str |
     # polars cannot say which row held invalid UTF-8; read lossily and flag the rows whose
     # fields gained a replacement character, but only for a file that is not valid UTF-8.
     lossy = not _valid_utf8(utf8)
-    lf = pl.scan_csv(utf8, separator=sep, infer_schema=False, encoding="utf8-lossy" if lossy else "utf8")
+    encoding = "utf8-lossy" if lossy else "utf8"
+    lf = pl.scan_csv(utf8, separator=sep, infer_schema=False, encoding=encoding)
+    ragged: dict[int, str] = {}
+    try:
+        # a native pass over every field (a row count alone skips them): polars stops at the first
+        # ragged row, naming none
+        lf.select(pl.all().str.len_bytes().sum()).collect()
+    except pl.exceptions.ComputeError as e:
+        if "fields" not in str(e):
+            raise
+        ragged = _ragged_rows(utf8, sep)
+        lf = pl.scan_csv(utf8, separator=sep, infer_schema=False, encoding=encoding, truncate_ragged_lines=True)
     for batch in _read_frames(file, lf, cols, file.stat().st_size, split, first_line=2):
+        if ragged and batch.rows.height:
+            hit = batch.rows["line"].is_in(list(ragged))
+            batch.bad = pl.concat([batch.bad, batch.rows.filter(hit).select(
+                "line", reason=pl.col("line").replace_strict(ragged, return_dtype=pl.String))])
+            batch.rows = batch.rows.filter(~hit)
         if lossy and batch.rows.height:
             broken = _has_replacement_char(batch.rows)
             bad = batch.rows.filter(broken).select("line", reason=pl.lit("undecodable bytes: invalid UTF-8"))
             batch.bad = pl.concat([batch.bad, bad])
             batch.rows = batch.rows.filter(~broken)
         yield batch
+
+
+def _ragged_rows(file: Path, sep: str) -> dict[int, str]:
+    """Rows (numbered as the reader numbers them: the header is 1) whose field count is not the
+    header's, with the reason: polars can only refuse the whole file."""
+    import csv
+
+    with file.open(encoding="utf-8", errors="replace", newline="") as f:
+        reader = csv.reader(f, delimiter=sep)
+        width = len(next(reader, []))
+        return {n: f"ragged row: {len(row)} fields, the header has {width}"
+                for n, row in enumerate(reader, 2) if row and len(row) != width}
 
 
 def _valid_utf8(file: Path) -> bool:
