@@ -332,3 +332,16 @@ def test_a_ragged_csv_row_is_quarantined_with_its_line_not_the_whole_file(tmp_pa
     quarantined = [json.loads(x) for x in (result.path / "quarantine.jsonl").read_text().splitlines()]
     assert [(q["line"], q["reason"]) for q in quarantined] == [(8, "ragged row: 3 fields, the header has 2")]
     assert result.manifest["stats"]["kept"] == 29
+
+
+@pytest.mark.parametrize("value", [["a", "list"], {"a": "struct"}])
+def test_a_parquet_column_of_the_wrong_type_names_file_and_column(tmp_path: Path, llama_dir: Path, value):
+    import polars as pl
+
+    from ftc.errors import SourceError
+    from ftc.prep import prep
+
+    pl.DataFrame({"text": [value] * 3}).write_parquet(tmp_path / "d.parquet")
+    spec = load_spec(write_spec(tmp_path / "spec.toml", llama_dir, [{"path": "d.parquet"}]))
+    with pytest.raises(SourceError, match=r"d\.parquet: column 'text' holds .*, not text"):
+        prep(spec)

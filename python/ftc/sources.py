@@ -352,8 +352,10 @@ def _has_replacement_char(rows: pl.DataFrame) -> pl.Expr:
 
 def _read_frames(file: Path, lf: pl.LazyFrame, cols: Columns, size: int, split: str | None,
                  first_line: int = 1, threads: int = 0) -> Iterator[SourceBatch]:
-    names = lf.collect_schema().names()
+    schema = lf.collect_schema()
+    names = schema.names()
     resolved = resolve_columns(cols, names, "frame", file)
+    _check_types(file, schema, resolved)
     if resolved.messages is not None and all(c in names for c, _ in _json_fields(resolved)):
         # Conversations take the JSON Lines path, where every format reads a message alike.
         wanted = [c for c, _ in _json_fields(resolved) + ([(split, "")] if split else []) if c in names]
@@ -367,6 +369,20 @@ def _read_frames(file: Path, lf: pl.LazyFrame, cols: Columns, size: int, split: 
             yield SourceBatch(file, rows, bad, 0)
     # Columnar readers do not report bytes; a last empty batch moves progress past the file.
     yield SourceBatch(file, _empty_rows(resolved, split), _empty_bad(), size)
+
+
+def _check_types(file: Path, schema: pl.Schema, cols: Columns) -> None:
+    """A mapped field of a columnar file must hold what it names (text, or a conversation): a
+    cast would fail naming no column, or turn a struct into text silently."""
+    scalars = (cols.text, cols.text_pair, cols.prompt, cols.response, cols.system, cols.label)
+    for name in (c for c in scalars if c is not None and c in schema):
+        dtype = schema[name]
+        if dtype.is_nested() or dtype in (pl.Binary, pl.Object):
+            raise SourceError(f"{file}: column '{name}' holds {dtype}, not text",
+                              hint="map a column of strings (or numbers, for a label), or flatten this one first")
+    if cols.messages is not None and cols.messages in schema and not isinstance(schema[cols.messages], pl.List):
+        raise SourceError(f"{file}: column '{cols.messages}' holds {schema[cols.messages]}, not a list of messages",
+                          hint="a conversation is a list of {role, content} objects")
 
 
 def _empty_bad() -> pl.DataFrame:
