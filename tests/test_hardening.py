@@ -345,3 +345,25 @@ def test_a_parquet_column_of_the_wrong_type_names_file_and_column(tmp_path: Path
     spec = load_spec(write_spec(tmp_path / "spec.toml", llama_dir, [{"path": "d.parquet"}]))
     with pytest.raises(SourceError, match=r"d\.parquet: column 'text' holds .*, not text"):
         prep(spec)
+
+
+class _Payload:
+    def __reduce__(self):  # what a malicious checkpoint does: a call on unpickling
+        return (print, ("unpickled: code ran",))
+
+
+def test_a_pickled_checkpoint_that_would_run_code_is_refused_in_one_line(tmp_path: Path, llama_dir: Path,
+                                                                        ftc_home: Path, capfd: pytest.CaptureFixture):
+    import pickle
+    import shutil
+
+    base = shutil.copytree(llama_dir, tmp_path / "base")
+    for f in base.glob("*.safetensors*"):
+        f.unlink()
+    with open(base / "pytorch_model.bin", "wb") as f:
+        pickle.dump({"model.embed_tokens.weight": _Payload()}, f)
+    spec = load_spec(chat_spec(tmp_path, base, train={"max_steps": 1}))
+    with pytest.raises(BuildError, match="holds more than tensors") as e:
+        stages.build(spec)
+    assert "safetensors" in (e.value.hint or "")
+    assert "code ran" not in capfd.readouterr().out

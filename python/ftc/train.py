@@ -19,6 +19,7 @@ the same spec unchanged. ftc supplies what the Trainer does not know:
 from __future__ import annotations
 
 import math
+import pickle
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -84,6 +85,11 @@ def load_model(spec: Spec, task: Task, model_dir: Path, labels: list[str] | None
             bnb_4bit_compute_dtype=torch.bfloat16 if prec == "bf16" else torch.float16)
     try:
         model = task.load_model(model_dir, labels, pad_id, **kwargs)
+    except pickle.UnpicklingError as e:  # torch's weights-only loader refused a pickled `.bin`
+        raise BuildError(f"{model_dir}: its PyTorch pickle holds more than tensors, and loading it would run code: "
+                         f"{str(e).splitlines()[0][:160]}",
+                         hint="use a model saved as safetensors (`save_pretrained(..., safe_serialization=True)`)") \
+            from None
     except (OSError, ValueError) as e:
         raise BuildError(f"cannot load the base model from {model_dir}: {str(e).splitlines()[0]}") from None
     model.config.use_cache = False  # a cache would turn off the packed-sequence mask
