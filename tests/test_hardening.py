@@ -367,3 +367,20 @@ def test_a_pickled_checkpoint_that_would_run_code_is_refused_in_one_line(tmp_pat
         stages.build(spec)
     assert "safetensors" in (e.value.hint or "")
     assert "code ran" not in capfd.readouterr().out
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "txt"])
+def test_a_row_longer_than_the_limit_is_quarantined_unread(tmp_path: Path, llama_dir: Path, fmt: str):
+    from ftc import sources
+    from ftc.prep import prep
+
+    huge = "word " * (sources.MAX_ROW_BYTES // 5 + 10)
+    texts = [f"a normal line number {i}" for i in range(40)]
+    texts[4] = huge
+    lines = [json.dumps({"text": t}) if fmt == "jsonl" else t for t in texts]
+    (tmp_path / f"d.{fmt}").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = prep(load_spec(write_spec(tmp_path / "spec.toml", llama_dir, [{"path": f"d.{fmt}"}],
+                                       data_split={"valid": 0.0, "test": 0.0})))
+    quarantined = [json.loads(x) for x in (result.path / "quarantine.jsonl").read_text().splitlines()]
+    assert [(q["line"], q["reason"].split(":")[0]) for q in quarantined] == [(5, "row longer than 8 MiB")]
+    assert result.manifest["stats"]["kept"] == 39

@@ -37,6 +37,7 @@ from ftc.spec import Columns, Source
 
 CHUNK_BYTES = 8 << 20
 CHUNK_ROWS = 10_000
+MAX_ROW_BYTES = CHUNK_BYTES  # a JSON Lines or text row; a longer one is quarantined unread
 MESSAGE = pl.Struct({"role": pl.String, "content": pl.String, "extra": pl.String})
 # The role names each role answers to (ShareGPT's and its variants'); `columns.roles` adds more.
 # ShareGPT's `function_call` turn is the assistant calling a tool: it becomes a tool call.
@@ -193,18 +194,35 @@ Chunk = tuple[bytes, int, dict[int, str]]
 
 
 def _whole_lines(blocks: Iterable[tuple[bytes, int]]) -> Iterator[Chunk]:
-    """Blocks of UTF-8 → chunks of whole lines (the last may lack its newline)."""
-    carry, consumed = b"", 0
+    """Blocks of UTF-8 → chunks of whole lines (the last may lack its newline). A line longer
+    than `MAX_ROW_BYTES` is dropped as it streams (it would take gigabytes once parsed and
+    tokenized) and kept counted as an empty line with its reason."""
+    carry, consumed, dropping = b"", 0, False
+    too_long = f"row longer than {MAX_ROW_BYTES >> 20} MiB: split the document into smaller rows"
     for block, n in blocks:
         consumed += n
+        known: dict[int, str] = {}
+        if dropping:
+            end = block.find(b"\n")
+            if end < 0:
+                continue
+            block, dropping, known = block[end:], False, {0: too_long}  # its newline keeps the count
         buf = carry + block
+        first = buf.find(b"\n")  # only the first line can be longer than a block
+        if (first if first >= 0 else len(buf)) > MAX_ROW_BYTES:
+            if first < 0:
+                carry, dropping = b"", True
+                continue
+            buf, known = buf[first:], {0: too_long}
         cut = buf.rfind(b"\n") + 1
         if cut == 0:  # one line longer than the block: read on
             carry = buf
             continue
-        yield buf[:cut], consumed, {}
+        yield buf[:cut], consumed, known
         carry, consumed = buf[cut:], 0
-    if carry or consumed:
+    if dropping:
+        yield b"\n", consumed, {0: too_long}
+    elif carry or consumed:
         yield carry, consumed, {}
 
 
