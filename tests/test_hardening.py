@@ -210,7 +210,7 @@ def stub_generator(delay: float = 0.0):
 
     class Stub(Generator):
         def __init__(self) -> None:
-            self.artifact = SimpleNamespace(variant="fp32", template=None)
+            self.artifact = SimpleNamespace(variant="fp32", template=None, digest="0" * 64)
 
         def generate(self, prompt, max_new_tokens=128, **options):
             time.sleep(delay)
