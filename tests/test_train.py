@@ -184,7 +184,7 @@ def test_classification_build_with_class_weights(tmp_path: Path, bert_dir: Path)
     write_jsonl(tmp_path / "d.jsonl", rows)
     spec = write_spec(tmp_path / "spec.toml", bert_dir, [{"path": "d.jsonl"}], model={"task": "classification"},
                       data_balance={"strategy": "class-weights"}, tokenize={"max_length": 32},
-                      train={"method": "lora", "epochs": 4, "batch_size": 8, "learning_rate": 1e-2, "keep_best": True,
+                      train={"method": "lora", "epochs": 8, "batch_size": 8, "learning_rate": 1e-2, "keep_best": True,
                              "lora": {"target_modules": ["query", "value"]}})
     r = stages.build(load_spec(spec))
     m = r.manifest["metrics"]
