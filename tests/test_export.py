@@ -22,6 +22,7 @@ from ftc import export, store, tasks
 from ftc.tasks import causal_lm, classification
 from ftc.cli import main
 from ftc.errors import ExportError
+from ftc.rows import load_split
 from ftc.runtime.session import session
 from ftc.specload import load_spec
 
@@ -224,7 +225,7 @@ def test_int4_gptq_codes_are_in_the_graph_and_beat_k_quant_on_layer_outputs(llam
                 for n in graph.node if n.op_type == "MatMulNBits"}
 
     gptq_w, kquant_w = weights(ours.artifact / "int4"), weights(theirs.artifact / "int4")
-    examples = export.calibration(*export._dataset(llama_run), 128)
+    examples = causal_lm.calibration(load_split(*export._dataset(llama_run), "train"), 128)
     linears = {n: merged.get_submodule(n) for names in targets.values() for n in names}
     h = gptq.second_moments(merged, linears, examples)
     for node, names in targets.items():
@@ -368,8 +369,6 @@ def test_the_parity_sample_is_seeded_stratified_and_the_same_for_every_variant(c
 
 
 def _split_labels(run: export.Run) -> list[int]:
-    from ftc.rows import load_split
-
     data_dir, data = export._dataset(run)
     return load_split(data_dir, data, "test")["label"]
 

@@ -119,7 +119,7 @@ def test_gc_never_removes_what_a_build_holds_and_collects_abandoned_checkpoints(
     for d in (running, killed):
         d.mkdir(parents=True)
         (d / "checkpoint-1").write_bytes(b"weights")
-    with store.lock(store.WORK_LOCKS, "a"), store.lock(store.DATASETS, data.key, shared=True):
+    with store.lock(store.WORK, "a"), store.lock(store.DATASETS, data.key, shared=True):
         assert store.abandoned() == [killed]
         store.gc(older_than_days=0)
         assert data.path.is_dir() and running.is_dir() and not killed.exists()

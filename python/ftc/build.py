@@ -10,7 +10,6 @@ the run is complete, so a build killed mid-training resumes from its last checkp
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import time
@@ -88,7 +87,7 @@ def _stage_plan(stage: str, bucket: str, key: str, inputs: dict[str, Any], name:
     if not previous:
         return StagePlan(stage, key, False, "never built")
     last = max(previous, key=lambda e: e.created)
-    old = json.loads((last.path / store.MANIFEST).read_text(encoding="utf-8")).get("inputs", {})
+    old = store.read_manifest(last.path).get("inputs", {})
     changed = _diff(old, inputs)
     return StagePlan(stage, key, False, "changed: " + ", ".join(changed[:6]) + (" …" if len(changed) > 6 else ""))
 
@@ -129,7 +128,7 @@ def _build_run(spec: Spec, *, threads: int = 0, progress: data_stage.Progress | 
 
     def make(tmp: Path) -> dict[str, Any]:
         # Held while training: `ftc cache gc` leaves the checkpoints and the dataset alone.
-        with store.lock(store.WORK_LOCKS, key), store.lock(store.DATASETS, data.key, shared=True):
+        with store.lock(store.WORK, key), store.lock(store.DATASETS, data.key, shared=True):
             work.mkdir(parents=True, exist_ok=True)
             try:
                 manifest = _train(spec, data, model_dir, inputs, key, work, tmp)

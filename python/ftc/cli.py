@@ -548,7 +548,7 @@ def cache_ls(as_json: bool) -> None:
         click.echo(json.dumps([{"bucket": e.bucket, "key": e.key, "name": e.name, "path": str(e.path),
                                 "bytes": e.size, "created": e.created} for e in entries]
                               + [{"bucket": store.WORK, "key": d.name, "name": "(abandoned build)", "path": str(d),
-                                  "bytes": _tree_size(d), "created": d.stat().st_mtime} for d in left], indent=2))
+                                  "bytes": store.tree_size(d), "created": d.stat().st_mtime} for d in left], indent=2))
         return
     table = Table(title=f"store {store.home()}", title_justify="left", box=None, pad_edge=False)
     for col in ("key", "bucket", "name", "size", "created"):
@@ -557,13 +557,9 @@ def cache_ls(as_json: bool) -> None:
         table.add_row(e.key[:12], e.bucket, e.name, f"{e.size / 1e6:.1f} MB",
                       time.strftime("%Y-%m-%d %H:%M", time.localtime(e.created)))
     for d in left:  # checkpoints of a killed or failed build: a rebuild resumes, `gc` removes them
-        table.add_row(d.name[:12], store.WORK, "(abandoned build)", f"{_tree_size(d) / 1e6:.1f} MB",
+        table.add_row(d.name[:12], store.WORK, "(abandoned build)", f"{store.tree_size(d) / 1e6:.1f} MB",
                       time.strftime("%Y-%m-%d %H:%M", time.localtime(d.stat().st_mtime)))
     err.print(table if entries or left else f"store {store.home()}: empty")
-
-
-def _tree_size(d: Path) -> int:
-    return sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
 
 
 @cache.command("rm")

@@ -14,7 +14,6 @@ torch weights. With `verify = true` nothing is published unless every variant pa
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 import tomllib
@@ -79,7 +78,7 @@ def find_run(target: str | Path) -> Run:
             raise ExportError(f"`{target}`: {what} in the store at {store.home()} match",
                               hint="give a run directory or more characters of its key (`ftc cache ls`)")
         path = matches[0].path
-    manifest = json.loads((path / store.MANIFEST).read_text(encoding="utf-8"))
+    manifest = store.read_manifest(path)
     if manifest.get("format") != RUNS:
         raise ExportError(f"{path} is not a run directory (its manifest is not `{RUNS}`)",
                           hint="export takes what `ftc build` made: `$FTC_HOME/runs-v1/<key>`")
@@ -143,7 +142,7 @@ def export(run: Run, settings: Export | None = None, *, spec_text: str | None = 
 
 
 def _result(key: str, path: Path, hit: bool, t0: float) -> ExportResult:
-    manifest = json.loads((path / store.MANIFEST).read_text(encoding="utf-8"))
+    manifest = store.read_manifest(path)
     artifact = path / "artifact" if (path / "artifact").is_dir() else None
     return ExportResult(key, path, artifact, hit, manifest, time.perf_counter() - t0)
 
@@ -195,7 +194,7 @@ def _export(run: Run, settings: Export, inputs: dict[str, Any], key: str, spec_t
         for name in names:
             progress(f"onnx {name}", 0, 1)
             candidates[name] = task.make_variant(name, model, merged_dir, art, settings, eos,
-                                                 lambda: calibration(data_dir, data, settings.calibration_rows),
+                                                 lambda: load_split(data_dir, data, "train"),
                                                  progress)
             progress(f"onnx {name}", 1, 1)
         for f in TOKENIZER_FILES:
@@ -246,13 +245,6 @@ def merge(model: Any) -> Any:
     """A PEFT model with its adapter (LoRA, DoRA, IA3) folded into the base weights; a plain
     model (full, freeze) as it is."""
     return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
-
-
-def calibration(data_dir: Path, data: dict[str, Any], n: int) -> list[Any]:
-    """The first `n` training examples' ids (what GPTQ calibrates on; never the held-out rows)."""
-    from ftc.tasks.causal_lm import calibration as examples
-
-    return examples(load_split(data_dir, data, "train"), n)
 
 
 # ── held-out rows ────────────────────────────────────────────────────────────────────────────

@@ -55,7 +55,7 @@ def lock(bucket: str, key: str, *, shared: bool = False) -> Iterator[None]:
     """A lock on one key: exclusive to build or remove it (a second build of the same key
     waits, then finds it cached), shared to read it (a build reading a dataset, an export
     reading a run), so `gc` and `rm` never take an entry from under a reader."""
-    root = home() / bucket
+    root = _lock_dir(bucket)
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -68,9 +68,15 @@ def lock(bucket: str, key: str, *, shared: bool = False) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _busy(bucket_dir: Path, key: str) -> bool:
+def _lock_dir(bucket: str) -> Path:
+    """Where a bucket's lock files live: beside its entries, but apart for `work/`, which holds
+    checkpoint directories only."""
+    return home() / (WORK_LOCKS if bucket == WORK else bucket)
+
+
+def _busy(bucket: str, key: str) -> bool:
     """Whether some process holds the key's lock (building, reading or training it)."""
-    path = bucket_dir / f".{key}.lock"
+    path = _lock_dir(bucket) / f".{key}.lock"
     if not path.is_file():
         return False
     with open(path, "a") as f:
@@ -159,7 +165,7 @@ def entries() -> list[Entry]:
                 manifest = json.loads((d / MANIFEST).read_text(encoding="utf-8"))
             except ValueError:
                 manifest = {}
-            size = sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+            size = tree_size(d)
             out.append(Entry(bucket.name, d.name, d, size, manifest.get("created", d.stat().st_mtime),
                              manifest.get("name", "")))
     return out
@@ -185,8 +191,7 @@ def abandoned() -> list[Path]:
     root = home() / WORK
     if not root.is_dir():
         return []
-    locks = home() / WORK_LOCKS
-    return sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and not _busy(locks, d.name))
+    return sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and not _busy(WORK, d.name))
 
 
 def gc(older_than_days: float | None = None) -> tuple[int, int]:
@@ -208,7 +213,7 @@ def gc(older_than_days: float | None = None) -> tuple[int, int]:
                 freed += _remove_tree(d)
                 removed += 1
             elif d in left or too_old:
-                locks = root / WORK_LOCKS if bucket.name == WORK else bucket
+                locks = _lock_dir(bucket.name)
                 locks.mkdir(exist_ok=True)
                 with open(locks / f".{d.name}.lock", "a") as f:
                     try:  # held: a build or a reader is using it
@@ -221,8 +226,13 @@ def gc(older_than_days: float | None = None) -> tuple[int, int]:
     return removed, freed
 
 
+def tree_size(d: Path) -> int:
+    """Bytes of every file under `d`."""
+    return sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
+
+
 def _remove_tree(d: Path) -> int:
-    size = sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
+    size = tree_size(d)
     shutil.rmtree(d, ignore_errors=True)
     return size
 

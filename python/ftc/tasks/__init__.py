@@ -139,8 +139,9 @@ class Task:
         return "model.onnx" if name == "fp32" else f"model.{name}.onnx"
 
     def make_variant(self, name: str, model: Any, merged_dir: Path, art: Path, settings: Any, eos: list[int],
-                     calibration: Callable[[], list[Any]], progress: Progress) -> Path:
-        """Writes variant `name` (fp32 first) under `art`; returns what parity runs: a graph's path."""
+                     train_split: Callable[[], Any], progress: Progress) -> Path:
+        """Writes variant `name` (fp32 first) under `art`; returns what parity runs: a graph's path.
+        `train_split` loads the training rows, for a variant calibrated on them."""
         from ftc import onnx_export
 
         path = art / self.variant_path(name)

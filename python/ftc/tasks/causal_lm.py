@@ -163,12 +163,12 @@ class CausalLM(Task):
         return name  # a genai directory per precision
 
     def make_variant(self, name: str, model: Any, merged_dir: Path, art: Path, settings: Any, eos: list[int],
-                     calibration: Callable[[], list[Any]], progress: Progress) -> Path:
+                     train_split: Callable[[], Any], progress: Progress) -> Path:
         from ftc import onnx_export
 
         onnx_export.build_decoder(merged_dir, art / name, name, eos)
         if name == "int4" and settings.int4_method == "gptq":
-            gptq(model, art / name, calibration(), progress)
+            gptq(model, art / name, calibration(train_split(), settings.calibration_rows), progress)
         return art / name
 
     def held_out(self, ds: Any, n: int, seed: int, labels: list[str] | None) -> tuple[list[dict[str, Any]],
