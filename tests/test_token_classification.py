@@ -18,7 +18,8 @@ from tiny import CORPUS
 from ftc import _data
 from ftc.errors import FtcError, KernelInputError, SourceError
 from ftc.tasks import tagging
-from ftc.tasks import token_classification as tc
+from ftc.runtime.entities import decode_entities
+from ftc.tasks import tagged as tc
 
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-MISC"]  # B-MISC without I-MISC: stays B on continuations
 WORDS = sorted({w for line in CORPUS for w in line.split()}) + [
@@ -357,11 +358,11 @@ def test_decoding_equals_the_transformers_pipeline(kind, request, tmp_path):
         enc = tokenizer.encode(text)
         with torch.no_grad():
             logits = model(input_ids=torch.tensor([enc.ids])).logits[0].numpy()
-        got = tc.decode_entities(text, logits, enc, tokenizer, labels)
+        got = decode_entities(text, logits, enc, tokenizer, labels)
         assert [{k: e[k] for k in ("entity_group", "word", "start", "end")} for e in got] == \
                [{k: e[k] for k in ("entity_group", "word", "start", "end")} for e in want], text
         assert np.allclose([e["score"] for e in got], [float(e["score"]) for e in want], rtol=0, atol=1e-5)
         found += len(got)
     assert found >= 10  # the comparison saw entities, not only empty lists
     with pytest.raises(FtcError, match="logits of shape"):
-        tc.decode_entities(TEXTS[0], np.zeros((3, len(labels))), tokenizer.encode(TEXTS[0]), tokenizer, labels)
+        decode_entities(TEXTS[0], np.zeros((3, len(labels))), tokenizer.encode(TEXTS[0]), tokenizer, labels)

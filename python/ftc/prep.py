@@ -217,7 +217,7 @@ def _build(spec: Spec, files: list[list[Path]], info: TokenizerInfo, template: t
             stats.append(st)
             run.names.append(st.name)
             on_bytes = (lambda n: progress("read", n, None)) if progress else None
-            for batch in read_source(src, fs, threads, on_bytes, spec.data.split.column):
+            for batch in read_source(src, fs, threads, on_bytes, spec.data.split.column, task.read_file):
                 if batch.note:
                     st.notes.append(f"{_rel(batch.file, spec.root)}: {batch.note}")
                 _process_batch(run, batch, idx, src.weight, st)

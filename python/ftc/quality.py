@@ -67,8 +67,8 @@ class Funnel:
             n = sum(self.removed[stage].values())
             rows -= n
             entry = {"stage": stage, "removed": n, "rows": rows, "rules": dict(self.removed[stage])}
-            if stage == "cleaned" and self.changed:
-                entry["rewritten"] = dict(self.changed)
+            if stage == "cleaned" and (rewritten := {k: n for k, n in self.changed.items() if n}):
+                entry["rewritten"] = rewritten
             stages.append(entry)
         stages.append({"stage": "split", "rows": rows, "splits": {s: self.splits[s] for s in ("train", "valid", "test")}})
         train = self.splits["train"]
@@ -162,6 +162,13 @@ def _rebuild_messages(msgs: pa.LargeListArray, contents: pa.Array) -> pl.Series:
     values = pa.StructArray.from_arrays([old.field("role"), contents, old.field("extra")],
                                         names=["role", "content", "extra"])
     return pl.Series("messages", pa.LargeListArray.from_arrays(msgs.offsets, values))
+
+
+def content_hashes(texts: pl.Series) -> np.ndarray:
+    """A stable 64-bit hash of each text (blake2b): the hash split and mixing weights of tasks
+    whose encoder gives none (a row keeps its split across runs and library versions)."""
+    return np.fromiter((int.from_bytes(hashlib.blake2b(t.encode("utf-8", "surrogatepass"), digest_size=8).digest(),
+                                       "little") for t in texts.fill_null("")), dtype=np.uint64, count=len(texts))
 
 
 def strings(col: pl.Series | pa.Array) -> pa.Array:

@@ -44,7 +44,7 @@ MESSAGE = pl.Struct({"role": pl.String, "content": pl.String, "extra": pl.String
 ROLES = {"user": ("user", "human"), "assistant": ("assistant", "gpt", "chatgpt", "bing", "function_call"),
          "system": ("system",), "tool": ("tool", "function", "observation")}
 EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json",
-              ".parquet": "parquet", ".pq": "parquet", ".txt": "txt", ".text": "txt"}
+              ".parquet": "parquet", ".pq": "parquet", ".txt": "txt", ".text": "txt", ".conll": "conll"}
 
 
 @dataclass
@@ -87,7 +87,7 @@ def file_format(source: Source, file: Path) -> str:
     fmt = EXTENSIONS.get(file.suffix.lower())
     if fmt is None:
         raise SourceError(f"{file}: unknown extension `{file.suffix}`",
-                          hint="set `format` on the source: csv, tsv, jsonl, json, parquet or txt")
+                          hint="set `format` on the source: csv, tsv, jsonl, json, parquet, txt or conll")
     if fmt == "json":  # many `.json` files are JSON Lines
         with file.open("rb") as f:
             head = f.read(4096)
@@ -124,16 +124,23 @@ def role_table(cols: Columns) -> dict[str, str]:
     return table | {name: role for role, names in cols.roles.items() for name in names}
 
 
+# (file, format, columns, threads, split column, decoding, row limit) → batches: how a task reads one file.
+FileReader = Callable[[Path, str, Columns, int, "str | None", Decoding, "int | None"], Iterator[SourceBatch]]
+
+
 def read_source(source: Source, files: list[Path], threads: int = 0,
-                on_bytes: Callable[[int], None] | None = None, split_column: str | None = None) -> Iterator[SourceBatch]:
+                on_bytes: Callable[[int], None] | None = None, split_column: str | None = None,
+                reader: FileReader | None = None) -> Iterator[SourceBatch]:
     """Batches of `files` (the source's, from `source_files`), `max_rows` honored (usable and
-    quarantined rows count). `split_column`: a column naming each row's split, where present."""
+    quarantined rows count). `split_column`: a column naming each row's split, where present.
+    `reader`: the task's reader of one file (`Task.read_file`), for rows other than texts and
+    conversations."""
     left = source.max_rows
     for file in files:
         fmt = file_format(source, file)
         decoding = _decoding(source, file, fmt)
         note = decoding.note
-        for batch in _read_file(file, fmt, source.columns, threads, split_column, decoding, left):
+        for batch in (reader or read_file)(file, fmt, source.columns, threads, split_column, decoding, left):
             batch.bad = encodings.name_codec(batch.bad, decoding)
             batch.note, note = note, None
             if source.label is not None:
@@ -166,8 +173,12 @@ def _nth_line(batch: SourceBatch, n: int) -> int:
     return int(lines["line"][n - 1])
 
 
-def _read_file(file: Path, fmt: str, cols: Columns, threads: int, split: str | None, decoding: Decoding,
-               limit: int | None) -> Iterator[SourceBatch]:
+def read_file(file: Path, fmt: str, cols: Columns, threads: int, split: str | None, decoding: Decoding,
+              limit: int | None) -> Iterator[SourceBatch]:
+    """One file of texts or conversations (the shared shapes) as batches."""
+    if fmt == "conll":
+        raise SourceError(f"{file}: CoNLL files hold tagged words, for `model.task = \"token-classification\"`",
+                          hint="give this task texts (jsonl, csv, parquet, txt…)")
     try:
         if fmt in ("jsonl", "txt"):
             blocks = _raw_blocks(file) if decoding.native else encodings.utf8_blocks(file, decoding)

@@ -46,17 +46,23 @@ class ModelSpec(Table):
         description="Local HF model directory, a .gguf file, pkg://<package>/<path> (a file shipped in an "
         "installed Python package), or a hub id when online."
     )
-    task: Literal["causal-lm", "classification"] = Field("causal-lm", description="What the model learns.")
-    labels: list[str] | None = Field(None, description="Class names (classification); inferred from the data if unset.")
+    task: Literal["causal-lm", "classification", "token-classification", "question-answering"] = Field(
+        "causal-lm", description="What the model learns: text generation (`causal-lm`), a label per text "
+        "(`classification`), a tag per word (`token-classification`: NER, POS) or an answer span in a context "
+        "(`question-answering`: extractive, SQuAD v1/v2).")
+    labels: list[str] | None = Field(None, description="Class names (classification) or tags (token-classification, "
+                                     "e.g. [\"O\", \"B-PER\", \"I-PER\"]); inferred from the data if unset.")
     trust_remote_code: bool = Field(False, description="Allow a model whose config names its own Python classes "
                                     "(`auto_map`): loading it runs the .py files of its directory.")
 
 
 class Columns(Table):
     """Which source column holds each field. Causal-LM: `text`, or `prompt`/`response` (+`system`),
-    or `messages`; classification: `text` (+`text_pair`) and `label`. A message is `{role,
-    content}` (OpenAI, with `name` and `tool_calls` where the template renders them) or ShareGPT's
-    `{from, value}`; `role`, `content` and `roles` say how to read other forms."""
+    or `messages`; classification: `text` (+`text_pair`) and `label`; token classification:
+    `tokens` + `tags` (lists), or `text` + `entities` (character spans); question answering:
+    `context`, `question`, `answers` (+`id`). A message is `{role, content}` (OpenAI, with `name`
+    and `tool_calls` where the template renders them) or ShareGPT's `{from, value}`; `role`,
+    `content` and `roles` say how to read other forms."""
 
     text: str | None = None
     text_pair: str | None = None
@@ -65,6 +71,16 @@ class Columns(Table):
     system: str | None = None
     messages: str | None = None
     label: str | None = None
+    tokens: str | None = Field(None, description="Token classification: a list of words per row.")
+    tags: str | None = Field(None, description="Token classification: a list of tags, one per word.")
+    entities: str | None = Field(None, description="Token classification: `[{start, end, label}]` character spans "
+                                 "of `text` (end exclusive), as annotation tools export them.")
+    context: str | None = Field(None, description="Question answering: the passage the answer is taken from.")
+    question: str | None = None
+    answers: str | None = Field(None, description="Question answering: `{text: [...], answer_start: [...]}` "
+                                "(SQuAD), a list of `{text, answer_start}`, or one answer string; empty for "
+                                "a question without an answer (SQuAD v2).")
+    id: str | None = Field(None, description="Question answering: the question's id (default: its row).")
     role: str | None = Field(None, description="Key of a message's role (default: `role`, else ShareGPT's `from`).")
     content: str | None = Field(None, description="Key of a message's content (default: `content`, else `value`).")
     roles: dict[Literal["user", "assistant", "system", "tool"], list[str]] = Field(
@@ -74,9 +90,14 @@ class Columns(Table):
 
     @model_validator(mode="after")
     def _one_shape(self) -> Columns:
-        shapes = [self.text is not None, self.prompt is not None or self.response is not None, self.messages is not None]
+        shapes = [self.text is not None, self.prompt is not None or self.response is not None, self.messages is not None,
+                  self.tokens is not None, self.context is not None]
         if sum(shapes) > 1:
-            raise ValueError("map exactly one of `text`, `prompt`/`response` or `messages`")
+            raise ValueError("map exactly one of `text`, `prompt`/`response`, `messages`, `tokens` or `context`")
+        for key, needs in (("tags", "tokens"), ("entities", "text"), ("question", "context"), ("answers", "context"),
+                           ("id", "context")):
+            if getattr(self, key) is not None and getattr(self, needs) is None:
+                raise ValueError(f"`{key}` goes with `{needs}`")
         if (self.prompt is None) != (self.response is None):
             raise ValueError("`prompt` and `response` go together")
         if self.system is not None and self.prompt is None:
@@ -94,8 +115,8 @@ class Columns(Table):
 class Source(Table):
     name: str | None = Field(None, description="Name shown in summaries; defaults to the file stem.")
     path: str | list[str] = Field(description="File(s) or glob(s), relative to the spec.")
-    format: Literal["auto", "csv", "tsv", "jsonl", "json", "parquet", "txt"] = Field(
-        "auto", description="File format; `auto` goes by the extension."
+    format: Literal["auto", "csv", "tsv", "jsonl", "json", "parquet", "txt", "conll"] = Field(
+        "auto", description="File format; `auto` goes by the extension (`.conll`: CoNLL token-per-line)."
     )
     encoding: str = Field("auto", description="Text encoding of the files: any codec Python knows (utf-8, "
                           "latin-1, cp1252, utf-16, shift_jis, ...), or `auto`: a byte-order mark decides, else "
@@ -232,6 +253,16 @@ class Balance(Table):
         1.0, description="Smallest class / largest class to reach (1.0: all equal).")
 
 
+class Tags(Table):
+    """Token classification: how tags are read and checked."""
+
+    scheme: Literal["IOB2", "IOBES", "IO"] = Field("IOB2", description="Tag scheme: IOB2 (BIO), IOBES (BIOES) "
+                                                   "or IO (every tag `I-TYPE` or `O`).")
+    invalid: Literal["repair", "drop"] = Field(
+        "repair", description="A sequence the scheme forbids (I-X after O, a type change inside an entity): "
+        "`repair` it to the entities seqeval's default mode reads, or `drop` (quarantine) the row.")
+
+
 class Data(Table):
     sources: list[Source] = Field(min_length=1)
     clean: Clean = Field(default_factory=Clean)
@@ -239,6 +270,7 @@ class Data(Table):
     augment: Augment = Field(default_factory=Augment)
     balance: Balance = Field(default_factory=Balance)
     max_bad_fraction: Fraction = Field(0.05, description="Fail when more than this fraction of rows is quarantined.")
+    tags: Tags = Field(default_factory=Tags)
 
 
 class Tokenize(Table):
@@ -251,6 +283,10 @@ class Tokenize(Table):
         "concatenate with EOS and split into max_length blocks."
     )
     pack: bool = Field(True, description="Best-fit-decreasing packing into rows of max_length (causal-lm).")
+    label_all_subwords: bool = Field(False, description="Token classification: every sub-word of a word carries "
+                                     "its tag (B-X continues as I-X), not only the first.")
+    doc_stride: Positive = Field(128, description="Question answering: tokens shared by consecutive windows of "
+                                 "a context longer than max_length.")
 
 
 class Lora(Table):
@@ -315,14 +351,20 @@ class Train(Table):
 
 
 class Eval(Table):
-    metrics: list[Literal["accuracy", "precision", "recall", "f1", "perplexity", "bleu", "rouge"]] = Field(
+    metrics: list[Literal["accuracy", "precision", "recall", "f1", "perplexity", "bleu", "rouge", "exact_match"]] = Field(
         default_factory=list, description="Metrics on the test split: accuracy, precision, recall, f1 for "
-        "classification; perplexity, bleu, rouge (greedy answers to the test prompts) for causal-lm.")
+        "classification; precision, recall, f1 of entities for token-classification; exact_match, f1 for "
+        "question-answering; perplexity, bleu, rouge (greedy answers to the test prompts) for causal-lm.")
     compare_base: bool = Field(False, description="Evaluate the base model on the same split: the report shows "
                                "the gain.")
     max_new_tokens: Annotated[int, Field(gt=0, le=65_536)] = Field(
         64, description="bleu / rouge: the longest answer generated.")
     samples: Bounded = Field(200, description="bleu / rouge: test examples answered by generation.")
+    mode: Literal["default", "strict"] = Field(
+        "default", description="Token classification: how entities are read for scoring, as seqeval's modes "
+        "(`strict`: only sequences the tag scheme allows form entities).")
+    max_answer_length: Annotated[int, Field(gt=0, le=4096)] = Field(
+        30, description="Question answering: the longest answer, in tokens.")
 
 
 class Export(Table):

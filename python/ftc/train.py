@@ -358,7 +358,8 @@ def make_trainer(spec: Spec, task: Task, model: Any, args: Any, train_ds: Any, e
         callbacks.append(EarlyStoppingCallback(t.early_stopping.patience, t.early_stopping.threshold))
     return FtcTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, data_collator=collator,
                       callbacks=callbacks,
-                      compute_metrics=task.trainer_metrics())
+                      compute_metrics=task.trainer_metrics(spec, [model.config.id2label[i] for i in
+                                                                  range(len(model.config.id2label))]))
 
 
 def last_checkpoint(out: Path) -> Path | None:

@@ -33,7 +33,9 @@ import numpy as np
 Spec = Any
 
 # name → module: the order is the order `--help` and errors list them in.
-REGISTRY = {"causal-lm": "causal_lm", "classification": "classification"}
+REGISTRY = {"causal-lm": "causal_lm", "classification": "classification",
+            "token-classification": "token_classification",
+            "question-answering": "question_answering"}
 
 Progress = Callable[[str, int, int | None], None]  # (phase, advance, total), as in ftc.prep
 
@@ -65,6 +67,14 @@ class Task:
         import polars as pl
 
         return rows, pl.DataFrame(schema={"line": pl.UInt64, "reason": pl.String})
+
+    def read_file(self, file: Path, fmt: str, cols: Any, threads: int, split: str | None, decoding: Any,
+                  limit: int | None) -> Iterator[Any]:
+        """One source file → `ftc.sources.SourceBatch`es of this task's rows: `line`, a `text`
+        (what cleaning rules, dedup and examples read), the task's own columns, `split`."""
+        from ftc.sources import read_file
+
+        return read_file(file, fmt, cols, threads, split, decoding, limit)
 
     def encode(self, run: Any, rows: Any) -> tuple[Any, ...]:
         raise NotImplementedError
@@ -111,8 +121,9 @@ class Task:
     def class_weights(self, manifest: dict[str, Any]) -> list[float] | None:
         return None
 
-    def trainer_metrics(self) -> Callable[[Any], dict[str, float]] | None:
-        """The Trainer's `compute_metrics` on the validation split (None: loss only)."""
+    def trainer_metrics(self, spec: Spec, labels: list[str]) -> Callable[[Any], dict[str, float]] | None:
+        """The Trainer's `compute_metrics` on the validation split (None: loss only); `labels`:
+        the head's, by id."""
         return None
 
     def evaluate(self, spec: Spec, model: Any, tokenizer: Any, ds: Any, collator: Callable[..., Any],

@@ -250,7 +250,7 @@ class Classification(Task):
     def class_weights(self, manifest: dict[str, Any]) -> list[float] | None:
         return manifest.get("class_weights")
 
-    def trainer_metrics(self) -> Callable[[Any], dict[str, float]]:
+    def trainer_metrics(self, spec: Spec, labels: list[str]) -> Callable[[Any], dict[str, float]]:
         return _validation_metrics
 
     def evaluate(self, spec: Spec, model: Any, tokenizer: Any, ds: Any, collator: Callable[..., Any],

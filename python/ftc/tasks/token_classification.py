@@ -1,198 +1,240 @@
-"""The token-classification task (NER, POS): reading tagged sentences, encoding them with
-aligned sub-word labels, turning annotation-tool spans into tagged words, and decoding a
-model's token logits into entities at serving time.
+"""`token-classification`: a tag per word — NER, POS, any IOB2 / IOBES / IO tagging
+(docs/architecture.md: Tasks).
 
-Tagged data is one table shape everywhere: `tokens` and `tags`, both `list<string>`, one
-tag per token. Schemes, repair and metrics live in `tagging`.
+Data: words and tags from CoNLL files, `tokens` + `tags` list columns, or `text` + character
+`entities` spans (`tagged`); tags checked against the scheme, invalid sequences repaired or
+quarantined (`tagging`); sub-word labels aligned in Rust; one example per row, kept in memory
+until every tag is known. Train: a token-classification head, padded batches, labels -100
+off the first sub-word. Metrics: entity precision/recall/F1 as seqeval computes them, per type,
+with missed and spurious entities. Export: one ONNX graph with a logit per token, parity on the
+labelled tokens. Runtime: `Tagger`, `POST /v1/entities`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
-from ftc.errors import FtcError, SourceError
+from ftc.rows import IGNORE
+from ftc.tasks import Task, tagging
 
-TAGGED = pa.schema([("tokens", pa.list_(pa.large_string())), ("tags", pa.list_(pa.large_string()))])
-SPANS = pa.large_list(pa.struct([("start", pa.int64()), ("end", pa.int64()), ("label", pa.large_string())]))
+if TYPE_CHECKING:
+    import polars as pl
 
+    from ftc.spec import Spec
 
-def read_conll(path: str | Path, encoding: str = "utf-8") -> pa.Table:
-    """A CoNLL-style file: one token per line, the token in the first column and its tag in the
-    last (the columns between, POS or chunk tags, are skipped); sentences end at a blank or
-    whitespace-only line; `-DOCSTART-` lines are not sentences. Columns are split at tabs when
-    the line has one (tokens may then hold spaces), else at whitespace."""
-    tokens: list[list[str]] = []
-    tags: list[list[str]] = []
-    sent_tokens: list[str] = []
-    sent_tags: list[str] = []
-    with open(path, encoding=encoding, newline=None) as f:
-        for n, line in enumerate(f, 1):
-            line = line.rstrip("\n")
-            if not line.strip():
-                if sent_tokens:
-                    tokens.append(sent_tokens)
-                    tags.append(sent_tags)
-                    sent_tokens, sent_tags = [], []
-                continue
-            cols = [c.strip() for c in line.split("\t")] if "\t" in line else line.split()
-            if cols[0] == "-DOCSTART-":
-                continue
-            if len(cols) < 2 or not cols[0] or not cols[-1]:
-                raise SourceError(f"{path}:{n}: expected a token and a tag, found {line!r}",
-                                  hint="one `token … tag` per line, the tag last; a blank line between sentences")
-            sent_tokens.append(cols[0])
-            sent_tags.append(cols[-1])
-    if sent_tokens:
-        tokens.append(sent_tokens)
-        tags.append(sent_tags)
-    return pa.table([pa.array(tokens, TAGGED.field("tokens").type), pa.array(tags, TAGGED.field("tags").type)],
-                    schema=TAGGED)
+ENTITY_FIELDS = {"text": str, "texts": list}
 
 
-def check_table(table: pa.Table, tokens: str = "tokens", tags: str = "tags") -> pa.Table:
-    """A table of `tokens` and `tags` list columns (from JSONL, parquet…) in the TAGGED shape;
-    raises SourceError naming the first row whose lists are missing or differ in length."""
-    for name in (tokens, tags):
-        if name not in table.column_names:
-            raise SourceError(f"no column {name!r}; found {', '.join(table.column_names)}",
-                              hint="token classification reads a list of tokens and a list of tags per row")
-    out = []
-    for name in (tokens, tags):
-        col = table[name].combine_chunks()
-        if not pa.types.is_list(col.type) and not pa.types.is_large_list(col.type):
-            raise SourceError(f"column {name!r} is {col.type}, not a list of strings",
-                              hint="split the text into tokens first, or give spans (see spans_to_tagged)")
-        value = col.type.value_type
-        if not (pa.types.is_string(value) or pa.types.is_large_string(value) or pa.types.is_string_view(value)):
-            # A cast would quietly turn tag ids into the strings "0", "1"…
-            raise SourceError(f"column {name!r} is {col.type}; expected a list of strings",
-                              hint="tags given as ids (datasets' ner_tags): map them to label names first")
-        out.append(col.cast(TAGGED.field("tokens").type))
-    n_tokens, n_tags = (pc.fill_null(pc.list_value_length(c), -1) for c in out)
-    bad = pc.indices_nonzero(pc.or_(pc.not_equal(n_tokens, n_tags), pc.equal(n_tokens, -1)))
-    if len(bad):
-        row = bad[0].as_py()
-        raise SourceError(f"row {row}: {n_tokens[row].as_py()} tokens but {n_tags[row].as_py()} tags "
-                          f"({len(bad)} such rows; -1 is a missing list)",
-                          hint="each token needs exactly one tag")
-    return pa.table(out, schema=TAGGED)
+class TokenClassification(Task):
+    name = "token-classification"
+    metrics = ("precision", "recall", "f1", "accuracy")
+    stop_metrics = ("loss", "f1")
+    peft_task_type = "TOKEN_CLS"
+    endpoint = "/v1/entities"
+    per_token = True
+
+    def check_spec(self, spec: Spec) -> None:
+        from ftc.tasks.tagged import check_spec
+
+        check_spec(spec)
+
+    # ── data
+    def key_inputs(self, spec: Spec) -> dict[str, Any]:
+        return {"batch_size": spec.train.batch_size}
+
+    def read_file(self, file: Path, fmt: str, cols: Any, threads: int, split: str | None, decoding: Any,
+                  limit: int | None) -> Iterator[Any]:
+        from ftc.tasks.tagged import read_file
+
+        return read_file(file, fmt, cols, threads, split, decoding, limit)
+
+    def check_rows(self, run: Any, rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+        from ftc.tasks.tagged import check_rows
+
+        return check_rows(run, rows)
+
+    def encode(self, run: Any, rows: pl.DataFrame) -> tuple[Any, ...]:
+        import pyarrow as pa
+
+        from ftc import quality
+
+        tok = run.spec.tokenize
+        labels = run.collector.labels
+        words = rows["tokens"].to_arrow().cast(pa.large_list(pa.large_string()))
+        ids, tags, length = run.encoder.encode_words(words, labels.ids(rows["tags"]), tok.max_length,
+                                                    tok.label_all_subwords, labels.names)
+        length = np.asarray(length, dtype=np.int64)
+        status = np.where((length > tok.max_length) & (tok.truncation == "drop"), 1, 0).astype(np.uint8)
+        return (ids, tags, status, pa.nulls(rows.height, pa.string()), quality.content_hashes(rows["text"]), length)
+
+    def collector(self, run: Any, spool_dir: Path) -> Any:
+        from ftc.tasks.tagged_splits import Collected
+
+        return Collected(run.spec)
+
+    def describe(self, manifest: dict[str, Any]) -> str:
+        train = manifest["stats"]["splits"]["train"]
+        return (f"{super().describe(manifest)} · {len(manifest['labels'])} tags ({manifest['tag_scheme']}) · "
+                f"{sum(train['entities'].values()):,} training entities")
+
+    def split_table(self, splits: dict[str, dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+        from ftc.inspection import distribution_text
+
+        cols = ["split", "examples", "tokens", "padding", "entities"]
+        return cols, [[n, f"{s['examples']:,}", f"{s['tokens']:,}",
+                       f"{s['padding_ratio']:.1%}" if s["padding_ratio"] is not None else "-",
+                       distribution_text(s["entities"])] for n, s in splits.items()]
+
+    def inspect_rows(self, path: Path, manifest: dict[str, Any], split: str, n: int) -> list[tuple[str, list[str]]]:
+        """Each sentence with its entities bracketed: `[Ada Lovelace]PER was born in [London]LOC`."""
+        import pyarrow as pa
+
+        with pa.memory_map(str(path / manifest["files"][split])) as f:
+            table = pa.ipc.open_stream(f).read_all().slice(0, n)
+        out = []
+        for words, tags, labels in zip(table["words"].to_pylist(), table["tags"].to_pylist(),
+                                       table["labels"].to_pylist(), strict=True):
+            shown = list(words)
+            for kind, first, last in tagging.entities_lenient(tags):
+                shown[first] = "[" + shown[first]
+                shown[last] += f"]{kind}"
+            kept = sum(t != IGNORE for t in labels)  # one per word, unless every sub-word is labelled
+            cut = f" · {len(words) - kept} cut by max_length" if kept < len(words) else ""
+            out.append((f"{len(words)} words{cut}", [" ".join(shown)]))
+        return out
+
+    # ── train
+    def load_model(self, model_dir: Path, labels: list[str] | None, pad_id: int | None, **kwargs: Any) -> Any:
+        from transformers import AutoModelForTokenClassification
+
+        from ftc.train import load_head
+
+        assert labels is not None
+        return load_head(AutoModelForTokenClassification, model_dir, labels, pad_id, **kwargs)
+
+    def collator(self, pad_id: int) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+        from ftc.collate import PaddedCollator
+
+        return PaddedCollator(pad_id, targets=(), token_targets=(("labels", "labels"),))
+
+    def sampling(self, spec: Spec) -> str:
+        return "group_by_length" if spec.train.group_by_length else "random"
+
+    def trainer_metrics(self, spec: Spec, labels: list[str]) -> Callable[[Any], dict[str, float]]:
+        """Entity F1 on the validation split (`eval_f1`), as the test split is scored."""
+        def metrics(prediction: Any) -> dict[str, float]:
+            logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+            pred, gold = np.asarray(logits).argmax(-1), np.asarray(prediction.label_ids)
+            mask = gold != IGNORE
+            scores = tagging.entity_scores([[labels[t] for t in g[m]] for g, m in zip(gold, mask, strict=True)],
+                                           [[labels[t] for t in p[m]] for p, m in zip(pred, mask, strict=True)],
+                                           spec.eval.mode, spec.data.tags.scheme)
+            return {"f1": scores["f1"]}
+        return metrics
+
+    def evaluate(self, spec: Spec, model: Any, tokenizer: Any, ds: Any, collator: Callable[..., Any],
+                 labels: list[str] | None) -> dict[str, Any]:
+        from ftc.tasks.tagged_splits import score
+
+        gold, pred, loss = predict_tags(model, ds, collator, spec.train.batch_size)
+        names = labels or []
+        return score(ds, [[names[t] for t in g] for g in gold], [[names[t] for t in p] for p in pred],
+                     spec.eval.mode, spec.data.tags.scheme, not spec.tokenize.label_all_subwords) | {"loss": loss}
+
+    def report_sections(self, metrics: dict[str, Any], names: list[str] | None, run_dir: Path) -> list[str]:
+        from ftc.tasks.tagged_splits import report_sections
+
+        return report_sections(metrics)
+
+    # ── export
+    def check_export(self, settings: Any, weights_dir: Path, trust_remote_code: bool) -> None:
+        from ftc.errors import ExportError
+        from ftc.export import variants
+
+        if settings.onnx and "int4" in variants(settings):
+            raise ExportError("`[export] quantize = \"int4\"` is weight-only quantization for decoders; a "
+                              "token-classification encoder is quantized to int8", hint="set `quantize = \"int8\"`")
+
+    def auto_class(self) -> Any:
+        from transformers import AutoModelForTokenClassification
+
+        return AutoModelForTokenClassification
+
+    def parity_feed(self, rows: list[dict[str, Any]], pad_id: int) -> Iterator[tuple[dict[str, Any],
+                                                                                  Callable[[np.ndarray], np.ndarray],
+                                                                                  np.ndarray]]:
+        """Parity judges the labelled tokens: each is one scored row of [tags] logits."""
+        for start in range(0, len(rows), self.parity_batch):
+            batch = self.collator(pad_id)(rows[start:start + self.parity_batch])
+            labels = batch.pop("labels").numpy()
+            mask = labels != IGNORE
+            yield batch, lambda z, m=mask: z[m], labels[mask]
+
+    # ── runtime
+    def runtime(self, artifact: Any, threads: int) -> Any:
+        from ftc.runtime.entities import Tagger
+
+        return Tagger(artifact, threads)
+
+    def infer(self, model: Any, inputs: list[dict[str, Any]], options: dict[str, Any]) -> list[dict[str, Any]]:
+        from ftc.errors import InferenceError
+
+        if bad := next((i for i in inputs if "text" not in i), None):
+            raise InferenceError(f"a tagger takes texts; this input has {', '.join(bad)}")
+        found = model.entities([i["text"] for i in inputs], batch_size=options["batch_size"])
+        return [{"entities": e} for e in found]
+
+    def infer_line(self, inp: dict[str, Any], result: dict[str, Any], first: bool) -> str:
+        spans = "; ".join(f"{e['entity_group']} {inp['text'][e['start']:e['end']]!r} [{e['start']}:{e['end']}] "
+                          f"{e['score']:.3f}" for e in result["entities"])
+        return f"{spans or '(no entity)'}\t{inp['text']}"
+
+    def serve(self, server: Any, body: dict[str, Any]) -> dict[str, Any]:
+        from ftc.runtime.serve import HttpError, checked, json_type, one_of
+
+        checked(body, ENTITY_FIELDS)
+        texts = [body["text"]] if one_of(body, "text", "texts") == "text" else body["texts"]
+        if not texts:
+            raise HttpError(400, "`texts` is empty")
+        if len(texts) > server.max_batch:
+            raise HttpError(413, f"{len(texts)} texts; this server takes at most {server.max_batch} per request")
+        if (bad := next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)) is not None:
+            raise HttpError(400, f"`texts[{bad}]` must be a string, not {json_type(texts[bad])}")
+        with server.lock:
+            found = server.model.entities(texts, batch_size=server.max_batch)
+        return {"entities": found}
 
 
-def tag_ids(tags: pa.ChunkedArray | pa.Array, labels: Sequence[str]) -> pa.Array:
-    """`list<string>` tags → `list<int32>` label ids; raises SourceError on a tag not in `labels`."""
-    tags = tags.combine_chunks() if isinstance(tags, pa.ChunkedArray) else tags
-    flat = pc.list_flatten(tags)
-    ids = pc.index_in(flat, value_set=pa.array(labels, pa.large_string()))
-    if ids.null_count:
-        first = pc.indices_nonzero(pc.is_null(ids))[0].as_py()
-        row = int(np.searchsorted(np.asarray(tags.offsets)[1:], first, side="right"))
-        raise SourceError(f"row {row}: tag {flat[first].as_py()!r} is not a label; labels: {', '.join(labels)}",
-                          hint="list it in the labels, or fix the data")
-    return pa.ListArray.from_arrays(pc.cast(tags.offsets, pa.int32()), ids.cast(pa.int32()))
+def predict_tags(model: Any, dataset: Any, collator: Callable[..., Any],
+                 batch_size: int) -> tuple[list[np.ndarray], list[np.ndarray], float]:
+    """(gold tag ids, predicted tag ids) of every row's labelled tokens, in dataset order, and
+    the mean token loss."""
+    import torch
+
+    model.eval()
+    device = next(model.parameters()).device
+    order = np.argsort(np.asarray(dataset["length"]), kind="stable") if len(dataset) else np.zeros(0, np.int64)
+    gold: list[np.ndarray] = [np.zeros(0, np.int64)] * len(order)
+    pred: list[np.ndarray] = [np.zeros(0, np.int64)] * len(order)
+    loss_sum, tokens = 0.0, 0
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            batch = {k: v.to(device) for k, v in collator([dataset[int(i)] for i in rows]).items()}
+            labels = batch.pop("labels")
+            logits = model(**batch).logits.float()
+            mask = labels != IGNORE
+            loss_sum += float(torch.nn.functional.cross_entropy(logits[mask], labels[mask], reduction="sum"))
+            tokens += int(mask.sum())
+            best = logits.argmax(-1).cpu().numpy()
+            labels_np, mask_np = labels.cpu().numpy(), mask.cpu().numpy()
+            for r, i in enumerate(rows):
+                gold[int(i)], pred[int(i)] = labels_np[r][mask_np[r]], best[r][mask_np[r]]
+    return gold, pred, loss_sum / tokens if tokens else float("nan")
 
 
-def encode_tagged(encoder: Any, table: pa.Table, labels: Sequence[str], max_length: int,
-                  label_all_subwords: bool = False) -> pa.Table:
-    """A TAGGED table → `input_ids`, `labels` (`list<int32>`, -100 on special tokens and
-    continuation sub-words) and `length` (tokens before truncation), with the data stage's
-    `DataEncoder`."""
-    ids, lab, length = encoder.encode_words(table["tokens"].combine_chunks(), tag_ids(table["tags"], labels),
-                                            max_length, label_all_subwords, list(labels))
-    return pa.table({"input_ids": pa.array(ids), "labels": pa.array(lab), "length": pa.array(length)})
-
-
-def spans_to_tagged(texts: Sequence[str], spans: Sequence[Sequence[dict]],
-                    threads: int = 0) -> tuple[pa.Table, list[list[str]]]:
-    """Texts with character-offset entity spans (`[{start, end, label}]`, end exclusive, in
-    characters as Python indexes a str: the JSON export of Label Studio or doccano) → a TAGGED
-    table with BIO tags plus `starts`/`ends` (each token's character offsets), and per text the
-    spans left out (not on word boundaries, overlapping, outside the text), one line each."""
-    from ftc import _data
-
-    rows = [[{"start": int(s["start"]), "end": int(s["end"]), "label": str(s["label"])} for s in row]
-            for row in spans]
-    words, tags, starts, ends, problems = _data.spans_to_words(
-        pa.array(texts, pa.large_string()), pa.array(rows, SPANS), threads)
-    table = pa.table({"tokens": pa.array(words), "tags": pa.array(tags), "starts": pa.array(starts),
-                      "ends": pa.array(ends)})
-    return table, pa.array(problems).to_pylist()
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - np.max(logits, axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
-
-
-def decode_entities(text: str, logits: np.ndarray, encoding: Any, tokenizer: Any, id2label: Sequence[str],
-                    ignore_labels: Iterable[str] = ("O",)) -> list[dict]:
-    """One text's token logits (`[tokens, labels]`, as the model saw `encoding`, a `tokenizers`
-    Encoding of `text` with special tokens) → entities `{entity_group, score, word, start, end}`,
-    as transformers' token-classification pipeline gives them with `aggregation_strategy="first"`:
-    a word takes its first sub-word's label and score, adjacent words of one type group (a B-
-    opens a new group), the group's score is the mean of its words'."""
-    logits = np.asarray(logits, dtype=np.float32)
-    check_logits(logits, encoding, id2label)
-    scores = _softmax(logits)
-    model = tokenizer.model
-    # The pipeline's own test of "sub-word": a token whose text differs in length from the
-    # characters it covers (`##ing` over "ing") when the model marks continuations, else (no
-    # such marker) a token that does not follow a space.
-    word_aware = bool(getattr(model, "continuing_subword_prefix", None))
-    unk = getattr(model, "unk_token", None)
-    unk_id = tokenizer.token_to_id(unk) if unk else None
-    decode = tokenizer.decoder.decode if tokenizer.decoder is not None else " ".join
-    words: list[dict] = []
-    for i, (token, tid, (start, end), special) in enumerate(zip(encoding.tokens, encoding.ids, encoding.offsets,
-                                                                 encoding.special_tokens_mask)):
-        if special:
-            continue
-        ref = text[start:end]
-        if word_aware:
-            subword = len(token) != len(ref)
-        else:
-            subword = start > 0 and " " not in text[start - 1:start + 1]
-        if tid == unk_id:
-            token, subword = ref, False
-        if subword and words:
-            words[-1]["tokens"].append(token)
-            words[-1]["end"] = end
-        else:
-            words.append({"tokens": [token], "scores": scores[i], "start": start, "end": end})
-    entities: list[dict] = []
-    group: list[dict] = []
-    for w in words:
-        best = int(w["scores"].argmax())
-        w.update(entity=id2label[best], score=w["scores"][best], word=decode(w["tokens"]))
-        bi, kind = _bio(w["entity"])
-        if group and not (kind == _bio(group[-1]["entity"])[1] and bi != "B"):
-            entities.append(_group(group, decode))
-            group = []
-        group.append(w)
-    if group:
-        entities.append(_group(group, decode))
-    ignore = set(ignore_labels)
-    return [e for e in entities if e["entity_group"] not in ignore]
-
-
-def _bio(label: str) -> tuple[str, str]:
-    return (label[0], label[2:]) if label.startswith(("B-", "I-")) else ("I", label)
-
-
-def _group(words: list[dict], decode: Any) -> dict:
-    return {"entity_group": words[0]["entity"].split("-", 1)[-1],
-            "score": float(np.mean(np.nanmean([w["score"] for w in words]))),
-            "word": decode([w["word"] for w in words]),
-            "start": words[0]["start"], "end": words[-1]["end"]}
-
-
-def check_logits(logits: np.ndarray, encoding: Any, id2label: Sequence[str]) -> None:
-    """The logits fit the encoding and the label list; raises FtcError otherwise."""
-    if logits.ndim != 2 or logits.shape != (len(encoding.ids), len(id2label)):
-        raise FtcError(f"logits of shape {logits.shape}; expected ({len(encoding.ids)}, {len(id2label)}) "
-                       "(tokens, labels)", hint="pass one text's logits, without the batch axis")
+TASK = TokenClassification()
