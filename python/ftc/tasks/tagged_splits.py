@@ -162,7 +162,7 @@ def score(ds: Any, gold: list[list[str]], pred: list[list[str]], mode: str, sche
                                 "sentence": " ".join(words)[:300] if words else ""})
     return {"precision": scores["precision"], "recall": scores["recall"], "f1": scores["f1"],
             "macro_f1": scores["macro"]["f1"], "accuracy": hits / tokens if tokens else float("nan"),
-            "entities": scores["support"], "per_type": scores["per_type"], "mode": mode,
+            "per_type": scores["per_type"], "mode": mode,
             "missed": missed, "spurious": spurious}
 
 
