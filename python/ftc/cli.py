@@ -426,7 +426,10 @@ def inspect(target: str, split: str, n_rows: int, as_json: bool) -> None:
 @click.option("--text", "texts", multiple=True, help="A text to classify, or a user message (a prompt with --raw); "
               "repeatable.")
 @click.option("--file", "file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="One text per line, or JSON Lines with `text` (+ `text_pair`), `messages` or `prompt`.")
+              help="One text per line, or JSON Lines with `text` (+ `text_pair`), `messages`, `prompt`, or "
+              "`question` + `context`.")
+@click.option("--input", "objects", multiple=True, metavar="JSON", help="One input as a JSON object, e.g. "
+              "'{\"question\": \"...\", \"context\": \"...\"}' for question answering; repeatable.")
 @click.option("--variant", help="fp32, int8 or int4 (default: the artifact's own default).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Texts per batch.")
 @click.option("--raw", is_flag=True, help="Generation: give --text to the model as is, without the chat template.")
@@ -441,21 +444,24 @@ def inspect(target: str, split: str, n_rows: int, as_json: bool) -> None:
 @click.option("--pin", metavar="SHA256", help="Refuse any artifact but the one whose ftc-artifact.json has this "
               "sha256 (printed by `ftc export`, `ftc infer`, GET /health).")
 @reported
-def infer(artifact: Path, texts: tuple[str, ...], file: Path | None, variant: str | None, batch_size: int, raw: bool,
-          max_new_tokens: int, temperature: float, top_p: float, top_k: int, seed: int | None,
-          as_json: bool, pin: str | None) -> None:
-    """Run ARTIFACT (a directory `ftc export` wrote) on --text or --file, with onnxruntime only.
+def infer(artifact: Path, texts: tuple[str, ...], file: Path | None, objects: tuple[str, ...], variant: str | None,
+          batch_size: int, raw: bool, max_new_tokens: int, temperature: float, top_p: float, top_k: int,
+          seed: int | None, as_json: bool, pin: str | None) -> None:
+    """Run ARTIFACT (a directory `ftc export` wrote) on --text, --input or --file, with onnxruntime only.
 
     A classifier prints each text's label and the probability of every label; a causal LM
-    prints its answer to each text, sent as a user message through the chat template. The
+    prints its answer to each text, sent as a user message through the chat template; a
+    question-answering model prints each question's answer span (--input '{"question": ...,
+    "context": ...}'). The
     artifact's hashes are checked first: a changed file is refused.
     """
     from ftc import runtime
-    from ftc.runtime.inputs import read_inputs
+    from ftc.runtime.inputs import parse_input, read_inputs
 
-    if not texts and file is None:
-        raise click.UsageError("give --text or --file")
-    inputs = [{"text": t} for t in texts] + (read_inputs(file) if file is not None else [])
+    if not texts and file is None and not objects:
+        raise click.UsageError("give --text or --file, or --input")
+    inputs = [{"text": t} for t in texts] + [parse_input(o) for o in objects] + \
+        (read_inputs(file) if file is not None else [])
     start = time.perf_counter()
     model = runtime.load(artifact, variant, pin=pin)
     task = tasks.get(model.task)

@@ -7,11 +7,12 @@
 //! sub-word of a word carries the word's tag, the others -100 or (every sub-word labelled) the
 //! tag with `B-X` turned into `I-X`, so that a word split in three still reads as one entity.
 
+use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
 use regex::Regex;
-use tokenizers::{truncate_encodings, PostProcessor, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+use tokenizers::{Encoding, Token, Tokenizer};
 
 use crate::encode::IGNORE;
 use crate::error::{DataError, Result};
@@ -41,60 +42,80 @@ pub struct Tagged {
     pub length: u32,
 }
 
-/// One sentence. `continuation`: `None` labels only the first sub-word of a word, else the
-/// label of every later sub-word (see `continuation_labels`). A word tagged -100 stays
-/// unlabelled whole.
-pub fn encode_words(
-    tk: &Tokenizer,
-    words: &[&str],
+/// The sub-word ids of each word, as the tokenizer gives them for the word alone.
+/// `is_split_into_words` normalizes, pre-tokenizes and tokenizes every word on its own (the
+/// tokenizers crate's pre-tokenized input), so a sentence's ids are its words' pieces in
+/// order: each distinct word of a batch is tokenized once, many words per call (the word ids
+/// say which piece is whose).
+fn pieces(tk: &Tokenizer, words: &[&str]) -> Result<Vec<Vec<u32>>> {
+    let enc = tk.encode(words, false).map_err(|e| DataError::Tokenizer(e.to_string()))?;
+    let mut out = vec![Vec::new(); words.len()];
+    for (&id, w) in enc.get_ids().iter().zip(enc.get_word_ids()) {
+        if let Some(w) = w {
+            out[*w as usize].push(id);
+        }
+    }
+    Ok(out)
+}
+
+/// The special tokens the post-processor puts before and after a single sequence. The
+/// post-processors (BERT's, RoBERTa's, templates, byte-level) wrap a sequence whatever it
+/// holds, so one sentinel sequence shows where: the sentences are then assembled without one
+/// post-processing call each.
+fn wrapping(tk: &Tokenizer) -> Result<(Vec<u32>, Vec<u32>)> {
+    const SENTINEL: u32 = u32::MAX - 7;
+    let one = Encoding::from_tokens(vec![Token::new(SENTINEL, String::new(), (0, 0))], 0);
+    let enc = tk.post_process(one, None, true).map_err(|e| DataError::Tokenizer(e.to_string()))?;
+    let ids = enc.get_ids();
+    let at = ids.iter().position(|&i| i == SENTINEL).ok_or_else(|| DataError::Tokenizer("the post-processor dropped the sequence".into()))?;
+    Ok((ids[..at].to_vec(), ids[at + 1..].to_vec()))
+}
+
+/// One sentence's pieces → ids truncated on the right to fit `max_length` with the special
+/// tokens around them, and the aligned labels. `continuation`: `None` labels only the first
+/// sub-word of a word, else the label of every later sub-word (see `continuation_labels`). A
+/// word tagged -100 stays unlabelled whole.
+fn assemble(
+    pieces: &[&[u32]],
     tags: &[i32],
+    (before, after): (&[u32], &[u32]),
     max_length: usize,
     continuation: Option<&[i32]>,
 ) -> Result<Tagged> {
-    if words.len() != tags.len() {
-        return Err(DataError::Input(format!("{} words but {} tags", words.len(), tags.len())));
+    if pieces.len() != tags.len() {
+        return Err(DataError::Input(format!("{} words but {} tags", pieces.len(), tags.len())));
     }
     if let Some(bad) = tags.iter().find(|&&t| t != IGNORE && (t < 0 || continuation.is_some_and(|c| t as usize >= c.len()))) {
         return Err(DataError::Input(format!("tag id {bad} is not a label id")));
     }
-    let err = |e: tokenizers::Error| DataError::Tokenizer(e.to_string());
-    // `encode`, not `encode_fast`: without offsets the tokenizer also drops the word ids.
-    let enc = tk.encode(words, false).map_err(err)?;
-    let added = tk.get_post_processor().map_or(0, |p| p.added_tokens(false));
-    let length = enc.len() + added;
-    let enc = if length > max_length {
-        let params = TruncationParams {
-            direction: TruncationDirection::Right,
-            max_length: max_length.saturating_sub(added),
-            strategy: TruncationStrategy::LongestFirst,
-            stride: 0,
-        };
-        truncate_encodings(enc, None, &params).map_err(err)?.0
-    } else {
-        enc
-    };
-    let enc = tk.post_process(enc, None, true).map_err(err)?;
-    let mut previous = None;
-    let labels = enc
-        .get_word_ids()
-        .iter()
-        .map(|&w| {
-            let label = match w {
-                None => IGNORE,
-                Some(w) if Some(w) != previous => tags[w as usize],
-                Some(w) => match continuation {
-                    Some(c) if tags[w as usize] != IGNORE => c[tags[w as usize] as usize],
-                    _ => IGNORE,
-                },
-            };
-            previous = w;
-            label
-        })
-        .collect();
-    Ok(Tagged { ids: enc.get_ids().to_vec(), labels, length: length as u32 })
+    let added = before.len() + after.len();
+    let total: usize = pieces.iter().map(|p| p.len()).sum();
+    let length = total + added;
+    let keep = if length > max_length { max_length.saturating_sub(added) } else { total };
+    let mut ids = Vec::with_capacity(keep + added);
+    let mut labels = Vec::with_capacity(keep + added);
+    ids.extend_from_slice(before);
+    labels.resize(before.len(), IGNORE);
+    'words: for (w, p) in pieces.iter().enumerate() {
+        for (k, &id) in p.iter().enumerate() {
+            if ids.len() - before.len() == keep {
+                break 'words;
+            }
+            ids.push(id);
+            labels.push(match (k, continuation) {
+                (0, _) => tags[w],
+                (_, Some(c)) if tags[w] != IGNORE => c[tags[w] as usize],
+                _ => IGNORE,
+            });
+        }
+    }
+    ids.extend_from_slice(after);
+    labels.resize(ids.len(), IGNORE);
+    Ok(Tagged { ids, labels, length: length as u32 })
 }
 
-/// Every sentence of a batch, in parallel; the first failure names its row.
+/// Every sentence of a batch, in parallel; each distinct word is tokenized once. The first
+/// failure names its row (or the word).
 pub fn encode_all(
     tk: &Tokenizer,
     words: &[Vec<&str>],
@@ -102,11 +123,30 @@ pub fn encode_all(
     max_length: usize,
     continuation: Option<&[i32]>,
 ) -> Result<Vec<Tagged>> {
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    let mut unique: Vec<&str> = Vec::new();
+    for sentence in words {
+        for &w in sentence {
+            index.entry(w).or_insert_with(|| {
+                unique.push(w);
+                unique.len() - 1
+            });
+        }
+    }
+    let pieces: Vec<Vec<u32>> = unique
+        .par_chunks(512)
+        .map(|chunk| pieces(tk, chunk).map_err(|e| DataError::Input(format!("words {:?}…: {e}", chunk[0]))))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .flatten()
+        .collect();
+    let (before, after) = wrapping(tk)?;
     (0..words.len())
         .into_par_iter()
-        .with_min_len(8)
+        .with_min_len(64)
         .map(|i| {
-            encode_words(tk, &words[i], tags[i], max_length, continuation)
+            let mine: Vec<&[u32]> = words[i].iter().map(|w| pieces[index[w]].as_slice()).collect();
+            assemble(&mine, tags[i], (&before, &after), max_length, continuation)
                 .map_err(|e| DataError::Input(format!("row {i}: {e}")))
         })
         .collect()

@@ -8,6 +8,8 @@
 //! and special tokens), and for training the answer's start/end token, or 0 (the CLS position,
 //! the "no answer" target) when the answer is absent or not wholly inside the window.
 
+use std::collections::HashMap;
+
 use rayon::prelude::*;
 use tokenizers::{
     truncate_encodings, Encoding, PostProcessor, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
@@ -45,16 +47,44 @@ pub fn encode_windows(
     max_length: usize,
     stride: usize,
 ) -> Vec<Result<Vec<Window>>> {
-    examples.par_iter().with_min_len(8).map(|e| windows(tk, e, max_length, stride)).collect()
+    // A context is usually asked several questions (SQuAD: ~6 per paragraph) and is most of the
+    // tokens: each distinct context is tokenized once, its encoding copied for each question.
+    let mut slot: HashMap<&str, usize> = HashMap::new();
+    let mut distinct: Vec<&str> = Vec::new();
+    let which: Vec<usize> = examples
+        .iter()
+        .map(|e| {
+            *slot.entry(e.context).or_insert_with(|| {
+                distinct.push(e.context);
+                distinct.len() - 1
+            })
+        })
+        .collect();
+    let contexts: Vec<std::result::Result<Encoding, String>> =
+        distinct.par_iter().with_min_len(8).map(|c| context_encoding(tk, c)).collect();
+    examples
+        .par_iter()
+        .zip(which.par_iter())
+        .with_min_len(8)
+        .map(|(e, &i)| match &contexts[i] {
+            Ok(c) => windows(tk, e, c.clone(), max_length, stride),
+            Err(msg) => Err(DataError::Tokenizer(msg.clone())),
+        })
+        .collect()
 }
 
-fn windows(tk: &Tokenizer, ex: &Example, max_length: usize, stride: usize) -> Result<Vec<Window>> {
+/// A context's tokens, all of the second sequence (type id 1).
+fn context_encoding(tk: &Tokenizer, context: &str) -> std::result::Result<Encoding, String> {
+    let mut c = tk.encode_char_offsets(context, false).map_err(|e| e.to_string())?;
+    c.set_type_ids(vec![1; c.len()]);
+    Ok(c)
+}
+
+fn windows(tk: &Tokenizer, ex: &Example, c: Encoding, max_length: usize, stride: usize) -> Result<Vec<Window>> {
     let err = |e: tokenizers::Error| DataError::Tokenizer(e.to_string());
     // Leading spaces would only cost room in the window (run_qa.py strips them the same way).
     let question = ex.question.trim_start_matches(py_space);
     let q = tk.encode_char_offsets(question, false).map_err(err)?;
-    let mut c = tk.encode_char_offsets(ex.context, false).map_err(err)?;
-    c.set_type_ids(vec![1; c.len()]);
     let added = tk.get_post_processor().map_or(0, |p| p.added_tokens(true));
     let room = max_length as i64 - added as i64 - q.len() as i64;
     if q.len() + c.len() + added > max_length {

@@ -1,7 +1,8 @@
 """Inputs of `ftc infer --file`: one text per line, or JSON Lines of objects.
 
 A `.jsonl` / `.json` file, or any file whose first line opens an object, is read as JSON Lines:
-each object has `text` (+ `text_pair`), `messages` (a conversation) or `prompt` (raw text).
+each object has `text` (+ `text_pair`), `messages` (a conversation), `prompt` (raw text) or
+`question` + `context` (question answering); `--input` gives one such object.
 Otherwise every line is one text. Blank lines are not inputs, as in the data stage.
 
     read_inputs(Path("in.jsonl"))   # [{"text": "great film"}, {"messages": [...]}]
@@ -15,7 +16,7 @@ from typing import Any
 
 from ftc.errors import InferenceError
 
-KINDS = {"text": str, "text_pair": str, "messages": list, "prompt": str}
+KINDS = {"text": str, "text_pair": str, "messages": list, "prompt": str, "question": str, "context": str}
 
 
 def read_inputs(file: Path) -> list[dict[str, Any]]:
@@ -34,10 +35,23 @@ def _object(file: Path, n: int, line: str) -> dict[str, Any]:
         obj = json.loads(line)
     except ValueError as e:
         raise InferenceError(f"{file}:{n}: malformed JSON: {e}") from None
-    if not isinstance(obj, dict) or not {"text", "messages", "prompt"} & obj.keys():
-        raise InferenceError(f"{file}:{n}: expected an object with `text`, `messages` or `prompt`")
+    return _checked(obj, f"{file}:{n}")
+
+
+def parse_input(text: str) -> dict[str, Any]:
+    """`--input`: one JSON object."""
+    try:
+        obj = json.loads(text)
+    except ValueError as e:
+        raise InferenceError(f"--input {text[:40]!r}: malformed JSON: {e}") from None
+    return _checked(obj, "--input")
+
+
+def _checked(obj: Any, where: str) -> dict[str, Any]:
+    if not isinstance(obj, dict) or not {"text", "messages", "prompt", "question"} & obj.keys():
+        raise InferenceError(f"{where}: expected an object with `text`, `messages`, `prompt` or `question`")
     picked = {k: v for k, v in obj.items() if k in KINDS}
     for key, value in picked.items():
         if not isinstance(value, KINDS[key]):
-            raise InferenceError(f"{file}:{n}: `{key}` must be a {KINDS[key].__name__}")
+            raise InferenceError(f"{where}: `{key}` must be a {KINDS[key].__name__}")
     return picked

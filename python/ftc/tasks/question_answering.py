@@ -5,19 +5,36 @@ answers read back out of a model's start/end logits.
 context as fits, repeated over overlapping windows. `extract_answer` is numpy only — no torch —
 so evaluation and the torch-free runtime share it: the same span scoring, word alignment and
 "no answer" handling as transformers' question-answering pipeline, over all of one example's
-windows. Reading data and the metrics are in `squad.py`.
+windows. Reading data and the metrics are in `squad.py`; the data stage's side of the task in
+`qa_data.py`.
+
+The task (`QuestionAnswering`, registered as `question-answering`): data, one row per window
+(`qa_data`); train, a span head (`AutoModelForQuestionAnswering`) on start/end positions;
+evaluation, answers read back over each question's windows and scored as SQuAD's script does
+(exact match and F1, as fractions); export, one graph with per-token `start_logits` and
+`end_logits` (int8 by dynamic quantization), parity on both; runtime, `ftc.runtime.answers.
+Reader` and `POST /v1/answer`. This module stays import-light (numpy): the runtime and the
+server import it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow as pa
 
-from ftc import _data
 from ftc.errors import FtcError
+from ftc.tasks import Task
+
+if TYPE_CHECKING:
+    import polars as pl
+    import pyarrow as pa
+
+    from ftc import _data
+    from ftc.spec import Spec
 
 WINDOW_COLUMNS = ["input_ids", "token_type_ids", "offset_starts", "offset_ends", "word_ids", "example"]
 # Logits masked out of the softmax, as the pipeline does (exp underflows to exactly 0).
@@ -30,6 +47,8 @@ def encode_windows(encoder: _data.DataEncoder, rows: pa.Table, *, max_length: in
     carry `WINDOW_COLUMNS` and, with `train`, `start_positions`/`end_positions`: the first
     answer's first and last token, or 0 (CLS) when the window does not hold all of it or the
     question has no answer. `token_type_ids` are the tokenizer's; a model without them drops them."""
+    import pyarrow as pa
+
     starts = ends = None
     if train:
         first = [(a["answer_start"][0], a["answer_start"][0] + len(a["text"][0])) if a["text"] else (None, None)
@@ -137,3 +156,198 @@ def extract_answer(context: str, windows: Sequence[dict[str, np.ndarray]], start
         answers.append({"text": "", "start": 0, "end": 0, "score": min_null})
     best = sorted(answers, key=lambda a: a["score"], reverse=True)[:top_k]
     return [Answer(**a) for a in best]
+
+
+# ── the task ─────────────────────────────────────────────────────────────────────────────────
+
+REWRITES = ("normalize", "strip_html", "collapse_whitespace", "remove_control", "replace")
+SAMPLES = 5  # predictions shown in the report
+
+
+class QuestionAnswering(Task):
+    name = "question-answering"
+    metrics = ("exact_match", "f1")
+    stop_metrics = ("loss",)
+    peft_task_type = "QUESTION_ANS"
+    endpoint = "/v1/answer"
+    graph_outputs = ("start_logits", "end_logits")
+    per_token = True
+
+    def check_spec(self, spec: Spec) -> None:
+        d, tok = spec.data, spec.tokenize
+        if tok.truncation != "right":
+            raise ValueError(f"`tokenize.truncation = \"{tok.truncation}\"` does not apply to question answering, "
+                             "which cuts long contexts into overlapping windows; set `truncation = \"right\"` and "
+                             "size the windows with `max_length` and `doc_stride`")
+        if tok.doc_stride >= tok.max_length:
+            raise ValueError(f"`tokenize.doc_stride = {tok.doc_stride}` must be below `max_length = "
+                             f"{tok.max_length}`: consecutive windows share doc_stride tokens")
+        c = d.clean
+        on = [r for r in REWRITES if (getattr(c, r) not in (False, "none", []))]
+        if on:
+            raise ValueError(f"`data.clean` {', '.join(on)} rewrite the text, but answers are character offsets "
+                             "into the context; remove them (drop rules, limits and dedup still apply)")
+        if d.augment.copies:
+            raise ValueError("`data.augment` rewrites words, which moves answers out of their offsets; set "
+                             "`copies = 0` for question answering")
+        if d.balance.strategy != "none":
+            raise ValueError("`data.balance` balances classes; question answering has none: remove it")
+        if d.split.by == "random":
+            raise ValueError("question answering splits by the hash of the context, so that no context is in two "
+                             "splits; set `data.split.by = \"hash\"` (or name splits with `data.split.column`)")
+
+    # ── data
+    def key_inputs(self, spec: Spec) -> dict[str, Any]:
+        return {"reader": 1}  # bumped when what a source reads as changes
+
+    def read_file(self, file: Path, fmt: str, cols: Any, threads: int, split: str | None, decoding: Any,
+                  limit: int | None) -> Iterator[Any]:
+        from ftc.tasks import qa_data
+
+        return qa_data.read_file(file, fmt, cols, split, decoding, limit)
+
+    def encode(self, run: Any, rows: pl.DataFrame) -> tuple[Any, ...]:
+        from ftc.tasks import qa_data
+
+        return qa_data.encode(run, rows)
+
+    def collector(self, run: Any, spool_dir: Path) -> Any:
+        from ftc.tasks import qa_data
+
+        return qa_data.Collected()
+
+    def totals(self, splits: dict[str, dict[str, Any]], max_length: int) -> dict[str, Any]:
+        return {"examples": sum(s["examples"] for s in splits.values()),
+                "windows": sum(s["windows"] for s in splits.values())}
+
+    def describe(self, manifest: dict[str, Any]) -> str:
+        qa = manifest["question_answering"]
+        return (f"{super().describe(manifest)} · {manifest['stats']['windows']:,} windows · "
+                f"{qa['unanswerable']:,} unanswerable · {qa['located_answers']:,} answers located in their context")
+
+    def split_table(self, splits: dict[str, dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+        cols = ["split", "questions", "unanswerable", "windows", "no-answer windows", "tokens"]
+        return cols, [[n, f"{s['examples']:,}", f"{s['unanswerable']:,}", f"{s['windows']:,}",
+                       f"{s['windows_without_answer']:,}", f"{s['tokens']:,}"] for n, s in splits.items()]
+
+    def inspect_rows(self, path: Path, manifest: dict[str, Any], split: str, n: int) -> list[tuple[str, list[str]]]:
+        import pyarrow as pa
+
+        from ftc import _data
+
+        enc = _data.DataEncoder((path / "tokenizer.json").read_text(encoding="utf-8"))
+        with pa.memory_map(str(path / manifest["files"][split])) as source:
+            table = pa.ipc.open_stream(source).read_all().slice(0, n)
+        out = []
+        for row in table.select(["input_ids", "start_positions", "end_positions", "example"]).to_pylist():
+            s, e = row["start_positions"], row["end_positions"]
+            answer = enc.decode(row["input_ids"][s:e + 1]) if s else "(no answer in this window)"
+            out.append((f"question {row['example']} · answer tokens {s}–{e}",
+                        [enc.decode(row["input_ids"]), f"answer: {answer}"]))
+        return out
+
+    # ── train
+    def load_model(self, model_dir: Path, labels: list[str] | None, pad_id: int | None, **kwargs: Any) -> Any:
+        from transformers import AutoModelForQuestionAnswering
+
+        from ftc.train import load_head
+
+        return load_head(AutoModelForQuestionAnswering, model_dir, None, pad_id, **kwargs)
+
+    def collator(self, pad_id: int) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+        from ftc.collate import PaddedCollator
+
+        return PaddedCollator(pad_id, targets=(("start_positions", "start_positions"),
+                                               ("end_positions", "end_positions")))
+
+    def evaluate(self, spec: Spec, model: Any, tokenizer: Any, ds: Any, collator: Callable[..., Any],
+                 labels: list[str] | None) -> dict[str, Any]:
+        from ftc.tasks import qa_eval
+
+        return qa_eval.evaluate(spec, model, tokenizer, ds, collator)
+
+    def report_sections(self, metrics: dict[str, Any], names: list[str] | None, run_dir: Path) -> list[str]:
+        from ftc.tasks import qa_eval
+
+        return qa_eval.report_sections(metrics)
+
+    # ── export
+    def check_export(self, settings: Any, weights_dir: Path, trust_remote_code: bool) -> None:
+        from ftc.errors import ExportError
+        from ftc.export import variants
+
+        if settings.onnx and "int4" in variants(settings):
+            raise ExportError("`[export] quantize = \"int4\"` is weight-only quantization for decoders; a "
+                              "question-answering encoder is quantized to int8", hint="set `quantize = \"int8\"`")
+
+    def auto_class(self) -> Any:
+        from transformers import AutoModelForQuestionAnswering
+
+        return AutoModelForQuestionAnswering
+
+    def parity_feed(self, rows: list[dict[str, Any]], pad_id: int) -> Iterator[tuple[dict[str, Any],
+                                                                                  Callable[[np.ndarray], np.ndarray],
+                                                                                  np.ndarray]]:
+        """Each window's start logits and end logits are two rows of `[n, sequence]` scores,
+        their targets the gold start and end token (0 where the window holds no answer).
+        Padding is set to one constant in every model, so it is neither scored nor picked."""
+        collate = self.collator(pad_id)
+        for start in range(0, len(rows), self.parity_batch):
+            batch = collate(rows[start:start + self.parity_batch])
+            targets = np.concatenate([batch.pop("start_positions").numpy(), batch.pop("end_positions").numpy()])
+            valid = batch["attention_mask"].numpy().astype(bool)
+
+            def pick(z: np.ndarray, valid: np.ndarray = valid) -> np.ndarray:
+                return np.where(valid[None], z, _MASKED).reshape(-1, z.shape[-1])
+            yield batch, pick, targets
+
+    def graph_runner(self, candidate: Path) -> Callable[[dict[str, Any]], np.ndarray]:
+        from ftc.runtime.session import session
+
+        sess = session(candidate)
+        names = [i.name for i in sess.get_inputs()]
+
+        def run(batch: dict[str, Any]) -> np.ndarray:
+            ids = batch["input_ids"].numpy()
+            feed = {n: batch[n].numpy() if n in batch else np.zeros_like(ids) for n in names}
+            return np.stack(sess.run(list(self.graph_outputs), feed))
+        return run
+
+    def torch_logits(self, model: Any, batch: dict[str, Any]) -> np.ndarray:
+        out = model(**batch)
+        return np.stack([out.start_logits.numpy(), out.end_logits.numpy()])
+
+    def card(self, data: dict[str, Any], art: Path) -> dict[str, Any]:
+        qa = data["question_answering"]
+        return super().card(data, art) | {"doc_stride": qa["doc_stride"], "unanswerable": qa["unanswerable"] > 0}
+
+    # ── runtime
+    def runtime(self, artifact: Any, threads: int) -> Any:
+        from ftc.runtime.answers import Reader
+
+        return Reader(artifact, threads)
+
+    def infer(self, model: Any, inputs: list[dict[str, Any]], options: dict[str, Any]) -> list[dict[str, Any]]:
+        from ftc.errors import InferenceError
+
+        if bad := next((i for i in inputs if not {"question", "context"} <= i.keys()), None):
+            raise InferenceError(f"a question-answering model takes a `question` and a `context`; this input has "
+                                 f"{', '.join(bad) or 'neither'}",
+                                 hint="pass --input '{\"question\": \"...\", \"context\": \"...\"}' or a JSON Lines "
+                                      "--file of such objects")
+        answers = model.answer([i["question"] for i in inputs], [i["context"] for i in inputs],
+                               batch_size=options["batch_size"])
+        return [asdict(a[0]) for a in answers]
+
+    def infer_line(self, inp: dict[str, Any], result: dict[str, Any], first: bool) -> str:
+        return f"{result['text']}\t{result['score']:.4f}\t{result['start']}:{result['end']}\t{inp['question']}"
+
+    def infer_json(self, inp: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+        return {"question": inp["question"], "answer": result}
+
+    def serve(self, server: Any, body: dict[str, Any]) -> dict[str, Any]:
+        from ftc.runtime.answers import serve_answers
+
+        return serve_answers(server, body)
+
+TASK = QuestionAnswering()

@@ -26,48 +26,47 @@ TAGGED = pa.schema([("tokens", pa.list_(pa.large_string())), ("tags", pa.list_(p
 SPANS = pa.large_list(pa.struct([("start", pa.int64()), ("end", pa.int64()), ("label", pa.large_string())]))
 
 
-def conll_sentences(path: str | Path, encoding: str = "utf-8",
-                    errors: str = "strict") -> Iterator[tuple[int, list[str], list[str], str | None]]:
-    """The sentences of a CoNLL-style file as (line of the first token, tokens, tags, None), or
-    (line, [], [], why) for a sentence with a line that is not `token … tag`: one token per
-    line, the token in the first column and its tag in the last (the columns between, POS or
-    chunk tags, are skipped); sentences end at a blank or whitespace-only line; `-DOCSTART-`
-    lines are not sentences. Columns are split at tabs when the line has one (tokens may then
-    hold spaces), else at whitespace."""
-    tokens: list[str] = []
-    tags: list[str] = []
-    first, why = 0, None
-    with open(path, encoding=encoding, errors=errors, newline=None) as f:
-        for n, line in enumerate(f, 1):
-            line = line.rstrip("\n")
-            if not line.strip():
-                if tokens or why:
-                    yield first, tokens, tags, why
-                    tokens, tags, why = [], [], None
-                continue
-            cols = [c.strip() for c in line.split("\t")] if "\t" in line else line.split()
-            if cols[0] == "-DOCSTART-":
-                continue
-            if not tokens and why is None:
-                first = n
-            if len(cols) < 2 or not cols[0] or not cols[-1]:
-                why = why or f"line {n}: expected a token and a tag, found {line!r}"
-                continue
-            tokens.append(cols[0])
-            tags.append(cols[-1])
-    if tokens or why:
-        yield first, tokens, tags, why
+def conll_frame(path: str | Path, encoding: str = "utf-8", errors: str = "strict") -> tuple[pl.DataFrame,
+                                                                                        pl.DataFrame]:
+    """A CoNLL-style file → (sentences: `line` of the first token, `tokens`, `tags`; bad
+    sentences: `line`, `reason`). One token per line, the token in the first column and its tag
+    in the last (the columns between, POS or chunk tags, are skipped); sentences end at a blank
+    or whitespace-only line; `-DOCSTART-` lines are not sentences. Columns are split at tabs
+    when the line has one (tokens may then hold spaces), else at whitespace. A sentence with a
+    line that is not `token … tag` is bad, named by that line. Column work is polars', not a
+    Python loop per line."""
+    import polars as pl
+
+    with open(path, encoding=encoding, errors=errors, newline=None) as f:  # universal newlines
+        raw = pl.Series("raw", f.read().split("\n"), pl.String)
+    el = pl.element()
+    df = pl.DataFrame([raw]).with_row_index("line", offset=1).with_columns(
+        blank=pl.col("raw").str.strip_chars() == "",
+        fields=pl.when(pl.col("raw").str.contains("\t", literal=True))
+        .then(pl.col("raw").str.split("\t").list.eval(el.str.strip_chars()))
+        .otherwise(pl.col("raw").str.extract_all(r"\S+")))
+    df = df.with_columns(sentence=pl.col("blank").cum_sum(), first=pl.col("fields").list.first(),
+                         last=pl.col("fields").list.last())
+    words = df.filter(~pl.col("blank") & (pl.col("first") != "-DOCSTART-")).with_columns(
+        bad=(pl.col("fields").list.len() < 2) | (pl.col("first") == "") | (pl.col("last") == ""))
+    out = words.group_by("sentence", maintain_order=True).agg(
+        pl.col("line").first().cast(pl.UInt64), tokens="first", tags="last",
+        bad_line=pl.col("line").filter("bad").first(), bad_raw=pl.col("raw").filter("bad").first())
+    bad = out.filter(pl.col("bad_line").is_not_null())
+    reasons = [f"line {n}: expected a token and a tag, found {r!r}" for n, r in bad.select("bad_line", "bad_raw").rows()]
+    return (out.filter(pl.col("bad_line").is_null()).select("line", "tokens", "tags"),
+            pl.DataFrame({"line": bad["line"], "reason": pl.Series(reasons, dtype=pl.String)}))
 
 
 def read_conll(path: str | Path, encoding: str = "utf-8") -> pa.Table:
-    """A CoNLL-style file (see `conll_sentences`) as a TAGGED table; raises SourceError at the
+    """A CoNLL-style file (see `conll_frame`) as a TAGGED table; raises SourceError at the
     first line that is not `token … tag`."""
-    rows = list(conll_sentences(path, encoding))
-    if bad := next((why for _, _, _, why in rows if why), None):
-        raise SourceError(f"{path}:{bad.removeprefix('line ')}",
+    rows, bad = conll_frame(path, encoding)
+    if bad.height:
+        raise SourceError(f"{path}:{bad['reason'][0].removeprefix('line ')}",
                           hint="one `token … tag` per line, the tag last; a blank line between sentences")
-    return pa.table([pa.array([r[1] for r in rows], TAGGED.field("tokens").type),
-                     pa.array([r[2] for r in rows], TAGGED.field("tags").type)], schema=TAGGED)
+    return pa.table([rows["tokens"].to_arrow().cast(TAGGED.field("tokens").type),
+                     rows["tags"].to_arrow().cast(TAGGED.field("tags").type)], schema=TAGGED)
 
 
 def check_table(table: pa.Table, tokens: str = "tokens", tags: str = "tags") -> pa.Table:
@@ -196,16 +195,16 @@ def read_file(file: Path, fmt: str, cols: Any, threads: int, split: str | None, 
     from ftc.sources import SourceBatch
 
     if fmt == "conll":
-        lines, texts, words, tags, bad = [], [], [], [], []
-        for n, (line, w, t, why) in enumerate(conll_sentences(file, decoding.codec, decoding.errors)):
-            if limit is not None and n >= limit:
-                break
-            if why:
-                bad.append((line, why))
-            else:
-                lines.append(line), texts.append(" ".join(w)), words.append(w), tags.append(t)
-        yield SourceBatch(file, _frame(lines, texts, words, tags, [None] * len(lines) if split else None), _bad(bad),
-                          file.stat().st_size)
+        import polars as pl
+
+        rows, bad = conll_frame(file, decoding.codec, decoding.errors)
+        if limit is not None:  # the first `limit` sentences, good or bad
+            cut = pl.concat([rows["line"], bad["line"]]).sort().head(limit).max()
+            rows, bad = rows.filter(pl.col("line") <= cut), bad.filter(pl.col("line") <= cut)
+        rows = rows.with_columns(text=pl.col("tokens").list.join(" ")).select("line", "text", "tokens", "tags")
+        if split:
+            rows = rows.with_columns(split=pl.lit(None, pl.String))
+        yield SourceBatch(file, rows, bad, file.stat().st_size)
         return
     keys: tuple[str, ...] | None = None
     for batch in records.read(file, fmt, decoding, limit):
@@ -300,7 +299,7 @@ def check_rows(run: Any, rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame
     sequences the scheme forbids are repaired or quarantined (`data.tags.invalid`)."""
     import polars as pl
 
-    scheme, invalid = run.spec.data.tags.scheme, run.spec.data.tags.invalid
+    scheme, invalid_rule = run.spec.data.tags.scheme, run.spec.data.tags.invalid
     pattern = f"^(O|[{PREFIXES[scheme]}]-.+)$"
     flat = rows.select("line", "tags").explode("tags")
     wrong = flat.filter(~pl.col("tags").str.contains(pattern)).group_by("line", maintain_order=True).first()
@@ -314,19 +313,26 @@ def check_rows(run: Any, rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame
     rows = rows.filter(~pl.col("line").is_in(out["line"].implode()))
     labels = run.collector.labels
     labels.add(rows["tags"].explode().drop_nulls().unique().to_list())
-    tags = rows["tags"].to_list()
-    checked = tagging.check_tags(tags, labels.names, scheme, invalid)
-    if checked.invalid:
-        lines = rows["line"].gather(checked.invalid)
-        if invalid == "drop":
+    index = {t: i for i, t in enumerate(labels.names)}
+    flat = rows["tags"].explode().drop_nulls().replace_strict(index, return_dtype=pl.Int64).to_numpy()
+    invalid = tagging.invalid_sentences(flat, rows["tags"].list.len().to_numpy(), labels.names, scheme)
+    if len(invalid):  # only the invalid sentences become Python lists
+        lines = rows["line"].gather(invalid)
+        tags = rows["tags"].gather(invalid).to_list()
+        if invalid_rule == "drop":
             out = pl.concat([out, pl.DataFrame({"line": lines, "reason": [
-                f"invalid tag sequence: {' '.join(tags[i])[:120]} (data.tags.invalid = \"drop\")"
-                for i in checked.invalid]}, schema={"line": pl.UInt64, "reason": pl.String})])
+                f"invalid tag sequence: {' '.join(t)[:120]} (data.tags.invalid = \"drop\")" for t in tags]},
+                schema={"line": pl.UInt64, "reason": pl.String})])
             rows = rows.filter(~pl.col("line").is_in(lines.implode()))
         else:
-            rows = rows.with_columns(tags=pl.Series(checked.tags, dtype=pl.List(pl.String)))
-            run.funnel.changed["tags repaired"] += len(checked.invalid)
-            for i, line in zip(checked.invalid[:3], lines.to_list(), strict=False):
-                run.funnel.example("tags repaired", {"line": line, "before": " ".join(tags[i])[:200],
-                                                     "after": " ".join(checked.tags[i])[:200]})
+            fixed = tagging.check_tags(tags, labels.names, scheme, "repair").tags
+            at = np.full(rows.height, -1)
+            at[invalid] = np.arange(len(invalid))
+            repaired = pl.Series(fixed, dtype=pl.List(pl.String))
+            rows = rows.with_columns(tags=pl.when(pl.Series(at >= 0)).then(
+                repaired.gather(np.maximum(at, 0))).otherwise(pl.col("tags")))
+            run.funnel.changed["tags repaired"] += len(invalid)
+            for before, after, line in zip(tags[:3], fixed[:3], lines.to_list(), strict=False):
+                run.funnel.example("tags repaired", {"line": line, "before": " ".join(before)[:200],
+                                                     "after": " ".join(after)[:200]})
     return rows, out

@@ -126,18 +126,19 @@ class Collected:
 
 
 def entity_counts(tags: pa.Array) -> dict[str, int]:
-    """Entities per type in sentences of tags, as seqeval's default mode reads them."""
-    flat = pl.Series(pc.list_flatten(tags)).cast(pl.String)
-    if not len(flat):
-        return {}
-    starts = np.zeros(len(flat), bool)
-    starts[np.asarray(tags.offsets)[:-1][np.asarray(pc.list_value_length(tags)) > 0]] = True  # a sentence starts
-    prefix, kind = flat.str.slice(0, 1).to_numpy(), flat.str.slice(2).to_numpy()
-    prev_prefix, prev_kind = np.roll(prefix, 1), np.roll(kind, 1)
-    opens = (prefix != "O") & (starts | np.isin(prefix, ["B", "S"]) | (prev_prefix == "O") | (prev_kind != kind)
-                               | np.isin(prev_prefix, ["E", "S"]))
-    types, counts = np.unique(kind[opens], return_counts=True)
-    return {str(t): int(c) for t, c in zip(types, counts, strict=True)}
+    """Entities per type in sentences of tags, as seqeval's default mode reads them: a tag
+    other than O opens one at a sentence's start, as B-/S-, after O, E- or S-, or on a change
+    of type."""
+    lengths = np.asarray(pc.list_value_length(tags))
+    first = np.zeros(int(lengths.sum()), bool)
+    first[(np.cumsum(lengths) - lengths)[lengths > 0]] = True
+    t = pl.col("tag")
+    p, k = t.str.slice(0, 1), t.str.slice(2)
+    opens = (p != "O") & (pl.col("first") | p.is_in(["B", "S"]) | p.shift(1).is_in(["O", "E", "S"])
+                          | (k.shift(1) != k))
+    counts = pl.DataFrame({"tag": pl.Series(pc.list_flatten(tags)).cast(pl.String), "first": first}).lazy() \
+        .filter(opens).group_by(kind=k).len().sort("kind").collect()
+    return dict(zip(counts["kind"].to_list(), counts["len"].to_list(), strict=True))
 
 
 def score(ds: Any, gold: list[list[str]], pred: list[list[str]], mode: str, scheme: str,

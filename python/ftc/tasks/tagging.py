@@ -99,6 +99,39 @@ class TagCheck:
     action: str = "repair"
 
 
+def _bad_ends(flat: np.ndarray, lengths: np.ndarray, labels: Sequence[str], scheme: str) -> np.ndarray:
+    """Per tag: it closes its sentence but the scheme says it may not (IOBES: an open entity)."""
+    _, may_end = _transitions(labels, scheme)
+    starts = np.cumsum(lengths) - lengths
+    ends = (starts + lengths - 1)[lengths > 0]
+    out = np.zeros(flat.size, dtype=bool)
+    out[ends] = ~may_end[flat[ends]]
+    return out
+
+
+def _invalid_tags(flat: np.ndarray, lengths: np.ndarray, labels: Sequence[str],
+                  scheme: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sentences as flat label ids and lengths → (per tag: the scheme forbids it there, each
+    sentence's first index, each tag's sentence)."""
+    if flat.size and (flat.min() < 0 or flat.max() >= len(labels)):
+        raise SourceError(f"tag id {flat.min() if flat.min() < 0 else flat.max()} is outside the label list "
+                          f"(0..{len(labels) - 1})")
+    valid, _ = _transitions(labels, scheme)
+    starts = np.cumsum(lengths) - lengths
+    prev = np.concatenate([[len(labels)], flat[:-1]]) if flat.size else flat
+    prev[starts[lengths > 0]] = len(labels)  # each sentence starts after an implicit O
+    bad = ~valid[prev, flat] | _bad_ends(flat, lengths, labels, scheme)
+    return bad, starts, np.repeat(np.arange(len(lengths)), lengths)
+
+
+def invalid_sentences(flat: np.ndarray, lengths: np.ndarray, labels: Sequence[str], scheme: str) -> np.ndarray:
+    """Indexes of the sentences (flat label ids + lengths) the scheme forbids, vectorized: what
+    `check_tags` would find, without building Python lists."""
+    check_labels(labels, scheme)
+    bad, _, rows = _invalid_tags(flat, lengths, labels, scheme)
+    return np.unique(rows[bad])
+
+
 def check_tags(sequences: Sequence[Sequence[int | str]], labels: Sequence[str], scheme: str,
                on_invalid: str = "repair") -> TagCheck:
     """Finds the sequences the scheme does not allow (I-X after O or after another type; in
@@ -118,19 +151,8 @@ def check_tags(sequences: Sequence[Sequence[int | str]], labels: Sequence[str], 
                           hint="add it to the labels, or fix the data") from None
     lengths = np.fromiter((len(s) for s in ids), dtype=np.int64, count=len(ids))
     flat = np.fromiter((t for s in ids for t in s), dtype=np.int64, count=int(lengths.sum()))
-    if flat.size and (flat.min() < 0 or flat.max() >= len(labels)):
-        raise SourceError(f"tag id {flat.min() if flat.min() < 0 else flat.max()} is outside the label list "
-                          f"(0..{len(labels) - 1})")
-    valid, may_end = _transitions(labels, scheme)
-    starts = np.cumsum(lengths) - lengths
-    prev = np.concatenate([[len(labels)], flat[:-1]]) if flat.size else flat
-    prev[starts[lengths > 0]] = len(labels)  # each sentence starts after an implicit O
-    bad = ~valid[prev, flat]
-    ends = (starts + lengths - 1)[lengths > 0]
-    bad_end = np.zeros(flat.size, dtype=bool)
-    bad_end[ends] = ~may_end[flat[ends]]
-    rows = np.repeat(np.arange(len(ids)), lengths)
-    invalid = sorted(set(rows[bad | bad_end].tolist()))
+    bad, starts, rows = _invalid_tags(flat, lengths, labels, scheme)
+    invalid = sorted(set(rows[bad].tolist()))
     out = [list(s) for s in sequences]
     if on_invalid == "drop":
         dropped = set(invalid)
@@ -139,7 +161,7 @@ def check_tags(sequences: Sequence[Sequence[int | str]], labels: Sequence[str], 
         # An IOB2 sequence is invalid only at an I-X that opens an entity, and seqeval's default
         # mode reads exactly that I-X as the entity's start: B-X in its place is the repair.
         begin = np.array([index.get("B-" + split_tag(t)[1], -1) for t in labels])
-        fixed_flat = flat.copy()
+        fixed_flat = flat.copy()  # (IOB2 has no forbidden ending: `bad` marks only these I-X)
         fixed_flat[bad] = begin[flat[bad]]
         if (fixed_flat < 0).any():
             at = int(np.argmax(fixed_flat < 0))
