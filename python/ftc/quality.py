@@ -165,10 +165,9 @@ def _rebuild_messages(msgs: pa.LargeListArray, contents: pa.Array) -> pl.Series:
 
 
 def content_hashes(texts: pl.Series) -> np.ndarray:
-    """A stable 64-bit hash of each text (blake2b): the hash split and mixing weights of tasks
-    whose encoder gives none (a row keeps its split across runs and library versions)."""
-    return np.fromiter((int.from_bytes(hashlib.blake2b(t.encode("utf-8", "surrogatepass"), digest_size=8).digest(),
-                                       "little") for t in texts.fill_null("")), dtype=np.uint64, count=len(texts))
+    """Each text's content hash, as the encoders give it for a text row: the hash split and
+    mixing weights of tasks whose encoder gives none (a row keeps its split across runs)."""
+    return np.asarray(_data.hash_texts(strings(texts.fill_null(""))), dtype=np.uint64)
 
 
 def strings(col: pl.Series | pa.Array) -> pa.Array:

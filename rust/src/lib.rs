@@ -669,6 +669,15 @@ fn gather_rows(
     ))
 }
 
+/// The data stage's content hash of each text (what splits and mixing weights key on), for
+/// tasks whose encoder gives none.
+#[pyfunction]
+fn hash_texts(py: Python<'_>, texts: PyArray) -> PyResult<PyArray> {
+    let texts = strs(&texts, "texts")?;
+    let hashes: Vec<u64> = py.detach(|| texts.iter().map(|t| crate::encode::content_hash([*t])).collect());
+    Ok(arr(UInt64Array::from(hashes)))
+}
+
 /// blake3 hex digest of each file (memory-mapped, hashed on every core).
 #[pyfunction]
 #[pyo3(signature = (paths, threads=0))]
@@ -776,6 +785,7 @@ fn _data(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(pack_rows, m)?)?;
     m.add_function(wrap_pyfunction!(gather_rows, m)?)?;
     m.add_function(wrap_pyfunction!(hash_files, m)?)?;
+    m.add_function(wrap_pyfunction!(hash_texts, m)?)?;
     m.add_function(wrap_pyfunction!(builtin_template, m)?)?;
     m.add_function(wrap_pyfunction!(render_prompt, m)?)?;
     m.add_function(wrap_pyfunction!(spans_to_words, m)?)?;
