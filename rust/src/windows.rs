@@ -11,9 +11,7 @@
 use std::collections::HashMap;
 
 use rayon::prelude::*;
-use tokenizers::{
-    truncate_encodings, Encoding, PostProcessor, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
-};
+use tokenizers::{Encoding, Token, Tokenizer};
 
 use crate::error::{DataError, Result};
 
@@ -47,8 +45,12 @@ pub fn encode_windows(
     max_length: usize,
     stride: usize,
 ) -> Vec<Result<Vec<Window>>> {
+    let wrap = match Wrap::of(tk) {
+        Ok(w) => w,
+        Err(e) => return examples.iter().map(|_| Err(DataError::Tokenizer(e.clone()))).collect(),
+    };
     // A context is usually asked several questions (SQuAD: ~6 per paragraph) and is most of the
-    // tokens: each distinct context is tokenized once, its encoding copied for each question.
+    // tokens: each distinct context is tokenized once, and its windows cut from that.
     let mut slot: HashMap<&str, usize> = HashMap::new();
     let mut distinct: Vec<&str> = Vec::new();
     let which: Vec<usize> = examples
@@ -60,74 +62,125 @@ pub fn encode_windows(
             })
         })
         .collect();
-    let contexts: Vec<std::result::Result<Encoding, String>> =
-        distinct.par_iter().with_min_len(8).map(|c| context_encoding(tk, c)).collect();
+    let contexts: Vec<std::result::Result<Encoding, String>> = distinct
+        .par_iter()
+        .with_min_len(8)
+        .map(|c| tk.encode_char_offsets(*c, false).map_err(|e| e.to_string()))
+        .collect();
     examples
         .par_iter()
         .zip(which.par_iter())
         .with_min_len(8)
         .map(|(e, &i)| match &contexts[i] {
-            Ok(c) => windows(tk, e, c.clone(), max_length, stride),
+            Ok(c) => windows(tk, &wrap, e, c, max_length, stride),
             Err(msg) => Err(DataError::Tokenizer(msg.clone())),
         })
         .collect()
 }
 
-/// A context's tokens, all of the second sequence (type id 1).
-fn context_encoding(tk: &Tokenizer, context: &str) -> std::result::Result<Encoding, String> {
-    let mut c = tk.encode_char_offsets(context, false).map_err(|e| e.to_string())?;
-    c.set_type_ids(vec![1; c.len()]);
-    Ok(c)
+/// What the post-processor puts around a (question, context) pair: ids and type ids before the
+/// question, between the two, after the context, and the type ids it gives each sequence. The
+/// pair post-processors (BERT's, RoBERTa's, templates) wrap sequences whatever they hold, so one
+/// pair of sentinel tokens shows where: each window is then assembled by copying slices, where
+/// a post-processing call per window (with the tokenizer's clones of the whole context for
+/// every overflowing window) cost most of the time.
+struct Wrap {
+    parts: [(Vec<u32>, Vec<u32>); 3],
+    question_type: u32,
+    context_type: u32,
 }
 
-fn windows(tk: &Tokenizer, ex: &Example, c: Encoding, max_length: usize, stride: usize) -> Result<Vec<Window>> {
-    let err = |e: tokenizers::Error| DataError::Tokenizer(e.to_string());
+impl Wrap {
+    fn of(tk: &Tokenizer) -> std::result::Result<Self, String> {
+        const Q: u32 = u32::MAX - 7;
+        const C: u32 = u32::MAX - 8;
+        let one = |id: u32, type_id: u32| Encoding::from_tokens(vec![Token::new(id, String::new(), (0, 0))], type_id);
+        let enc = tk.post_process(one(Q, 0), Some(one(C, 1)), true).map_err(|e| e.to_string())?;
+        let (ids, types) = (enc.get_ids(), enc.get_type_ids());
+        let (Some(q), Some(c)) = (ids.iter().position(|&i| i == Q), ids.iter().position(|&i| i == C)) else {
+            return Err("the post-processor dropped the question or the context".into());
+        };
+        if q > c {
+            return Err("the post-processor puts the context before the question".into());
+        }
+        let part = |r: std::ops::Range<usize>| (ids[r.clone()].to_vec(), types[r].to_vec());
+        Ok(Wrap { parts: [part(0..q), part(q + 1..c), part(c + 1..ids.len())], question_type: types[q], context_type: types[c] })
+    }
+
+    fn added(&self) -> usize {
+        self.parts.iter().map(|p| p.0.len()).sum()
+    }
+}
+
+/// The windows of one example: the question whole, the context cut as the tokenizer's
+/// `only_second` truncation with a stride cuts it (windows of `room` tokens starting every
+/// `room - stride`, the last one reaching the end).
+fn windows(tk: &Tokenizer, wrap: &Wrap, ex: &Example, c: &Encoding, max_length: usize, stride: usize) -> Result<Vec<Window>> {
     // Leading spaces would only cost room in the window (run_qa.py strips them the same way).
     let question = ex.question.trim_start_matches(py_space);
-    let q = tk.encode_char_offsets(question, false).map_err(err)?;
-    let added = tk.get_post_processor().map_or(0, |p| p.added_tokens(true));
+    let q = tk.encode_char_offsets(question, false).map_err(|e| DataError::Tokenizer(e.to_string()))?;
+    let added = wrap.added();
     let room = max_length as i64 - added as i64 - q.len() as i64;
-    if q.len() + c.len() + added > max_length {
-        // The tokenizer panics (stride) or fails (no room) on these; say which and why instead.
+    let ranges: Vec<(usize, usize)> = if q.len() + c.len() + added <= max_length {
+        vec![(0, c.len())]
+    } else {
         if room <= 0 {
             return Err(DataError::Input(format!(
                 "the question has {} tokens, which leaves no room for the context in max_length {max_length}",
                 q.len()
             )));
         }
-        if stride as i64 >= room {
+        let room = room as usize;
+        if stride >= room {
             return Err(DataError::Input(format!(
                 "doc_stride {stride} must be less than the {room} context tokens a window of max_length \
                  {max_length} holds after this {}-token question",
                 q.len()
             )));
         }
-    }
-    let params = TruncationParams {
-        max_length: max_length - added,
-        stride,
-        strategy: TruncationStrategy::OnlySecond,
-        direction: TruncationDirection::Right,
+        let mut out = Vec::new();
+        for start in (0..c.len()).step_by(room - stride) {
+            let stop = (start + room).min(c.len());
+            out.push((start, stop));
+            if stop == c.len() {
+                break;
+            }
+        }
+        out
     };
-    let (q, c) = truncate_encodings(q, Some(c), &params).map_err(err)?;
-    let mut first = tk.post_process(q, c, true).map_err(err)?;
-    let rest = first.take_overflowing();
-    Ok(std::iter::once(first).chain(rest).map(|w| window(&w, ex.answer)).collect())
+    Ok(ranges.into_iter().map(|r| window(wrap, q.get_ids(), c, r, ex.answer)).collect())
 }
 
-fn window(enc: &Encoding, answer: Option<(usize, usize)>) -> Window {
-    let in_context: Vec<bool> = enc.get_sequence_ids().iter().map(|s| *s == Some(1)).collect();
-    let pick = |i: usize, v: i32| if in_context[i] { v } else { -1 };
-    let offsets = enc.get_offsets();
-    let words = enc.get_word_ids();
-    Window {
-        ids: enc.get_ids().to_vec(),
-        type_ids: enc.get_type_ids().to_vec(),
-        starts: (0..enc.len()).map(|i| pick(i, offsets[i].0 as i32)).collect(),
-        ends: (0..enc.len()).map(|i| pick(i, offsets[i].1 as i32)).collect(),
-        words: (0..enc.len()).map(|i| pick(i, words[i].map_or(-1, |w| w as i32))).collect(),
-        answer: answer.map_or((CLS, CLS), |a| answer_tokens(offsets, &in_context, a)),
-    }
+fn window(wrap: &Wrap, q: &[u32], c: &Encoding, (lo, hi): (usize, usize), answer: Option<(usize, usize)>) -> Window {
+    let [(pre, pre_t), (mid, mid_t), (post, post_t)] = &wrap.parts;
+    let n = pre.len() + q.len() + mid.len() + (hi - lo) + post.len();
+    let before = pre.len() + q.len() + mid.len();
+    let mut w = Window { ids: Vec::with_capacity(n), type_ids: Vec::with_capacity(n), ..Window::default() };
+    w.ids.extend_from_slice(pre);
+    w.ids.extend_from_slice(q);
+    w.ids.extend_from_slice(mid);
+    w.ids.extend_from_slice(&c.get_ids()[lo..hi]);
+    w.ids.extend_from_slice(post);
+    w.type_ids.extend_from_slice(pre_t);
+    w.type_ids.resize(pre.len() + q.len(), wrap.question_type);
+    w.type_ids.extend_from_slice(mid_t);
+    w.type_ids.resize(before + hi - lo, wrap.context_type);
+    w.type_ids.extend_from_slice(post_t);
+    let offsets = &c.get_offsets()[lo..hi];
+    let pad = |v: &mut Vec<i32>, inner: &mut dyn Iterator<Item = i32>| {
+        v.resize(before, -1);
+        v.extend(inner);
+        v.resize(n, -1);
+    };
+    pad(&mut w.starts, &mut offsets.iter().map(|o| o.0 as i32));
+    pad(&mut w.ends, &mut offsets.iter().map(|o| o.1 as i32));
+    pad(&mut w.words, &mut c.get_word_ids()[lo..hi].iter().map(|x| x.map_or(-1, |x| x as i32)));
+    let mut in_context = vec![false; n];
+    in_context[before..before + hi - lo].fill(true);
+    let mut all = vec![(0, 0); n];
+    all[before..before + hi - lo].copy_from_slice(offsets);
+    w.answer = answer.map_or((CLS, CLS), |a| answer_tokens(&all, &in_context, a));
+    w
 }
 
 /// The first and last context token of the answer `(start_char, end_char)`, or `(CLS, CLS)` when
