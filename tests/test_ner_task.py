@@ -94,7 +94,7 @@ def test_prep_reads_every_shape_repairs_tags_and_matches_run_ner(tmp_path: Path,
     # text + character spans (annotation-tool export); one span cuts through a word
     spans = []
     for w, t in rows[50:]:
-        text, at, ents = "", 0, []
+        text, ents = "", []
         for word, tag in zip(w, t):
             start = len(text) + (1 if text else 0)
             text += (" " if text else "") + word

@@ -14,18 +14,24 @@ imported only to load a decoder.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Union
 
 from ftc.runtime.artifact import Artifact, read
 from ftc.runtime.classify import Classifier, Prediction
 from ftc.runtime.generate import Generation, Generator
 
-Model = Classifier | Generator
+if TYPE_CHECKING:  # each task's module loads only when its artifact does
+    from ftc.runtime.answers import Reader
+    from ftc.runtime.entities import Tagger
+
+Model = Union[Classifier, Generator, "Tagger", "Reader"]
 
 __all__ = ["Artifact", "Classifier", "Generation", "Generator", "Model", "Prediction", "load"]
 
 
 def load(path: str | Path, variant: str | None = None, threads: int = 0, pin: str | None = None) -> Model:
-    """The artifact at `path`, its hashes checked, as a `Classifier` or a `Generator`.
+    """The artifact at `path`, its hashes checked, as its task's model: a `Classifier`, a
+    `Generator`, a `Tagger` (entities) or a `Reader` (answers).
 
     `variant` picks `fp32`, `int8` or `int4` (default: the artifact's `default`); `threads`
     sets onnxruntime's intra-op threads for a classifier (0: one per core); `pin`, the sha256

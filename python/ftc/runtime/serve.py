@@ -7,6 +7,11 @@
     POST /v1/generate  {"prompt": "..."} or {"messages": [{"role", "content"}, ...]}, with
                        "max_new_tokens", "temperature", "top_p", "top_k", "seed"
                        → {"text", "finish_reason", "prompt_tokens", "completion_tokens"}
+    POST /v1/entities  {"texts": [...]} or {"text": "..."}
+                       → {"entities": [[{"entity_group", "score", "word", "start", "end"}, ...], ...]}
+    POST /v1/answer    {"question", "context"} or {"questions", "contexts"}, with "top_k",
+                       "max_answer_length", "handle_impossible_answer"
+                       → {"answers": [{"text", "score", "start", "end"}, ...]}
 
 Every answer is JSON; an error is {"error": "..."} that names the offending field: 400 a
 malformed body or a missing, unknown or mistyped field; 404 an unknown path; 405 a wrong
