@@ -146,7 +146,7 @@ def test_drop_mode_quarantines_invalid_sequences_and_labels_are_checked(tmp_path
     bad = json.loads((result.path / "quarantine.jsonl").read_text())
     assert bad["reason"].startswith("invalid tag sequence: O I-PER")
     assert bad["line"] == 3 + sum(len(w) + 1 for w, _ in rows)  # the sentence's first line
-    with pytest.raises(Exception, match=r"`model.labels`: label 'PER' is not a IOB2 tag"):
+    with pytest.raises(Exception, match=r"`model.labels`: label 'PER' is not an IOB2 tag"):
         load_spec(write_spec(tmp_path / "s2.toml", wordpiece_dir, [{"path": "a.conll"}],
                              model={"task": "token-classification", "labels": ["O", "PER"]}))
     with pytest.raises(Exception, match=r"`data.clean.strip_html` rewrites text"):

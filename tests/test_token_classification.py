@@ -186,7 +186,7 @@ def seqeval_entities(seq, strict_scheme=None):
 
 def test_check_labels_names_the_offending_label():
     tagging.check_labels(IOBES_LABELS, "IOBES")
-    with pytest.raises(FtcError, match=r"label 'E-PER' is not a IOB2 tag"):
+    with pytest.raises(FtcError, match=r"label 'E-PER' is not an IOB2 tag"):
         tagging.check_labels(["O", "B-PER", "E-PER"], "IOB2")
     with pytest.raises(FtcError, match=r"label 'PER' is not a IO tag"):
         tagging.check_labels(["O", "PER"], "IO")

@@ -34,8 +34,8 @@ def check_labels(labels: Sequence[str], scheme: str) -> None:
         raise FtcError(f"the label list repeats a label: {list(labels)}")
     for label in labels:
         if label != "O" and not (len(label) > 2 and label[1] == "-" and label[0] in SCHEMES[scheme]):
-            raise FtcError(f"label {label!r} is not a {scheme} tag; allowed: O or P-TYPE with P in "
-                           f"{', '.join(SCHEMES[scheme])}",
+            raise FtcError(f"label {label!r} is not an {scheme} tag; allowed: O, or "
+                           f"{' / '.join(p + '-TYPE' for p in SCHEMES[scheme] if p != 'O')}",
                            hint="set the scheme the data uses, or map the labels (e.g. PER → I-PER for IO)")
 
 
