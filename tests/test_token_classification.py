@@ -188,7 +188,7 @@ def test_check_labels_names_the_offending_label():
     tagging.check_labels(IOBES_LABELS, "IOBES")
     with pytest.raises(FtcError, match=r"label 'E-PER' is not an IOB2 tag"):
         tagging.check_labels(["O", "B-PER", "E-PER"], "IOB2")
-    with pytest.raises(FtcError, match=r"label 'PER' is not a IO tag"):
+    with pytest.raises(FtcError, match=r"label 'PER' is not an IO tag; allowed: O, or I-TYPE"):
         tagging.check_labels(["O", "PER"], "IO")
     with pytest.raises(FtcError, match="unknown tag scheme 'BILOU'"):
         tagging.check_labels(["O"], "BILOU")
