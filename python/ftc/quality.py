@@ -164,6 +164,12 @@ def _rebuild_messages(msgs: pa.LargeListArray, contents: pa.Array) -> pl.Series:
     return pl.Series("messages", pa.LargeListArray.from_arrays(msgs.offsets, values))
 
 
+def rewrites(clean: Any) -> list[str]:
+    """The `[data.clean]` rules that rewrite text (`TRANSFORMS`) that are on: tasks whose
+    labels are offsets into the text or belong to its words refuse them."""
+    return [r for r in TRANSFORMS if getattr(clean, r) not in (False, "none", [])]
+
+
 def content_hashes(texts: pl.Series) -> np.ndarray:
     """Each text's content hash, as the encoders give it for a text row: the hash split and
     mixing weights of tasks whose encoder gives none (a row keeps its split across runs)."""

@@ -22,11 +22,10 @@ from tokenizers import Tokenizer
 
 from ftc.errors import ArtifactError, InferenceError
 from ftc.runtime.artifact import REEXPORT, Artifact, tokenizer_config
-from ftc.runtime.session import session
+from ftc.runtime.session import KNOWN_INPUTS, encoder_graph
 from ftc.tasks.question_answering import Answer, extract_answer
 
 BATCH_SIZE = 32
-KNOWN_INPUTS = {"input_ids", "attention_mask", "token_type_ids"}
 OUTPUTS = ("start_logits", "end_logits")
 REQUEST_FIELDS = {"question": str, "questions": list, "context": str, "contexts": list, "top_k": int,
                   "max_answer_length": int, "handle_impossible_answer": bool}
@@ -50,16 +49,7 @@ class Reader:
 
     def __init__(self, artifact: Artifact, threads: int = 0) -> None:
         self.artifact = artifact
-        try:
-            self.session = session(artifact.model_path, threads)
-        except Exception as e:  # onnxruntime raises its own untyped errors for a bad graph
-            raise ArtifactError(f"{artifact.model_path}: onnxruntime cannot load it: {e}", hint=REEXPORT) from None
-        self.inputs = [i.name for i in self.session.get_inputs()]
-        if unknown := set(self.inputs) - KNOWN_INPUTS:
-            raise ArtifactError(f"{artifact.model_path}: unexpected graph inputs {sorted(unknown)}; a reader takes "
-                                f"{sorted(KNOWN_INPUTS)}", hint=REEXPORT)
-        if missing := set(OUTPUTS) - {o.name for o in self.session.get_outputs()}:
-            raise ArtifactError(f"{artifact.model_path}: the graph has no {sorted(missing)} output", hint=REEXPORT)
+        self.session, self.inputs, _ = encoder_graph(artifact.model_path, threads, OUTPUTS, "a reader")
         card = artifact.manifest
         stride = card.get("doc_stride")
         if not isinstance(stride, int) or isinstance(stride, bool) or not 0 < stride < artifact.max_length:

@@ -23,12 +23,11 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from ftc.runtime.session import session
+from ftc.runtime.session import encoder_graph
 from ftc.errors import ArtifactError, InferenceError
 from ftc.runtime.artifact import REEXPORT, Artifact, tokenizer_config
 
 BATCH_SIZE = 32
-KNOWN_INPUTS = {"input_ids", "attention_mask", "token_type_ids"}
 
 
 @dataclass(frozen=True)
@@ -57,17 +56,8 @@ class Classifier:
 
     def __init__(self, artifact: Artifact, threads: int = 0) -> None:
         self.artifact = artifact
-        try:
-            self.session = session(artifact.model_path, threads)
-        except Exception as e:  # onnxruntime raises its own untyped errors for a bad graph
-            raise ArtifactError(f"{artifact.model_path}: onnxruntime cannot load it: {e}", hint=REEXPORT) from None
-        self.inputs = [i.name for i in self.session.get_inputs()]
-        if unknown := set(self.inputs) - KNOWN_INPUTS:
-            raise ArtifactError(f"{artifact.model_path}: unexpected graph inputs {sorted(unknown)}; a classifier "
-                                f"takes {sorted(KNOWN_INPUTS)}", hint=REEXPORT)
-        logits = next((o for o in self.session.get_outputs() if o.name == "logits"), None)
-        if logits is None:
-            raise ArtifactError(f"{artifact.model_path}: the graph has no `logits` output", hint=REEXPORT)
+        self.session, self.inputs, outputs = encoder_graph(artifact.model_path, threads, ("logits",), "a classifier")
+        logits = outputs["logits"]
         config = tokenizer_config(artifact.path)
         self.tokenizer = classification_tokenizer(artifact, config)
         self.pad_left = config.get("padding_side", "right") == "left"

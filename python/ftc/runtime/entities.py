@@ -21,8 +21,8 @@ from tokenizers import Tokenizer
 
 from ftc.errors import ArtifactError, FtcError, InferenceError
 from ftc.runtime.artifact import REEXPORT, Artifact, tokenizer_config
-from ftc.runtime.classify import KNOWN_INPUTS, classification_tokenizer, softmax
-from ftc.runtime.session import session
+from ftc.runtime.classify import classification_tokenizer, softmax
+from ftc.runtime.session import KNOWN_INPUTS, encoder_graph
 
 BATCH_SIZE = 16
 
@@ -34,16 +34,9 @@ class Tagger:
 
     def __init__(self, artifact: Artifact, threads: int = 0) -> None:
         self.artifact = artifact
-        try:
-            self.session = session(artifact.model_path, threads)
-        except Exception as e:  # onnxruntime raises its own untyped errors for a bad graph
-            raise ArtifactError(f"{artifact.model_path}: onnxruntime cannot load it: {e}", hint=REEXPORT) from None
-        self.inputs = [i.name for i in self.session.get_inputs()]
-        if unknown := set(self.inputs) - KNOWN_INPUTS:
-            raise ArtifactError(f"{artifact.model_path}: unexpected graph inputs {sorted(unknown)}; a tagger "
-                                f"takes {sorted(KNOWN_INPUTS)}", hint=REEXPORT)
-        logits = next((o for o in self.session.get_outputs() if o.name == "logits"), None)
-        if logits is None or len(logits.shape) != 3:
+        self.session, self.inputs, outputs = encoder_graph(artifact.model_path, threads, ("logits",), "a tagger")
+        logits = outputs["logits"]
+        if len(logits.shape) != 3:
             raise ArtifactError(f"{artifact.model_path}: the graph has no per-token `logits` output", hint=REEXPORT)
         self.labels = artifact.labels
         if not self.labels or (isinstance(logits.shape[-1], int) and logits.shape[-1] != len(self.labels)):

@@ -136,7 +136,14 @@ class Task:
 
     # ── export ────────────────────────────────────────────────────────────────────────────────
     def check_export(self, settings: Any, weights_dir: Path, trust_remote_code: bool) -> None:
-        """What must hold before an export starts."""
+        """What must hold before an export starts. An encoder's graph is quantized to int8 by
+        `make_variant`; int4 is weight-only quantization for decoders."""
+        from ftc.errors import ExportError
+        from ftc.export import variants
+
+        if settings.onnx and "int4" in variants(settings):
+            raise ExportError(f"`[export] quantize = \"int4\"` is weight-only quantization for decoders; a "
+                              f"{self.name} encoder is quantized to int8", hint="set `quantize = \"int8\"`")
 
     def auto_class(self) -> Any:
         """transformers' Auto class of the merged weights."""

@@ -266,14 +266,6 @@ class Classification(Task):
         return report.class_sections(metrics, names, run_dir)
 
     # ── export
-    def check_export(self, settings: Any, weights_dir: Path, trust_remote_code: bool) -> None:
-        from ftc.errors import ExportError
-        from ftc.export import variants
-
-        if settings.onnx and "int4" in variants(settings):
-            raise ExportError("`[export] quantize = \"int4\"` is weight-only quantization for decoders; a "
-                              "classification encoder is quantized to int8", hint="set `quantize = \"int8\"`")
-
     def auto_class(self) -> Any:
         from transformers import AutoModelForSequenceClassification
 

@@ -160,7 +160,6 @@ def extract_answer(context: str, windows: Sequence[dict[str, np.ndarray]], start
 
 # ── the task ─────────────────────────────────────────────────────────────────────────────────
 
-REWRITES = ("normalize", "strip_html", "collapse_whitespace", "remove_control", "replace")
 SAMPLES = 5  # predictions shown in the report
 
 
@@ -183,7 +182,9 @@ class QuestionAnswering(Task):
             raise ValueError(f"`tokenize.doc_stride = {tok.doc_stride}` must be below `max_length = "
                              f"{tok.max_length}`: consecutive windows share doc_stride tokens")
         c = d.clean
-        on = [r for r in REWRITES if (getattr(c, r) not in (False, "none", []))]
+        from ftc.quality import rewrites
+
+        on = rewrites(c)
         if on:
             raise ValueError(f"`data.clean` {', '.join(on)} rewrite the text, but answers are character offsets "
                              "into the context; remove them (drop rules, limits and dedup still apply)")
@@ -272,14 +273,6 @@ class QuestionAnswering(Task):
         return qa_eval.report_sections(metrics)
 
     # ── export
-    def check_export(self, settings: Any, weights_dir: Path, trust_remote_code: bool) -> None:
-        from ftc.errors import ExportError
-        from ftc.export import variants
-
-        if settings.onnx and "int4" in variants(settings):
-            raise ExportError("`[export] quantize = \"int4\"` is weight-only quantization for decoders; a "
-                              "question-answering encoder is quantized to int8", hint="set `quantize = \"int8\"`")
-
     def auto_class(self) -> Any:
         from transformers import AutoModelForQuestionAnswering
 

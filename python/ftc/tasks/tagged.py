@@ -144,7 +144,6 @@ def spans_to_tagged(texts: Sequence[str], spans: Sequence[Sequence[dict]],
 
 # ── the data stage's side: spec checks, reading sources, checking rows ─────────────────────────
 
-REWRITES = ("normalize", "strip_html", "collapse_whitespace", "remove_control", "replace")
 PREFIXES = {"IOB2": "BI", "IOBES": "BIES", "IO": "I"}  # a type's tags, in label-list order
 _WORDS = ("tokens", "words")
 _TAGS = ("tags", "ner_tags", "labels")
@@ -153,9 +152,11 @@ _SPANS = ("entities", "spans", "label", "labels")
 
 def check_spec(spec: Any) -> None:
     """What token classification cannot do, before any work (ValueError: the spec's error)."""
-    clean, tok = spec.data.clean, spec.tokenize
-    if rewrites := [r for r in REWRITES if getattr(clean, r) not in (False, "none", [])]:
-        raise ValueError(f"`data.clean.{rewrites[0]}` rewrites text, but tags belong to the words as given; "
+    from ftc.quality import rewrites
+
+    tok = spec.tokenize
+    if on := rewrites(spec.data.clean):
+        raise ValueError(f"`data.clean.{on[0]}` rewrites text, but tags belong to the words as given; "
                          "token classification keeps only the drop rules, limits and dedup")
     if tok.truncation not in ("right", "drop"):
         raise ValueError(f"`tokenize.truncation = \"{tok.truncation}\"`: a tagged sentence is cut at its end "
@@ -316,9 +317,9 @@ def check_rows(run: Any, rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame
     out = pl.concat(bad).unique("line", keep="first", maintain_order=True)
     rows = rows.filter(~pl.col("line").is_in(out["line"].implode()))
     labels = run.collector.labels
-    labels.add(rows["tags"].explode().drop_nulls().unique().to_list())
-    index = {t: i for i, t in enumerate(labels.names)}
-    flat = rows["tags"].explode().drop_nulls().replace_strict(index, return_dtype=pl.Int64).to_numpy()
+    tags_flat = rows["tags"].explode().drop_nulls()
+    labels.add(tags_flat.unique().to_list())
+    flat = tags_flat.replace_strict({t: i for i, t in enumerate(labels.names)}, return_dtype=pl.Int64).to_numpy()
     invalid = tagging.invalid_sentences(flat, rows["tags"].list.len().to_numpy(), labels.names, scheme)
     if len(invalid):  # only the invalid sentences become Python lists
         lines = rows["line"].gather(invalid)
