@@ -268,6 +268,47 @@ def test_read_squad_json_structure_errors_name_the_place(tmp_path: Path):
         squad.read_squad_json(path)
 
 
+def test_flat_jsonl_read_at_once_equals_the_record_reader(tmp_path: Path):
+    """Hugging Face's flat SQuAD JSON Lines go through polars whole, checks vectorized; the rows
+    and the reasons are the record reader's, row for row."""
+    from ftc.encodings import Decoding
+    from ftc.tasks import qa_data
+
+    ctx = "Zoë paid 5 € in Paris; Paris is big."
+    ok = {"text": ["Paris"], "answer_start": [16]}
+    rows = [
+        {"id": "a", "context": ctx, "question": "Where?", "answers": ok, "split": "test"},
+        {"id": 7, "context": ctx, "question": "Who?", "answers": {"text": ["Zoë", "Zoë paid"], "answer_start": [0, 0]}},
+        {"context": ctx, "question": "None?", "answers": {"text": [], "answer_start": []}},  # unanswerable, no id
+        {"id": "d", "context": ctx, "question": "Big?", "answers": {"text": ["big"]}},  # located
+        {"id": "e", "context": ctx, "question": "Off?", "answers": {"text": ["Paris"], "answer_start": [15]}},
+        {"id": "f", "context": ctx, "question": " \t", "answers": ok},
+        {"id": "g", "context": ctx, "question": "Empty?", "answers": {"text": [""], "answer_start": [0]}},
+        {"id": "h", "context": ctx, "question": "Neg?", "answers": {"text": ["Paris"], "answer_start": [-3]}},
+        {"id": "i", "context": ctx, "question": "Odd?", "answers": {"text": ["Paris", "big"], "answer_start": [16]}},
+        {"id": "j", "context": ctx, "question": "None left?"},
+        {"id": "k", "context": ctx, "question": "Euro?", "answers": {"text": ["5 €"], "answer_start": [9]}},
+    ]
+    path = tmp_path / "flat.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    names = {k: k for k in ("context", "question", "answers", "id")}
+    fast = qa_data._flat_columns(path, names, "split", None)
+    assert fast is not None, "the flat shape must take the polars path"
+    want, want_bad = qa_data._records(list(range(1, len(rows) + 1)), rows, names, "split")
+    assert fast.rows.to_dicts() == want.to_dicts()
+    assert sorted(fast.bad.rows()) == sorted(want_bad)
+    assert fast.rows["id"].to_list() == ["a", "7", "line 3", "d", "k"]
+    assert fast.rows["located"].to_list() == [0, 0, 0, 1, 0]
+    assert [line for line, _ in sorted(want_bad)] == [5, 6, 7, 8, 9, 10]
+    # Another shape (a blank line: lines would not number rows) is left to the record reader.
+    path.write_text(path.read_text(encoding="utf-8") + "\n\n" + json.dumps(rows[0]) + "\n", encoding="utf-8")
+    assert qa_data._flat_columns(path, names, None, None) is None
+    class Cols:
+        context = question = answers = id = None
+    batches = list(qa_data.read_file(path, "jsonl", Cols, None, Decoding("utf-8"), None))
+    assert sum(b.rows.height for b in batches) == 6
+
+
 def test_normalize_flat_rows():
     ctx = "Paris is the capital of France; Paris is big."
     rows = [

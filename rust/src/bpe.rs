@@ -20,7 +20,7 @@ use crate::pretok::{Pattern, Scanner};
 
 /// Multiplicative hashing: keys are ids or short byte strings, never attacker-chosen tables.
 #[derive(Default)]
-struct Fx(u64);
+pub(crate) struct Fx(u64);
 
 impl Hasher for Fx {
     fn write(&mut self, bytes: &[u8]) {
@@ -38,7 +38,7 @@ impl Hasher for Fx {
     }
 }
 
-type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<Fx>>;
+pub(crate) type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<Fx>>;
 
 const NONE: (u32, u32) = (u32::MAX, 0);
 /// Pieces longer than this merge through a heap (O(n log n)); shorter ones by rescanning.

@@ -19,6 +19,7 @@ use tokenizers::{
 use crate::bpe::FastBpe;
 use crate::error::{DataError, Result};
 use crate::template::{ChatTemplate, Message};
+use crate::wordpiece::{FastWordPiece, Pieces};
 
 pub const IGNORE: i32 = -100;
 /// Words per thread in the BPE cache (~100 bytes each).
@@ -61,6 +62,8 @@ pub struct Encoder {
     tokenizer: Tokenizer,
     /// The exact fast path for chat and text, when `FastBpe::plan` accepts the tokenizer.
     fast: Option<FastBpe>,
+    /// The exact fast path for QA contexts and tagged words, when `FastWordPiece::plan` accepts it.
+    wordpiece: Option<FastWordPiece>,
     /// Which encoder runs and why, for the manifest.
     note: String,
     special_ids: HashSet<u32>,
@@ -84,24 +87,41 @@ impl Encoder {
         let special_ids =
             tokenizer.get_added_tokens_decoder().into_iter().filter(|(_, t)| t.special).map(|(id, _)| id).collect();
         let eos_id = eos_token.and_then(|t| tokenizer.token_to_id(t));
-        let plan = if fast { FastBpe::plan(&tokenizer) } else { Err("the fast path was turned off".to_string()) };
-        let (fast, note) = match plan {
-            Ok(f) => {
-                let note = format!("ftc-bpe: {}", f.describe());
-                (Some(f), note)
-            }
-            Err(why) => (None, format!("tokenizers: {why}")),
+        let off = "the fast path was turned off";
+        let (plan, words) = if fast {
+            (FastBpe::plan(&tokenizer), FastWordPiece::plan(&tokenizer))
+        } else {
+            (Err(off.to_string()), Err(off.to_string()))
         };
-        Ok(Self { tokenizer, fast, note, special_ids, eos_id })
+        let mut note = match &plan {
+            Ok(f) => format!("ftc-bpe: {}", f.describe()),
+            Err(why) => format!("tokenizers: {why}"),
+        };
+        if let Ok(w) = &words {
+            note += &format!("; ftc-wordpiece for QA windows and tagged words: {}", w.describe());
+        }
+        Ok(Self { tokenizer, fast: plan.ok(), wordpiece: words.ok(), note, special_ids, eos_id })
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
     }
 
-    /// `ftc-bpe: <what it covers>` or `tokenizers: <why the fast path does not apply>`.
+    /// `ftc-bpe: <what it covers>` or `tokenizers: <why the fast path does not apply>`, then
+    /// `; ftc-wordpiece…` when that path tokenizes QA windows and tagged words.
     pub fn note(&self) -> &str {
         &self.note
+    }
+
+    /// `encode_char_offsets(text, false)` (`chars`) or `encode(text, false)`: ids, offsets, word ids.
+    pub fn pieces(&self, text: &str, chars: bool) -> Result<Pieces> {
+        let err = |e: tokenizers::Error| DataError::Tokenizer(e.to_string());
+        if let Some(w) = &self.wordpiece {
+            return w.encode(&self.tokenizer, text, chars).map_err(err);
+        }
+        let tk = &self.tokenizer;
+        let enc = if chars { tk.encode_char_offsets(text, false) } else { tk.encode(text, false) }.map_err(err)?;
+        Ok(Pieces { ids: enc.get_ids().to_vec(), offsets: enc.get_offsets().to_vec(), words: enc.get_word_ids().to_vec() })
     }
 
     /// `tk.encode(text, false)`'s ids and byte offsets.

@@ -5,6 +5,7 @@
 mod augment;
 mod bpe;
 mod clean;
+mod conll;
 mod dedup;
 mod encode;
 mod error;
@@ -14,6 +15,7 @@ mod pretok;
 mod tags;
 mod template;
 mod windows;
+mod wordpiece;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -129,7 +131,7 @@ fn list_parts<'a>(a: &'a PyArray, what: &str) -> PyResult<(Vec<usize>, &'a Array
 }
 
 /// `list<large_string>` from row offsets and values.
-fn list_str(offsets: Vec<i32>, values: Vec<String>) -> PyArray {
+fn list_str<S: AsRef<str>>(offsets: Vec<i32>, values: Vec<S>) -> PyArray {
     let field = Arc::new(Field::new("item", DataType::LargeUtf8, true));
     let values = Arc::new(LargeStringArray::from_iter_values(values));
     arr(ListArray::new(field, OffsetBuffer::new(ScalarBuffer::from(offsets)), values, None))
@@ -427,9 +429,9 @@ impl DataEncoder {
         let rows = word_offsets.len() - 1;
         let words: Vec<Vec<&str>> = (0..rows).map(|i| word_values[word_offsets[i]..word_offsets[i + 1]].to_vec()).collect();
         let tags: Vec<&[i32]> = (0..rows).map(|i| &tag_values[tag_offsets[i]..tag_offsets[i + 1]]).collect();
-        let tk = self.encoder.tokenizer();
+        let encoder = &self.encoder;
         let out = py.detach(|| {
-            self.pool.install(|| tags::encode_all(tk, &words, &tags, max_length, continuation.as_deref()))
+            self.pool.install(|| tags::encode_all(encoder, &words, &tags, max_length, continuation.as_deref()))
         })?;
         let (mut offsets, mut ids, mut labels, mut lengths) = (vec![0i32], vec![], vec![], vec![]);
         for t in out {
@@ -486,8 +488,8 @@ impl DataEncoder {
         let examples: Vec<windows::Example> = (0..questions.len())
             .map(|i| windows::Example { question: questions[i], context: contexts[i], answer: spans[i] })
             .collect();
-        let tk = self.encoder.tokenizer();
-        let out = py.detach(|| self.pool.install(|| windows::encode_windows(tk, &examples, max_length, doc_stride)));
+        let encoder = &self.encoder;
+        let out = py.detach(|| self.pool.install(|| windows::encode_windows(encoder, &examples, max_length, doc_stride)));
         Ok(windows_to_arrow(out, answer_starts.is_some()))
     }
 
@@ -751,6 +753,23 @@ fn spans_to_words(py: Python<'_>, texts: PyArray, spans: PyArray, threads: usize
     ))
 }
 
+/// CoNLL-style text (newlines as `\n`) → `(lines, tokens, tags, bad_first, bad_lines, bad_raw)`:
+/// each good sentence's first line (`uint64`), tokens and tags (`list<large_string>`), and
+/// each bad sentence's first line, the line that spoils it and that line's text; see conll.rs.
+#[pyfunction]
+fn conll_sentences(text: &str) -> (PyArray, PyArray, PyArray, PyArray, PyArray, PyArray) {
+    let s = conll::sentences(text);
+    let (first, (lines, raw)): (Vec<u64>, (Vec<u64>, Vec<&str>)) = s.bad.iter().map(|&(f, n, r)| (f, (n, r))).unzip();
+    (
+        arr(UInt64Array::from(s.lines)),
+        list_str(s.offsets.clone(), s.tokens),
+        list_str(s.offsets, s.tags),
+        arr(UInt64Array::from(first)),
+        arr(UInt64Array::from(lines)),
+        arr(LargeStringArray::from_iter_values(raw)),
+    )
+}
+
 /// Built-in chat template source by name (`chatml`, `alpaca`), or None.
 #[pyfunction]
 fn builtin_template(name: &str) -> Option<&'static str> {
@@ -789,5 +808,6 @@ fn _data(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(builtin_template, m)?)?;
     m.add_function(wrap_pyfunction!(render_prompt, m)?)?;
     m.add_function(wrap_pyfunction!(spans_to_words, m)?)?;
+    m.add_function(wrap_pyfunction!(conll_sentences, m)?)?;
     Ok(())
 }

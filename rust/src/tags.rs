@@ -7,14 +7,14 @@
 //! sub-word of a word carries the word's tag, the others -100 or (every sub-word labelled) the
 //! tag with `B-X` turned into `I-X`, so that a word split in three still reads as one entity.
 
-use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
 use regex::Regex;
 use tokenizers::{Encoding, NormalizerWrapper, PreTokenizerWrapper, Token, Tokenizer};
 
-use crate::encode::IGNORE;
+use crate::bpe::FxMap;
+use crate::encode::{Encoder, IGNORE};
 use crate::error::{DataError, Result};
 
 /// For each label id, the id a continuation sub-word carries when every sub-word is labelled:
@@ -47,7 +47,8 @@ pub struct Tagged {
 /// tokenizers crate's pre-tokenized input), so a sentence's ids are its words' pieces in
 /// order: each distinct word of a batch is tokenized once, many words per call (the word ids
 /// say which piece is whose).
-fn pieces(tk: &Tokenizer, words: &[&str]) -> Result<Vec<Vec<u32>>> {
+fn pieces(encoder: &Encoder, words: &[&str]) -> Result<Vec<Vec<u32>>> {
+    let tk = encoder.tokenizer();
     let err = |e: tokenizers::Error| DataError::Tokenizer(e.to_string());
     let mut out = vec![Vec::new(); words.len()];
     if !joinable(tk) {
@@ -69,8 +70,8 @@ fn pieces(tk: &Tokenizer, words: &[&str]) -> Result<Vec<Vec<u32>>> {
         text.push_str(w);
         text.push(' ');
     }
-    let enc = tk.encode(text.as_str(), false).map_err(err)?;
-    for (&id, &(start, _)) in enc.get_ids().iter().zip(enc.get_offsets()) {
+    let enc = encoder.pieces(&text, false)?;
+    for (&id, &(start, _)) in enc.ids.iter().zip(&enc.offsets) {
         out[starts.partition_point(|&s| s <= start) - 1].push(id);
     }
     Ok(out)
@@ -140,13 +141,13 @@ fn assemble(
 /// Every sentence of a batch, in parallel; each distinct word is tokenized once. The first
 /// failure names its row (or the word).
 pub fn encode_all(
-    tk: &Tokenizer,
+    encoder: &Encoder,
     words: &[Vec<&str>],
     tags: &[&[i32]],
     max_length: usize,
     continuation: Option<&[i32]>,
 ) -> Result<Vec<Tagged>> {
-    let mut index: HashMap<&str, usize> = HashMap::new();
+    let mut index: FxMap<&str, usize> = FxMap::default();
     let mut unique: Vec<&str> = Vec::new();
     for sentence in words {
         for &w in sentence {
@@ -158,12 +159,12 @@ pub fn encode_all(
     }
     let pieces: Vec<Vec<u32>> = unique
         .par_chunks(512)
-        .map(|chunk| pieces(tk, chunk).map_err(|e| DataError::Input(format!("words {:?}…: {e}", chunk[0]))))
+        .map(|chunk| pieces(encoder, chunk).map_err(|e| DataError::Input(format!("words {:?}…: {e}", chunk[0]))))
         .collect::<Result<Vec<_>>>()?
         .into_iter()
         .flatten()
         .collect();
-    let (before, after) = wrapping(tk)?;
+    let (before, after) = wrapping(encoder.tokenizer())?;
     (0..words.len())
         .into_par_iter()
         .with_min_len(64)

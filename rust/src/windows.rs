@@ -8,12 +8,13 @@
 //! and special tokens), and for training the answer's start/end token, or 0 (the CLS position,
 //! the "no answer" target) when the answer is absent or not wholly inside the window.
 
-use std::collections::HashMap;
-
 use rayon::prelude::*;
 use tokenizers::{Encoding, Token, Tokenizer};
 
+use crate::bpe::FxMap;
+use crate::encode::Encoder;
 use crate::error::{DataError, Result};
+use crate::wordpiece::Pieces;
 
 /// The position trained on when a window holds no answer.
 pub const CLS: i32 = 0;
@@ -40,18 +41,18 @@ pub struct Example<'a> {
 
 /// Every example's windows, or the reason it has none; in example order.
 pub fn encode_windows(
-    tk: &Tokenizer,
+    encoder: &Encoder,
     examples: &[Example],
     max_length: usize,
     stride: usize,
 ) -> Vec<Result<Vec<Window>>> {
-    let wrap = match Wrap::of(tk) {
+    let wrap = match Wrap::of(encoder.tokenizer()) {
         Ok(w) => w,
         Err(e) => return examples.iter().map(|_| Err(DataError::Tokenizer(e.clone()))).collect(),
     };
     // A context is usually asked several questions (SQuAD: ~6 per paragraph) and is most of the
     // tokens: each distinct context is tokenized once, and its windows cut from that.
-    let mut slot: HashMap<&str, usize> = HashMap::new();
+    let mut slot: FxMap<&str, usize> = FxMap::default();
     let mut distinct: Vec<&str> = Vec::new();
     let which: Vec<usize> = examples
         .iter()
@@ -62,17 +63,14 @@ pub fn encode_windows(
             })
         })
         .collect();
-    let contexts: Vec<std::result::Result<Encoding, String>> = distinct
-        .par_iter()
-        .with_min_len(8)
-        .map(|c| tk.encode_char_offsets(*c, false).map_err(|e| e.to_string()))
-        .collect();
+    let contexts: Vec<std::result::Result<Pieces, String>> =
+        distinct.par_iter().with_min_len(8).map(|c| encoder.pieces(c, true).map_err(|e| e.to_string())).collect();
     examples
         .par_iter()
         .zip(which.par_iter())
         .with_min_len(8)
         .map(|(e, &i)| match &contexts[i] {
-            Ok(c) => windows(tk, &wrap, e, c, max_length, stride),
+            Ok(c) => windows(encoder, &wrap, e, c, max_length, stride),
             Err(msg) => Err(DataError::Tokenizer(msg.clone())),
         })
         .collect()
@@ -115,14 +113,15 @@ impl Wrap {
 /// The windows of one example: the question whole, the context cut as the tokenizer's
 /// `only_second` truncation with a stride cuts it (windows of `room` tokens starting every
 /// `room - stride`, the last one reaching the end).
-fn windows(tk: &Tokenizer, wrap: &Wrap, ex: &Example, c: &Encoding, max_length: usize, stride: usize) -> Result<Vec<Window>> {
+fn windows(encoder: &Encoder, wrap: &Wrap, ex: &Example, c: &Pieces, max_length: usize, stride: usize) -> Result<Vec<Window>> {
     // Leading spaces would only cost room in the window (run_qa.py strips them the same way).
     let question = ex.question.trim_start_matches(py_space);
-    let q = tk.encode_char_offsets(question, false).map_err(|e| DataError::Tokenizer(e.to_string()))?;
+    let q = encoder.pieces(question, true)?.ids;
     let added = wrap.added();
     let room = max_length as i64 - added as i64 - q.len() as i64;
-    let ranges: Vec<(usize, usize)> = if q.len() + c.len() + added <= max_length {
-        vec![(0, c.len())]
+    let n = c.ids.len();
+    let ranges: Vec<(usize, usize)> = if q.len() + n + added <= max_length {
+        vec![(0, n)]
     } else {
         if room <= 0 {
             return Err(DataError::Input(format!(
@@ -139,19 +138,19 @@ fn windows(tk: &Tokenizer, wrap: &Wrap, ex: &Example, c: &Encoding, max_length: 
             )));
         }
         let mut out = Vec::new();
-        for start in (0..c.len()).step_by(room - stride) {
-            let stop = (start + room).min(c.len());
+        for start in (0..n).step_by(room - stride) {
+            let stop = (start + room).min(n);
             out.push((start, stop));
-            if stop == c.len() {
+            if stop == n {
                 break;
             }
         }
         out
     };
-    Ok(ranges.into_iter().map(|r| window(wrap, q.get_ids(), c, r, ex.answer)).collect())
+    Ok(ranges.into_iter().map(|r| window(wrap, &q, c, r, ex.answer)).collect())
 }
 
-fn window(wrap: &Wrap, q: &[u32], c: &Encoding, (lo, hi): (usize, usize), answer: Option<(usize, usize)>) -> Window {
+fn window(wrap: &Wrap, q: &[u32], c: &Pieces, (lo, hi): (usize, usize), answer: Option<(usize, usize)>) -> Window {
     let [(pre, pre_t), (mid, mid_t), (post, post_t)] = &wrap.parts;
     let n = pre.len() + q.len() + mid.len() + (hi - lo) + post.len();
     let before = pre.len() + q.len() + mid.len();
@@ -159,14 +158,14 @@ fn window(wrap: &Wrap, q: &[u32], c: &Encoding, (lo, hi): (usize, usize), answer
     w.ids.extend_from_slice(pre);
     w.ids.extend_from_slice(q);
     w.ids.extend_from_slice(mid);
-    w.ids.extend_from_slice(&c.get_ids()[lo..hi]);
+    w.ids.extend_from_slice(&c.ids[lo..hi]);
     w.ids.extend_from_slice(post);
     w.type_ids.extend_from_slice(pre_t);
     w.type_ids.resize(pre.len() + q.len(), wrap.question_type);
     w.type_ids.extend_from_slice(mid_t);
     w.type_ids.resize(before + hi - lo, wrap.context_type);
     w.type_ids.extend_from_slice(post_t);
-    let offsets = &c.get_offsets()[lo..hi];
+    let offsets = &c.offsets[lo..hi];
     let pad = |v: &mut Vec<i32>, inner: &mut dyn Iterator<Item = i32>| {
         v.resize(before, -1);
         v.extend(inner);
@@ -174,7 +173,7 @@ fn window(wrap: &Wrap, q: &[u32], c: &Encoding, (lo, hi): (usize, usize), answer
     };
     pad(&mut w.starts, &mut offsets.iter().map(|o| o.0 as i32));
     pad(&mut w.ends, &mut offsets.iter().map(|o| o.1 as i32));
-    pad(&mut w.words, &mut c.get_word_ids()[lo..hi].iter().map(|x| x.map_or(-1, |x| x as i32)));
+    pad(&mut w.words, &mut c.words[lo..hi].iter().map(|x| x.map_or(-1, |x| x as i32)));
     let mut in_context = vec![false; n];
     in_context[before..before + hi - lo].fill(true);
     let mut all = vec![(0, 0); n];

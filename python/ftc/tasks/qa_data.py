@@ -17,6 +17,7 @@ needs to read answers back (offsets, word ids, the example's id, context and gol
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
 from collections.abc import Iterator
@@ -51,25 +52,87 @@ def read_file(file: Path, fmt: str, cols: Any, split: str | None, decoding: Any,
         yield _nested(file, doc, split)
         return
     names = {k: getattr(cols, k) or k for k in ("context", "question", "answers", "id")}
+    if fmt == "jsonl" and decoding.native and (batch := _flat_columns(file, names, split, limit)) is not None:
+        yield batch
+        return
     for rec in records.read(file, fmt, decoding, limit):
-        bad = list(rec.bad)
-        mapped, lines, items = [], [], []
-        for n, item in zip(rec.lines, rec.items):
-            row, why = _flat(item, names)
-            if why is not None:
-                bad.append((n, why))
-            else:
-                mapped.append(row)
-                lines.append(n)
-                items.append(item)
-        qa = squad.normalize_rows(mapped, lines)
-        wrong = {_line(b["location"]): b["reason"] for b in qa.bad.to_pylist()}
-        bad += wrong.items()
-        kept = [i for i, n in enumerate(lines) if n not in wrong]
-        splits = [_split_value(items[i], split) for i in kept] if split else None
-        rows = _frame(qa.rows, [lines[i] for i in kept], [_located(mapped[i]) for i in kept], splits,
-                      split is not None)
-        yield SourceBatch(file, rows, _bad(bad), rec.nbytes)
+        rows, bad = _records(rec.lines, rec.items, names, split)
+        yield SourceBatch(file, rows, _bad(list(rec.bad) + bad), rec.nbytes)
+
+
+def _records(numbers: list[int], items: list[Any], names: dict[str, str],
+             split: str | None) -> tuple[pl.DataFrame, list[tuple[int, str]]]:
+    """Flat records (each with its line) → the row frame, and the lines quarantined with why."""
+    bad: list[tuple[int, str]] = []
+    mapped, lines, kept_items = [], [], []
+    for n, item in zip(numbers, items, strict=True):
+        row, why = _flat(item, names)
+        if why is not None:
+            bad.append((n, why))
+        else:
+            mapped.append(row)
+            lines.append(n)
+            kept_items.append(item)
+    qa = squad.normalize_rows(mapped, lines)
+    wrong = {_line(b["location"]): b["reason"] for b in qa.bad.to_pylist()}
+    bad += wrong.items()
+    kept = [i for i, n in enumerate(lines) if n not in wrong]
+    splits = [_split_value(kept_items[i], split) for i in kept] if split else None
+    rows = _frame(qa.rows, [lines[i] for i in kept], [_located(mapped[i]) for i in kept], splits, split is not None)
+    return rows, bad
+
+
+def _flat_columns(file: Path, names: dict[str, str], split: str | None, limit: int | None) -> Any:
+    """A UTF-8 JSON Lines file in Hugging Face's flat SQuAD shape (`answers: {text: [...],
+    answer_start: [...]}` on every line, no blank line) read by polars at once, its checks
+    vectorized; the rows a check fails go through the record reader, which says why. None when
+    the file has another shape: the record reader takes it whole."""
+    from ftc.sources import SourceBatch
+
+    data = file.read_bytes()
+    body = data[:-1] if data.endswith(b"\n") else data
+    if not body or body.startswith(codecs.BOM_UTF8):
+        return None
+    try:
+        frame = pl.read_ndjson(file, infer_schema_length=None)
+    except (pl.exceptions.PolarsError, ValueError):
+        return None
+    if frame.height != body.count(b"\n") + 1:  # polars skips blank lines: the lines would not number the rows
+        return None
+    frame = frame.head(limit) if limit is not None else frame
+    ctx, q, ans, qid = (names[k] for k in ("context", "question", "answers", "id"))
+    schema = frame.schema
+    if (schema.get(ctx) != pl.String or schema.get(q) != pl.String or not isinstance(schema.get(ans), pl.Struct)
+            or {f.name: f.dtype for f in schema[ans].fields} != {"text": pl.List(pl.String),  # type: ignore[union-attr]
+                                                                  "answer_start": pl.List(pl.Int64)}
+            or (qid in schema and schema[qid] not in (pl.String, pl.Int64))
+            or (split is not None and split in schema and schema[split] not in (pl.String, pl.Int64))):
+        return None
+    frame = frame.with_row_index("line", offset=1).with_columns(pl.col("line").cast(pl.UInt64))
+    text, start = pl.col(ans).struct.field("text"), pl.col(ans).struct.field("answer_start")
+    answers = frame.select("line", pl.col(ctx).alias("context"), text.alias("t"), start.alias("s")) \
+        .filter(pl.col("t").list.len() == pl.col("s").list.len(), pl.col("t").list.len() > 0).explode("t", "s")
+    # An answer holds when its text is where answer_start says, as the record reader checks it.
+    length = pl.col("t").str.len_chars()
+    holds = (pl.col("s") >= 0) & (length > 0) & (pl.col("context").str.slice(pl.col("s"), length) == pl.col("t"))
+    wrong = answers.filter(~holds.fill_null(False))["line"]
+    ok = (pl.col(ctx).is_not_null() & pl.col(q).is_not_null() & text.is_not_null() & start.is_not_null()
+          & (text.list.len() == start.list.len()) & ~pl.col(q).str.contains(r"^[\s\x1c-\x1f]*$")
+          & ~pl.col("line").is_in(wrong.implode()))
+    good = frame.filter(ok)
+    ids = pl.col(qid).cast(pl.String) if qid in schema else pl.lit(None, pl.String)
+    rows = good.select("line", text=pl.col(q), text_pair=pl.col(ctx),
+                       id=ids.fill_null(pl.format("line {}", "line")), answers=pl.col(ans).cast(ANSWERS),
+                       located=pl.lit(0, pl.Int32),
+                       **({"split": pl.col(split).cast(pl.String) if split in schema else pl.lit(None, pl.String)}
+                          if split is not None else {}))
+    again = frame.filter(~ok)["line"].to_list()
+    bad: list[tuple[int, str]] = []
+    if again:  # the record reader's own checks, on the original lines
+        lines = body.split(b"\n")
+        slow, bad = _records(again, [json.loads(lines[n - 1]) for n in again], names, split)
+        rows = pl.concat([rows, slow]).sort("line")
+    return SourceBatch(file, rows, _bad(bad), len(data))
 
 
 def _squad_document(file: Path) -> dict[str, Any] | None:
@@ -228,11 +291,13 @@ def _lengths(window_len: np.ndarray, o_starts: pa.Array, example: np.ndarray, co
 
 @dataclass
 class Collected:
-    """Kept questions, their windows, until the split and weights are known."""
+    """Kept questions, their windows, until the split and weights are known. Windows are kept
+    flat, one array per field, with each question's count: Arrow concatenates a list of
+    structs of lists ~20× slower than the same columns field by field."""
 
     rows: list[pl.DataFrame] = field(default_factory=list)  # id, question, context, answers, located
-    ids: list[pa.Array] = field(default_factory=list)  # per row: its windows' input_ids
-    windows: list[pa.Array] = field(default_factory=list)  # per row: its windows' other fields
+    counts: list[np.ndarray] = field(default_factory=list)  # per row: its windows
+    windows: list[dict[str, pa.Array]] = field(default_factory=list)  # per window: input_ids, WINDOW_FIELDS
     hashes: list[np.ndarray] = field(default_factory=list)
     splits: list[np.ndarray] = field(default_factory=list)
     source: list[np.ndarray] = field(default_factory=list)
@@ -240,8 +305,9 @@ class Collected:
     def add(self, run: Any, rows: pl.DataFrame, codes: np.ndarray, ids: pa.Array, second: pa.Array,
             hashes: np.ndarray, idx: int, weight: float, st: Any) -> None:
         self.rows.append(rows.select("line", "id", "text", "text_pair", "answers", "located"))
-        self.ids.append(ids)
-        self.windows.append(second)
+        self.counts.append(np.asarray(pc.list_value_length(ids), dtype=np.int64))
+        per_window = second.flatten()  # the rows' windows, the list's offset applied
+        self.windows.append({"input_ids": ids.flatten()} | dict(zip(WINDOW_FIELDS, per_window.flatten(), strict=True)))
         self.hashes.append(hashes)
         self.splits.append(codes)
         self.source.append(np.full(rows.height, idx, dtype=np.int32))
@@ -256,9 +322,9 @@ class Collected:
         if not self.rows:
             raise SourceError("no question survived the data stage: nothing to train on")
         rows = pl.concat(self.rows)
-        ids = pa.concat_arrays(self.ids)
-        windows = pa.concat_arrays(self.windows)
-        hashes, codes, source = (np.concatenate(x) for x in (self.hashes, self.splits, self.source))
+        windows = {k: pa.concat_arrays([w[k] for w in self.windows]) for k in self.windows[0]}
+        n_windows, hashes, codes, source = (np.concatenate(x) for x in (self.counts, self.hashes, self.splits,
+                                                                         self.source))
         lines = rows["line"].to_numpy()
         split = codes.copy()
         for i in range(len(spec.data.sources)):
@@ -266,11 +332,10 @@ class Collected:
             split[m] = quality.assign_split(hashes[m], lines[m], i, spec)
         for s_i, s_name in enumerate(SPLITS):
             funnel.splits[s_name] = int((split == s_i).sum())
-        n_windows = np.asarray(pc.list_value_length(ids), dtype=np.int64)
         train = np.flatnonzero(split == 0)
         weights = np.array([s.weight for s in spec.data.sources])
         reps = quality.repeats(hashes[train], weights[source[train]], spec.project.seed)
-        tokens = np.asarray(pc.list_value_length(pc.list_flatten(ids)), dtype=np.int64)
+        tokens = np.asarray(pc.list_value_length(windows["input_ids"]), dtype=np.int64)
         per_row = np.add.reduceat(tokens, np.r_[0, np.cumsum(n_windows)[:-1]]) if len(tokens) else n_windows * 0
         per_row = np.where(n_windows > 0, per_row, 0)
         if len(train):
@@ -283,7 +348,7 @@ class Collected:
         splits: dict[str, dict[str, Any]] = {}
         for name, sel in (("train", order), ("valid", np.flatnonzero(split == 1)),
                           ("test", np.flatnonzero(split == 2))):
-            table = _windows_table(rows, ids, windows, sel, with_eval=name != "train")
+            table = _windows_table(rows, windows, n_windows, sel, with_eval=name != "train")
             with pa.OSFile(str(tmp / f"{name}.arrow"), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as w:
                 w.write_table(table, max_chunksize=8192)
             for i, st in enumerate(stats):
@@ -310,28 +375,30 @@ class Collected:
         return splits, extra, TRAIN_COLUMNS + EVAL_COLUMNS
 
 
-def _windows_table(rows: pl.DataFrame, ids: pa.Array, windows: pa.Array, sel: np.ndarray, with_eval: bool) -> pa.Table:
+def _windows_table(rows: pl.DataFrame, windows: dict[str, pa.Array], counts: np.ndarray, sel: np.ndarray,
+                   with_eval: bool) -> pa.Table:
     """The windows of rows `sel` (in that order, a row repeated as often as it appears), one
-    table row each; `example` numbers the questions of the split."""
-    take = pa.array(sel, pa.int64())
-    whole = len(sel) == len(ids) and bool((sel == np.arange(len(sel))).all())  # every row once, in order: no copy
-    w_ids = ids if whole else ids.take(take)
-    counts = np.asarray(pc.list_value_length(w_ids), dtype=np.int64)
-    flat_ids = pc.list_flatten(w_ids)
-    flat = pc.list_flatten(windows if whole else windows.take(take))
-    win = dict(zip([f.name for f in flat.type], flat.flatten(), strict=True))  # fields with the array's offset
-    example = np.repeat(np.arange(len(sel), dtype=np.int32), counts)
+    table row each; `example` numbers the questions of the split. `counts`: each row's windows."""
+    n = counts[sel]
+    if len(sel) == len(counts) and bool((sel == np.arange(len(sel))).all()):  # every row once, in order: no copy
+        win = windows
+    else:
+        first = np.r_[0, np.cumsum(counts)[:-1]][sel]  # each selected row's first window
+        at = np.repeat(first - np.r_[0, np.cumsum(n)[:-1]], n) + np.arange(int(n.sum()))
+        take = pa.array(at, pa.int64())
+        win = {k: v.take(take) for k, v in windows.items()}
+    example = np.repeat(np.arange(len(sel), dtype=np.int32), n)
     cols: dict[str, Any] = {
-        "input_ids": flat_ids,
+        "input_ids": win["input_ids"],
         "token_type_ids": win["token_type_ids"],
         "start_positions": win["start_positions"],
         "end_positions": win["end_positions"],
         "example": pa.array(example, pa.int32()),
-        "length": pc.cast(pc.list_value_length(flat_ids), pa.int32()),
+        "length": pc.cast(pc.list_value_length(win["input_ids"]), pa.int32()),
     }
     if with_eval:
         per = rows[sel.tolist()] if len(sel) else rows.clear()
-        again = pa.array(np.repeat(np.arange(len(sel)), counts), pa.int64())
+        again = pa.array(example, pa.int64())
         cols |= {"offset_starts": win["offset_starts"], "offset_ends": win["offset_ends"],
                  "word_ids": win["word_ids"],
                  "id": per["id"].to_arrow().take(again), "question": per["text"].to_arrow().take(again),

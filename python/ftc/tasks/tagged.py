@@ -33,33 +33,16 @@ def conll_frame(path: str | Path, encoding: str = "utf-8", errors: str = "strict
     in the last (the columns between, POS or chunk tags, are skipped); sentences end at a blank
     or whitespace-only line; `-DOCSTART-` lines are not sentences. Columns are split at tabs
     when the line has one (tokens may then hold spaces), else at whitespace. A sentence with a
-    line that is not `token … tag` is bad, named by that line. Column work is polars', not a
-    Python loop per line."""
+    line that is not `token … tag` is bad, named by that line. One pass in Rust (rust/src/conll.rs)."""
     import polars as pl
 
+    from ftc import _data
+
     with open(path, encoding=encoding, errors=errors, newline=None) as f:  # universal newlines
-        raw = pl.Series("raw", [f.read()], pl.String).str.split("\n").explode()
-    el = pl.element()
-    df = pl.DataFrame([raw]).with_row_index("line", offset=1).with_columns(
-        blank=pl.col("raw").str.strip_chars() == "", tab=pl.col("raw").str.contains("\t", literal=True),
-        plain=~pl.col("raw").str.contains(r"[^\S ]|  |^ | $"))  # single spaces only: split the cheap way
-    df = pl.concat([
-        df.filter(pl.col("plain")).with_columns(fields=pl.col("raw").str.split(" ")),
-        df.filter(~pl.col("plain") & pl.col("tab")).with_columns(
-            fields=pl.col("raw").str.split("\t").list.eval(el.str.strip_chars())),
-        df.filter(~pl.col("plain") & ~pl.col("tab")).with_columns(fields=pl.col("raw").str.extract_all(r"\S+")),
-    ]).sort("line")
-    df = df.with_columns(sentence=pl.col("blank").cum_sum(), first=pl.col("fields").list.first(),
-                         last=pl.col("fields").list.last())
-    words = df.filter(~pl.col("blank") & (pl.col("first") != "-DOCSTART-")).with_columns(
-        bad=(pl.col("fields").list.len() < 2) | (pl.col("first") == "") | (pl.col("last") == ""))
-    out = words.group_by("sentence", maintain_order=True).agg(
-        pl.col("line").first().cast(pl.UInt64), tokens="first", tags="last",
-        bad_line=pl.col("line").filter("bad").first(), bad_raw=pl.col("raw").filter("bad").first())
-    bad = out.filter(pl.col("bad_line").is_not_null())
-    reasons = [f"line {n}: expected a token and a tag, found {r!r}" for n, r in bad.select("bad_line", "bad_raw").rows()]
-    return (out.filter(pl.col("bad_line").is_null()).select("line", "tokens", "tags"),
-            pl.DataFrame({"line": bad["line"], "reason": pl.Series(reasons, dtype=pl.String)}))
+        lines, tokens, tags, first, bad_lines, raw = (pl.from_arrow(a) for a in _data.conll_sentences(f.read()))
+    reasons = [f"line {n}: expected a token and a tag, found {r!r}" for n, r in zip(bad_lines, raw, strict=True)]
+    return (pl.DataFrame({"line": lines, "tokens": tokens, "tags": tags}),
+            pl.DataFrame({"line": first, "reason": pl.Series(reasons, dtype=pl.String)}))
 
 
 def read_conll(path: str | Path, encoding: str = "utf-8") -> pa.Table:
