@@ -31,7 +31,8 @@ def check_regex(pattern: str) -> str | None: ...
 class DataEncoder:
     def __init__(self, tokenizer_json: str, template: str | None = None, special_tokens: dict[str, str] = ...,
                  eos_token: str | None = None, threads: int = 0, fast: bool = True) -> None: ...
-    # `ftc-bpe: …` (the exact fast BPE path and what it covers) or `tokenizers: …` (why not).
+    # `ftc-bpe: …` (the exact fast BPE path and what it covers) or `tokenizers: …` (why not), then
+    # `; ftc-wordpiece …` where the exact fast WordPiece tokenizes QA windows and tagged words.
     @property
     def encoder(self) -> str: ...
     def render(self, messages: ArrowArray) -> ArrowArray: ...
@@ -67,6 +68,9 @@ def spans_to_words(texts: ArrowArray, spans: ArrowArray, threads: int = 0
                    ) -> tuple[ArrowArray, ArrowArray, ArrowArray, ArrowArray, ArrowArray]:
     """Texts + list<struct<start: int64, end: int64, label: string>> character spans → (words, BIO tags,
     word starts, word ends, problems: the spans left out, one line each)."""
+def conll_sentences(text: str) -> tuple[ArrowArray, ArrowArray, ArrowArray, ArrowArray, ArrowArray, ArrowArray]:
+    """CoNLL-style text (newlines as \\n) → (first line of each good sentence, its tokens, its tags,
+    first line of each bad sentence, the line that spoils it, that line's text)."""
 def render_prompt(template: str, messages: list[tuple[str, str | None]],
                   special_tokens: dict[str, str] = ...) -> str:
     """One conversation rendered with `add_generation_prompt=True` (the inference prompt)."""

@@ -240,7 +240,8 @@ def _build(spec: Spec, files: list[list[Path]], info: TokenizerInfo, template: t
         "template": template[0] if template else None,
         "template_source": template[1] if template else None,
         "tokenizer_dir": str(info.dir),
-        # `ftc-bpe: …` (the exact fast path, what it covers) or `tokenizers: …` (why not).
+        # `ftc-bpe: …` (the exact fast path, what it covers) or `tokenizers: …` (why not), then
+        # `; ftc-wordpiece …` where QA windows and tagged words take the exact fast WordPiece.
         "encoder": run.encoder.encoder,
         "files": {s: f"{s}.arrow" for s in SPLITS},
         "columns": columns,
