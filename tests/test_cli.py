@@ -79,7 +79,10 @@ def test_build_json_is_the_only_thing_on_stdout(tmp_path: Path, llama_dir: Path)
     out = ftc("build", str(s), "--json")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["train"]["cache"] == "miss"
-    assert "'loss'" in out.stderr  # the training log moved, not lost
+    # the training log moved to the run's build.log, not lost
+    log = Path(json.loads(out.stdout)["train"]["run_dir"]) / "build.log"
+    assert f"log {log}" in out.stderr and '"loss"' not in out.stderr
+    assert '"loss"' in log.read_text(encoding="utf-8")
 
 
 def test_inspect_marks_masked_tokens(spec: Path):

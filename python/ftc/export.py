@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ftc import __version__, onnx_export, store, tasks
+from ftc import __version__, model_card, onnx_export, store, tasks
 from ftc.errors import ExportError
 from ftc.model import check_remote_code
 from ftc.parity import Parity
@@ -184,6 +184,7 @@ def _export(run: Run, settings: Export, inputs: dict[str, Any], key: str, spec_t
     model = merge(load_trained(run, tokenizer))
     model.save_pretrained(merged_dir)
     tokenizer.save_pretrained(merged_dir)
+    model_card.write(merged_dir, run.path, run.manifest["inputs"], data, run.manifest["base"], export_key=key)
     progress("merge", 1, 1)
     art = tmp / "artifact"
     names = variants(settings) if settings.onnx else []

@@ -34,7 +34,7 @@ from ftc.spec import Spec
 
 SPLITS = ("train", "valid", "test")
 STATUS_REASONS = {1: "too long (truncation = drop)", 2: "no token left to train on"}
-Progress = Callable[[str, int, int | None], None]  # (phase, advance, total)
+Progress = Callable[..., None]  # (phase, advance, total), and for training `note=`, `restart=` (ftc.cli)
 
 
 @dataclass

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ftc.errors import BuildError
+from ftc.errors import BuildError, FtcWarning
 from ftc.spec import Spec
 
 if TYPE_CHECKING:
@@ -157,7 +157,7 @@ def load_head(auto: Any, model_dir: Path, labels: list[str] | None, pad_id: int 
     head = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad} - {model.base_model_prefix}
     if missing := sorted(k for k in info.get("missing_keys", ()) if k.split(".")[0] not in head):
         warnings.warn(f"{model_dir}: weights missing from the checkpoint, initialised at random: "
-                      f"{', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}", stacklevel=2)
+                      f"{', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}", FtcWarning, stacklevel=2)
     return model
 
 
@@ -308,6 +308,7 @@ def training_arguments(spec: Spec, out: Path, has_eval: bool, steps_per_epoch: i
         dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=False,
         save_only_model=False,
+        include_num_input_tokens_seen="all",  # tokens/s on the progress line
     )
 
 
@@ -325,9 +326,12 @@ def _has_tensorboard() -> bool:
 
 
 def make_trainer(spec: Spec, task: Task, model: Any, args: Any, train_ds: Any, eval_ds: Any, collator: Callable,
-                 class_weights: list[float] | None) -> Any:
+                 class_weights: list[float] | None, progress: Callable[..., None] | None = None) -> Any:
+    """`progress`: ftc's display (`(phase, advance, total, note=, restart=)`), which then
+    replaces the Trainer's bars and printed log dicts (the dicts go to the `ftc.train` log)."""
     import torch
     from transformers import EarlyStoppingCallback, Trainer
+    from transformers.trainer_callback import ProgressCallback
 
     t = spec.train
 
@@ -356,10 +360,56 @@ def make_trainer(spec: Spec, task: Task, model: Any, args: Any, train_ds: Any, e
             raise BuildError("`train.early_stopping` watches the validation split, which is empty",
                              hint="set `data.split.valid` above 0 (or give validation rows with `data.split.column`)")
         callbacks.append(EarlyStoppingCallback(t.early_stopping.patience, t.early_stopping.threshold))
-    return FtcTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, data_collator=collator,
-                      callbacks=callbacks,
-                      compute_metrics=task.trainer_metrics(spec, [model.config.id2label[i] for i in
-                                                                  range(len(model.config.id2label))]))
+    if progress is not None:
+        callbacks.append(_reporter(progress))
+    trainer = FtcTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, data_collator=collator,
+                         callbacks=callbacks,
+                         compute_metrics=task.trainer_metrics(spec, [model.config.id2label[i] for i in
+                                                                     range(len(model.config.id2label))]))
+    if progress is not None:
+        trainer.remove_callback(ProgressCallback)
+    return trainer
+
+
+def _reporter(progress: Callable[..., None]) -> Any:
+    """A Trainer callback: one progress line for training (steps, loss, learning rate, tokens/s;
+    the display adds the ETA), one for each evaluation, every log dict to the `ftc.train` log."""
+    import json
+    import logging
+    import time
+
+    from transformers import TrainerCallback
+
+    log = logging.getLogger("ftc.train")
+
+    class Reporter(TrainerCallback):
+        note, started, seen, evaluating = "", 0.0, 0, False
+
+        def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
+            self.started, self.seen = time.perf_counter(), state.num_input_tokens_seen
+            progress("train", state.global_step, state.max_steps, note="", restart=True)
+
+        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
+            progress("train", 1, None, note=self.note)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001, ANN201
+            logs = logs or {}
+            log.info(json.dumps({"step": state.global_step, **logs}, default=str))
+            if "loss" in logs:
+                seconds = time.perf_counter() - self.started
+                rate = (state.num_input_tokens_seen - self.seen) / seconds if seconds > 0 else 0.0
+                self.note = f"loss {float(logs['loss']):.4g} · lr {float(logs.get('learning_rate', 0)):.2e}" + \
+                    (f" · {rate:,.0f} tokens/s" if rate else "")
+
+        def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):  # noqa: ANN001, ANN201
+            total = len(eval_dataloader) if eval_dataloader is not None else None
+            progress("evaluate", 1, total, note="", restart=not self.evaluating)
+            self.evaluating = True
+
+        def on_evaluate(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
+            self.evaluating = False
+
+    return Reporter()
 
 
 def last_checkpoint(out: Path) -> Path | None:

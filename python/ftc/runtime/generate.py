@@ -10,17 +10,32 @@ greedy at temperature 0, else sampling with temperature, top-p and top-k, seeded
 
 Generation stops at any of the artifact's `eos_token_ids` (the template's end of turn and the
 tokenizer's EOS): they are laid over genai_config.json's own ids at load, and checked here
-too, so a stop token is never part of the answer.
+too, so a stop token is never part of the answer. It also stops at a `stop` string, which is
+left out of the answer too.
+
+`stream()` gives the answer as it grows (what the HTTP server sends as server-sent events):
+the ids so far are decoded whole at each token and only the new end is given out (one piece
+per token, "" when there is nothing new: the server checks its client between tokens), never a
+character whose bytes are not all there yet, nor text that may be the start of a stop string.
+`generate()` is a stream read to its end.
+
+The Rust renderer compiles the chat template at each call (`_data.render_prompt`), and the
+extension has no compiled-template object the runtime could hold without pyarrow; a generator
+keeps the prompts it rendered last instead (`PROMPT_CACHE`), so a conversation repeated (a
+retried request, the same system prompt and question) is not rendered twice.
 
     gen = Generator(read(Path("artifact")))
     gen.generate([{"role": "user", "content": "hi"}], max_new_tokens=64).text
+    for piece in gen.stream("Once upon", max_new_tokens=64, stop=["\n"]): print(piece, end="")
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +47,8 @@ from ftc.model import load_tokenizer_info
 from ftc.runtime.artifact import REEXPORT, Artifact
 
 Prompt = str | Sequence[Mapping[str, Any]]  # plain text, or chat messages {role, content}
+PROMPT_CACHE = 64  # rendered conversations a generator keeps
+CACHED_CHARS = 16_384  # a longer conversation is rendered again rather than kept
 
 
 @dataclass(frozen=True)
@@ -39,7 +56,7 @@ class Generation:
     text: str
     token_ids: list[int]  # generated ids, the stop token excluded
     prompt_tokens: int
-    finish_reason: str  # "eos" (a stop token) or "length" (max_new_tokens or the context)
+    finish_reason: str  # "eos" (a stop token), "stop" (a stop string) or "length" (max_new_tokens or the context)
 
     def as_dict(self) -> dict[str, object]:
         return {"text": self.text, "finish_reason": self.finish_reason, "prompt_tokens": self.prompt_tokens,
@@ -77,6 +94,8 @@ class Generator:
         self.tokenizer.no_truncation()
         self.tokenizer.no_padding()
         self.special = info.special_tokens
+        self.prompts: OrderedDict[tuple[tuple[str, str | None], ...], str] = OrderedDict()
+        self.prompts_lock = threading.Lock()  # server threads render before they wait for the model
 
     def render(self, messages: Sequence[Mapping[str, Any]]) -> str:
         """The prompt text of a conversation: the chat template with the assistant header."""
@@ -91,10 +110,21 @@ class Generator:
             pairs.append((m["role"], m.get("content")))
         if not pairs:
             raise InferenceError("no messages: give at least one {\"role\": \"user\", \"content\": ...}")
+        key = tuple(pairs)
+        with self.prompts_lock:
+            if (text := self.prompts.get(key)) is not None:
+                self.prompts.move_to_end(key)
+                return text
         try:
-            return _data.render_prompt(self.artifact.template, pairs, self.special)
+            text = _data.render_prompt(self.artifact.template, pairs, self.special)
         except TemplateError as e:  # raise_exception() in the template, for one
             raise InferenceError(f"the chat template refused the messages: {e.message}") from None
+        if len(text) <= CACHED_CHARS:
+            with self.prompts_lock:
+                self.prompts[key] = text
+                while len(self.prompts) > PROMPT_CACHE:
+                    self.prompts.popitem(last=False)
+        return text
 
     def encode(self, prompt: Prompt) -> list[int]:
         if isinstance(prompt, str):
@@ -102,11 +132,25 @@ class Generator:
         return self.tokenizer.encode(self.render(prompt), add_special_tokens=False).ids
 
     def generate(self, prompt: Prompt, max_new_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0,
-                 top_k: int = 0, seed: int | None = None) -> Generation:
+                 top_k: int = 0, seed: int | None = None, stop: Sequence[str] = ()) -> Generation:
         """Greedy when `temperature` is 0; `top_k` 0 and `top_p` 1 leave the distribution whole."""
-        import onnxruntime_genai as og
+        stream = self.stream(prompt, max_new_tokens, temperature, top_p, top_k, seed, stop)
+        if stream.stop:
+            for _ in stream:
+                pass
+            text = stream.text
+        else:  # nothing to watch for: decode once, at the end
+            for _ in stream.tokens():
+                pass
+            text = self.tokenizer.decode(stream.token_ids, skip_special_tokens=True)
+        return Generation(text, stream.token_ids, stream.prompt_tokens, stream.finish_reason)
 
+    def stream(self, prompt: Prompt, max_new_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0,
+               top_k: int = 0, seed: int | None = None, stop: Sequence[str] = ()) -> Stream:
+        """The generation as it goes; a bad option or prompt raises here, before any token."""
         check_options(max_new_tokens, temperature, top_p, top_k, seed)
+        if not all(isinstance(s, str) for s in stop):
+            raise InferenceError("stop strings must be strings")
         ids = self.encode(prompt)
         if not ids:
             raise InferenceError("the prompt is empty")
@@ -119,21 +163,89 @@ class Generator:
             options.update(temperature=float(temperature), top_p=float(top_p), top_k=int(top_k))
             if seed is not None:
                 options["random_seed"] = int(seed)
-        params = og.GeneratorParams(self.model)
-        params.set_search_options(**options)
-        generator = og.Generator(self.model, params)
-        generator.append_tokens(ids)
-        out: list[int] = []
-        reason = "length"
-        stop = set(self.eos)
+        return Stream(self, ids, options, [s for s in stop if s])
+
+
+class Stream:
+    """A generation under way. Iterating it yields the answer's new text at each token, "" while
+    there is none to give yet (`text` is what it gave so far); `tokens()` yields the ids alone.
+    `finish_reason` is set at the end; `close()` (or leaving it unread) stops the decoder, which
+    frees its KV cache."""
+
+    def __init__(self, gen: Generator, ids: list[int], options: dict[str, Any], stop: list[str]) -> None:
+        self.gen, self.ids, self.options, self.stop = gen, ids, options, stop
+        self.prompt_tokens = len(ids)
+        self.token_ids: list[int] = []
+        self.text = ""
+        self.finish_reason: str | None = None
+        self.pieces: Iterator[str] | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        if self.pieces is None:
+            self.pieces = self._pieces()
+        return next(self.pieces)
+
+    def close(self) -> None:
+        if self.pieces is not None:
+            self.pieces.close()
+
+    def tokens(self) -> Iterator[int]:
+        import onnxruntime_genai as og
+
+        params = og.GeneratorParams(self.gen.model)
+        params.set_search_options(**self.options)
+        generator = og.Generator(self.gen.model, params)
+        generator.append_tokens(self.ids)
+        eos = set(self.gen.eos)
         while not generator.is_done():
             generator.generate_next_token()
             token = int(generator.get_next_tokens()[0])
-            if token in stop:
-                reason = "eos"
-                break
-            out.append(token)
-        return Generation(self.tokenizer.decode(out, skip_special_tokens=True), out, len(ids), reason)
+            if token in eos:
+                self.finish_reason = "eos"
+                return
+            self.token_ids.append(token)
+            yield token
+        self.finish_reason = "length"
+
+    def _pieces(self) -> Iterator[str]:
+        decode = self.gen.tokenizer.decode
+        tokens = self.tokens()
+        try:
+            for _ in tokens:
+                full = decode(self.token_ids, skip_special_tokens=True)
+                if full.endswith("\ufffd") or not full.startswith(self.text):
+                    yield ""  # a character split across tokens, or a decoder still rewriting the end
+                    continue
+                yield self._release(full, final=False)
+                if self.finish_reason == "stop":
+                    return
+            full = decode(self.token_ids, skip_special_tokens=True)
+            if full.startswith(self.text) and (piece := self._release(full, final=True)):
+                yield piece
+        finally:
+            tokens.close()
+
+    def _release(self, full: str, final: bool) -> str:
+        """The text of `full` past what was given out, up to a stop string (then finished) or,
+        unless `final`, up to where a stop string might be starting."""
+        start = len(self.text)
+        cut, end = len(full), len(full)
+        for s in self.stop:
+            at = full.find(s, max(0, start - len(s) + 1))
+            if at != -1 and at < cut:
+                cut = at
+        if cut < len(full):
+            self.finish_reason = "stop"
+            end = max(cut, start)
+        elif not final:
+            held = max((k for s in self.stop for k in range(1, len(s)) if full.endswith(s[:k])), default=0)
+            end = max(start, len(full) - held)
+        piece = full[start:end]
+        self.text += piece
+        return piece
 
 
 # onnxruntime-genai keeps its search options in 32-bit integers: larger ones would wrap or raise.

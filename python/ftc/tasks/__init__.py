@@ -48,6 +48,7 @@ class Task:
     parity_metric: ClassVar[str] = "accuracy"  # or "perplexity": how parity judges a quantized model
     parity_batch: ClassVar[int] = 32  # held-out rows run through the graphs at once
     endpoint: ClassVar[str]  # the `ftc serve` route
+    pipeline_tag: ClassVar[str]  # the Hugging Face Hub's pipeline tag, for the model card
 
     # ── spec ──────────────────────────────────────────────────────────────────────────────────
     def check_spec(self, spec: Spec) -> None:

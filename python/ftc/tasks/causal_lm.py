@@ -36,6 +36,7 @@ class CausalLM(Task):
     parity_metric = "perplexity"
     parity_batch = 1  # each example alone through the decoder graph, as one prefill
     endpoint = "/v1/generate"
+    pipeline_tag = "text-generation"
 
     def check_spec(self, spec: Spec) -> None:
         if spec.data.balance.strategy != "none":

@@ -167,6 +167,7 @@ class Classification(Task):
     stop_metrics = ("loss", "accuracy", "f1")
     peft_task_type = "SEQ_CLS"
     endpoint = "/v1/classify"
+    pipeline_tag = "text-classification"
 
     def check_spec(self, spec: Spec) -> None:
         if spec.tokenize.truncation == "chunk":

@@ -169,6 +169,7 @@ class QuestionAnswering(Task):
     stop_metrics = ("loss",)
     peft_task_type = "QUESTION_ANS"
     endpoint = "/v1/answer"
+    pipeline_tag = "question-answering"
     graph_outputs = ("start_logits", "end_logits")
     per_token = True
 

@@ -35,6 +35,7 @@ class TokenClassification(Task):
     stop_metrics = ("loss", "f1")
     peft_task_type = "TOKEN_CLS"
     endpoint = "/v1/entities"
+    pipeline_tag = "token-classification"
     per_token = True
 
     def check_spec(self, spec: Spec) -> None:
