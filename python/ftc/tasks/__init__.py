@@ -37,7 +37,7 @@ REGISTRY = {"causal-lm": "causal_lm", "classification": "classification",
             "token-classification": "token_classification",
             "question-answering": "question_answering"}
 
-Progress = Callable[[str, int, int | None], None]  # (phase, advance, total), as in ftc.prep
+Progress = Callable[..., None]  # (phase, advance, total, note=, restart=), as in ftc.prep
 
 
 class Task:
