@@ -58,7 +58,7 @@ def train_inputs(spec: Spec, data_key: str, model_dir: Path, threads: int = 0) -
         "data": data_key,
         "base": {str(f.relative_to(model_dir)): h for f, h in zip(files, hashes, strict=True)},
         "model": spec.model.model_dump(mode="json"),
-        "train": spec.train.model_dump(mode="json"),
+        "train": spec.train.model_dump(mode="json", exclude={"report_to"}),  # trackers do not change the model
         "eval": spec.eval.model_dump(mode="json"),
         "seed": spec.project.seed,
     }
@@ -176,7 +176,8 @@ def _train(spec: Spec, data: data_stage.PrepResult, model_dir: Path, inputs: dic
                                  progress)
     resume = train.last_checkpoint(work)
     t0 = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    with train.tracker_env(spec, work):
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - t0
     model = trainer.model
     _check_finite(spec, model, trainer.state.log_history, result.training_loss, "training")
@@ -184,8 +185,9 @@ def _train(spec: Spec, data: data_stage.PrepResult, model_dir: Path, inputs: dic
     _check_finite(spec, None, [], metrics.get("loss"), "evaluation")
     (out / "model").mkdir()
     model.save_pretrained(out / "model")  # PEFT's own format for adapters
-    if (work / "runs").is_dir():  # TensorBoard event files, kept with the run
-        shutil.copytree(work / "runs", out / "tensorboard")
+    for tracked, kept in (("runs", "tensorboard"), ("mlruns", "mlruns"), ("wandb", "wandb")):  # trackers' files
+        if (work / tracked).is_dir():
+            shutil.copytree(work / tracked, out / kept)
     tokenizer.save_pretrained(out / "model")
     # What export needs without the spec's directory: the spec as written and the template it chose.
     (out / "spec.toml").write_text(spec.text, encoding="utf-8")

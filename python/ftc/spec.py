@@ -340,6 +340,11 @@ class Train(Table):
     early_stopping: EarlyStopping | None = None
     keep_best: bool = Field(False, description="End with the checkpoint of the best validation metric instead of "
                             "the last one (always so with `early_stopping`).")
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        ["tensorboard"], description="Experiment trackers, all offline and kept with the run: TensorBoard event files "
+        "(`tensorboard/`), Weights & Biases in offline mode (`wandb/`, `wandb sync` uploads it), an MLflow file "
+        "store (`mlruns/`) unless MLFLOW_TRACKING_URI names a server. Not part of the run's key: changing it "
+        "reuses a trained run.")
     eval_steps: Positive | None = None
     save_steps: Positive | None = None
     save_total_limit: Positive = 2

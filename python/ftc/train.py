@@ -18,10 +18,11 @@ the same spec unchanged. ftc supplies what the Trainer does not know:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import pickle
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -300,7 +301,7 @@ def training_arguments(spec: Spec, out: Path, has_eval: bool, steps_per_epoch: i
         greater_is_better=(early is not None and early.metric != "loss") if best else None,
         logging_steps=t.logging_steps,
         logging_first_step=True,
-        report_to=["tensorboard"] if _has_tensorboard() else [],
+        report_to=trackers(spec),
         remove_unused_columns=False,
         train_sampling_strategy=sampling,
         length_column_name="length",
@@ -317,12 +318,46 @@ def _total_steps(spec: Spec, steps_per_epoch: int) -> int:
     return t.max_steps or math.ceil(steps_per_epoch * t.epochs)
 
 
-def _has_tensorboard() -> bool:
+TRACKERS = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb"),
+            "mlflow": ("mlflow", "mlflow-skinny")}  # name → (module, what to pip install)
+
+
+def trackers(spec: Spec) -> list[str]:
+    """`train.report_to` for the Trainer. TensorBoard, the default, is skipped when it is not
+    installed (as before); a tracker asked for by name must be installed."""
+    import importlib.util
+
+    out = []
+    for name in spec.train.report_to:
+        module, package = TRACKERS[name]
+        if importlib.util.find_spec(module) is not None:
+            out.append(name)
+        elif name != "tensorboard" or "report_to" in spec.train.model_fields_set:
+            raise BuildError(f"`train.report_to` names {name}, which is not installed",
+                             hint=f"pip install {package}, or remove \"{name}\" from `train.report_to`")
+    return out
+
+
+@contextlib.contextmanager
+def tracker_env(spec: Spec, work: Path) -> Iterator[None]:
+    """Offline trackers writing into the run's work directory (kept with the run), unless the
+    environment already says where: W&B in offline mode, MLflow's file store."""
+    import os
+
+    env = {}
+    if "wandb" in spec.train.report_to:
+        env |= {"WANDB_MODE": "offline", "WANDB_DIR": str(work), "WANDB_PROJECT": spec.project.name}
+    if "mlflow" in spec.train.report_to:
+        # MLflow 3 keeps the file store (no server, no database) behind an opt-in
+        env |= {"MLFLOW_TRACKING_URI": (work / "mlruns").as_uri(), "MLFLOW_EXPERIMENT_NAME": spec.project.name,
+                "MLFLOW_ALLOW_FILE_STORE": "true"}
+    added = {k: v for k, v in env.items() if k not in os.environ}
+    os.environ.update(added)
     try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        return False
-    return True
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
 
 
 def make_trainer(spec: Spec, task: Task, model: Any, args: Any, train_ds: Any, eval_ds: Any, collator: Callable,
