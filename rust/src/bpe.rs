@@ -71,7 +71,7 @@ fn byte_chars() -> [char; 256] {
     out
 }
 
-fn get<'a>(v: &'a Value, key: &str) -> &'a Value {
+pub(crate) fn get<'a>(v: &'a Value, key: &str) -> &'a Value {
     v.get(key).unwrap_or(&Value::Null)
 }
 

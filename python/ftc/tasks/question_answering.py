@@ -170,6 +170,19 @@ class QuestionAnswering(Task):
     peft_task_type = "QUESTION_ANS"
     endpoint = "/v1/answer"
     pipeline_tag = "question-answering"
+    init_metrics = ["exact_match", "f1"]
+    init_train = {"method": "full", "epochs": 2, "batch_size": 16, "learning_rate": 1e-4}
+    init_max_length = 384
+    init_columns = ("`context`, `question`, `answers` ({text: [...], answer_start: [...]}, a list or one string; "
+                    "empty: no answer) and `id`; SQuAD's nested JSON needs none")
+    init_hint = "question answering reads `context`, `question` and `answers` (or SQuAD's nested JSON)"
+    init_unit = "questions"
+    init_split_note = ", and question answering splits by context: no context is in two splits"
+
+    def init_lines(self, det: Any, section: str, p: Any, max_length: int) -> None:
+        if section == "tokenize":
+            p.kv("max_length", max_length, "a window: the question and part of its context (a long one takes several)")
+            p.kv("doc_stride", max(8, max_length // 3), "tokens consecutive windows of a long context share")
     graph_outputs = ("start_logits", "end_logits")
     per_token = True
 

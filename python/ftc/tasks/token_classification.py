@@ -36,6 +36,41 @@ class TokenClassification(Task):
     peft_task_type = "TOKEN_CLS"
     endpoint = "/v1/entities"
     pipeline_tag = "token-classification"
+    init_metrics = ["precision", "recall", "f1"]
+    init_columns = ("`tokens` + `tags` (a list of words and one tag per word), or `text` + `entities` (character "
+                    "spans {start, end, label}); a CoNLL file needs none")
+    init_hint = ("token classification reads `tokens` + `tags` (lists of strings), `text` + `entities` (character "
+                 "spans) or CoNLL lines (`--format conll`)")
+
+    def init_sample(self, det: Any, rows: list[dict[str, Any]]) -> None:
+        from ftc.scaffold import counts, listed
+        from ftc.tasks.tagged import _span
+
+        if "entities" in det.columns:  # spans: their entity types
+            spans = (_span(s) for r in rows for s in listed(r.get(det.columns["entities"])))
+            det.labels = counts(s["label"] for s in spans if s is not None)
+            return
+        det.labels = counts(t for r in rows for t in listed(r.get(det.columns.get("tags", "tags"))) if isinstance(t, str))
+        det.scheme = "IOBES" if any(t[:2] in ("E-", "S-") for t in det.labels) else "IOB2"
+
+    def init_lines(self, det: Any, section: str, p: Any, max_length: int) -> None:
+        spans = "entities" in det.columns
+        if section == "model" and det.labels:
+            what = "entity types" if spans else "tags"
+            p.note(f"{what.capitalize()} seen in the sample: {', '.join(det.labels)}. Unset, `labels` is every tag "
+                   "the data holds; set it (e.g. [\"O\", \"B-PER\", \"I-PER\"]) to fix their order and quarantine "
+                   "others.")
+        elif section == "data":
+            p += ["", "[data.tags]"]
+            only_i = det.labels and all(t == "O" or t.startswith("I-") for t in det.labels)
+            p.kv("scheme", det.scheme or "IOB2", "or IOBES, IO" + ("; spans become IOB2 tags" if spans else "")
+                 + ("; the sample's tags are all I-X or O: read as IOB2, each entity's opening I-X is repaired to B-X "
+                    "(or read them as IO)" if only_i else ""))
+            p.kv("invalid", "repair", "a sequence the scheme forbids: repair, or drop the row")
+        elif section == "tokenize":
+            super().init_lines(det, section, p, max_length)
+            p.kv("truncation", "right", "or drop")
+            p.kv("label_all_subwords", False, "true: every sub-word of a word carries its tag")
     per_token = True
 
     def check_spec(self, spec: Spec) -> None:
