@@ -71,6 +71,8 @@ def spans_to_words(texts: ArrowArray, spans: ArrowArray, threads: int = 0
 def conll_sentences(text: str) -> tuple[ArrowArray, ArrowArray, ArrowArray, ArrowArray, ArrowArray, ArrowArray]:
     """CoNLL-style text (newlines as \\n) → (first line of each good sentence, its tokens, its tags,
     first line of each bad sentence, the line that spoils it, that line's text)."""
-def render_prompt(template: str, messages: list[tuple[str, str | None]],
-                  special_tokens: dict[str, str] = ...) -> str:
-    """One conversation rendered with `add_generation_prompt=True` (the inference prompt)."""
+class PromptTemplate:
+    """A chat template compiled once (the runtime's: a server compiles it at start)."""
+    def __init__(self, template: str, special_tokens: dict[str, str] = ...) -> None: ...
+    def render(self, messages: list[tuple[str, str | None]]) -> str:
+        """One conversation rendered with `add_generation_prompt=True` (the inference prompt)."""

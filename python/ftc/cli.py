@@ -80,6 +80,7 @@ def main(debug: bool) -> None:
       ftc build spec.toml      data → train → evaluate → report, each stage cached by its inputs
       ftc plan spec.toml       what build would do, stage by stage, and why
       ftc export RUN --int8    merged weights, ONNX and int8, verified against the trained model
+      ftc export RUN --gguf q8_0  a GGUF file and an Ollama Modelfile, read back and verified the same way
       ftc prep spec.toml       build the packed dataset (cached by content)
       ftc inspect spec.toml    statistics and decoded rows, masked tokens marked
       ftc infer ART --text T   classify or generate with onnxruntime alone (no torch)
@@ -387,6 +388,9 @@ def build(spec: Path, threads: int, force: bool, as_json: bool, verbose: bool) -
 @click.option("--int8", is_flag=True, help="And an int8 variant (classifier: dynamic, per-channel; decoder: "
               "weight-only).")
 @click.option("--int4", is_flag=True, help="And an int4 variant (decoders: weight-only MatMulNBits).")
+@click.option("--gguf", "gguf", multiple=True, type=click.Choice(["f16", "q8_0", "q4_0"]), metavar="TYPE",
+              help="A GGUF file for llama.cpp / Ollama, with a Modelfile (decoders; repeat for several: "
+              "f16, q8_0, q4_0). Alone, no ONNX is built.")
 @click.option("--opset", type=click.IntRange(min=7), default=None, help="ONNX opset of a classifier graph.")
 @click.option("--rows", type=click.IntRange(min=1), default=None,
               help="Held-out test examples for the parity check (default: `[export] rows`).")
@@ -397,20 +401,20 @@ def build(spec: Path, threads: int, force: bool, as_json: bool, verbose: bool) -
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
 @VERBOSE
 @reported
-def export(run: str, onnx: bool, int8: bool, int4: bool, opset: int | None, rows: int | None, no_verify: bool,
-           out: Path | None, force: bool, as_json: bool, verbose: bool) -> None:
+def export(run: str, onnx: bool, int8: bool, int4: bool, gguf: tuple[str, ...], opset: int | None, rows: int | None,
+           no_verify: bool, out: Path | None, force: bool, as_json: bool, verbose: bool) -> None:
     """Export RUN (a run directory, or a key prefix from `ftc cache ls`): the adapter merged into
-    the base, ONNX, int8 / int4, each checked against the trained model on held-out test rows.
+    the base, ONNX, int8 / int4, GGUF, each checked against the trained model on held-out test rows.
 
     Settings come from the run's `[export]` table; flags override it (`--onnx`, `--int8` and
-    `--int4` name exactly the variants to build). The result is stored under the train key and
+    `--int4` name exactly the variants to build, `--gguf q8_0` the GGUF files). The result is stored under the train key and
     the settings ($FTC_HOME/artifacts-v1/<key>/artifact): a second export is a cache hit.
     """
     from ftc import export as stage
 
     r = stage.find_run(run)
     quantize = tuple(q for q, on in (("int8", int8), ("int4", int4)) if on)
-    settings = stage.override(r.export, onnx=onnx, quantize=quantize, opset=opset, rows=rows,
+    settings = stage.override(r.export, onnx=onnx, quantize=quantize, gguf=gguf, opset=opset, rows=rows,
                               verify=False if no_verify else None)
     with _bars("export", verbose) as (bars, _):
         result = stage.export(r, settings, progress=_progress_callback(bars), force=force)
@@ -426,7 +430,7 @@ def _print_export(r: Any) -> None:
     from ftc.parity import table
 
     m = r.manifest
-    variants = ", ".join(m["variants"]) or "merged weights"
+    variants = ", ".join(m["variants"] + [f"gguf {t}" for t in m.get("gguf", [])]) or "merged weights"
     state = "cached" if r.cache_hit else f"built in {m['seconds']:.1f}s"
     err.print(f"export · {variants} · {state}", markup=False, soft_wrap=True)
     sample = m["parity"].get("sample")
@@ -440,8 +444,11 @@ def _print_export(r: Any) -> None:
         from ftc.runtime.artifact import MANIFEST, sha256
 
         card = json.loads((r.artifact / MANIFEST).read_text(encoding="utf-8"))
-        err.print(f"artifact {r.artifact} (default {card['default']}) · sha256 {sha256(r.artifact / MANIFEST)} "
+        default = f"default {card['default']}" if card["default"] else "GGUF only"
+        err.print(f"artifact {r.artifact} ({default}) · sha256 {sha256(r.artifact / MANIFEST)} "
                   "(`--pin` it)", markup=False, soft_wrap=True)
+        if gguf := card.get("gguf"):
+            err.print(f"ollama create NAME -f {r.artifact / gguf['modelfile']}", markup=False, soft_wrap=True)
     if (r.path / "merged").is_dir():
         err.print(f"merged weights {r.path / 'merged'}", markup=False, soft_wrap=True)
 

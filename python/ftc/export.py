@@ -2,8 +2,10 @@
 
     run ─► merge the adapter (PEFT merge_and_unload, CPU, fp32) ─► merged/ (safetensors)
         ─► ONNX fp32, then int8 / int4 (ftc.onnx_export)     ─► artifact/
+        ─► GGUF f16 / q8_0 / q4_0 and a Modelfile (decoders)  ─► artifact/gguf/
         ─► parity on held-out test rows: fp32 against the trained PyTorch model, each
-           quantized variant against fp32, and the task metric of all of them
+           quantized variant against fp32, each GGUF file (read back by transformers)
+           against PyTorch, and the task metric of all of them
 
 The key hashes the train key and the effective `[export]` table, so changing only export
 settings retrains nothing, and an unchanged export is a cache hit. An entry
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ftc import __version__, model_card, onnx_export, store, tasks
+from ftc import __version__, gguf_export, model_card, onnx_export, store, tasks
 from ftc.errors import ExportError
 from ftc.model import check_remote_code
 from ftc.parity import Parity
@@ -95,13 +97,16 @@ def variants(settings: Export) -> list[str]:
     return ["fp32", *dict.fromkeys(asked)]
 
 
-def override(settings: Export, *, onnx: bool = False, quantize: tuple[str, ...] = (), opset: int | None = None,
-             rows: int | None = None, verify: bool | None = None) -> Export:
+def override(settings: Export, *, onnx: bool = False, quantize: tuple[str, ...] = (), gguf: tuple[str, ...] = (),
+             opset: int | None = None, rows: int | None = None, verify: bool | None = None) -> Export:
     """`ftc export` flags over the run's `[export]` table: `--onnx`, `--int8` or `--int4` set
-    ONNX on with exactly the precisions named; anything not given keeps the table's value."""
+    ONNX on with exactly the precisions named, `--gguf` the GGUF types (and ONNX off, unless
+    named too); anything not given keeps the table's value."""
     update: dict[str, Any] = {}
     if onnx or quantize:
         update |= {"onnx": True, "quantize": list(quantize)}
+    if gguf:
+        update |= {"gguf": list(gguf)} | ({} if onnx or quantize else {"onnx": False})
     update |= {k: v for k, v in (("opset", opset), ("rows", rows), ("verify", verify)) if v is not None}
     return Export.model_validate({**settings.model_dump(), **update})
 
@@ -162,6 +167,14 @@ def check(run: Run, settings: Export) -> None:
                           hint="export is for methods whose result is weights: retrain with `lora` (or `dora`, "
                           "`ia3`, `full`, `freeze`); the adapter itself loads with `PeftModel.from_pretrained`")
     run.task.check_export(settings, _weights_dir(run), run.trust_remote_code)
+    if settings.gguf:
+        if not run.task.generates:
+            raise ExportError(f"`[export] gguf` is for decoders that generate text (llama.cpp, Ollama); this run's "
+                              f"task is {run.task.name}", hint="export ONNX instead (`--onnx`)")
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(_weights_dir(run), trust_remote_code=run.trust_remote_code)
+        gguf_export.check(config, run.path / "model" / "tokenizer.json")
 
 
 def _weights_dir(run: Run) -> Path:
@@ -201,27 +214,36 @@ def _export(run: Run, settings: Export, inputs: dict[str, Any], key: str, spec_t
         for f in TOKENIZER_FILES:
             if (merged_dir / f).is_file():
                 shutil.copy2(merged_dir / f, art / f)
+    if settings.gguf:
+        art.mkdir(exist_ok=True)
+        tokenizer.chat_template = data.get("template_source") or tokenizer.chat_template  # as the run trained
+        candidates |= gguf_export.write_all(model, tokenizer, run.path / "model" / "tokenizer.json", art,
+                                            settings.gguf, run.manifest.get("name") or run.key[:12], progress)
     del model  # merge_and_unload changed the loaded weights: the reference is loaded afresh
     reference = load_trained(run, tokenizer)
-    if not names:  # merged weights only: they are what is checked
+    if not candidates:  # merged weights only: they are what is checked
         candidates["merged"] = task.auto_class().from_pretrained(merged_dir, attn_implementation="eager",
                                                                  trust_remote_code=run.trust_remote_code).eval()
     if not settings.merge:
         shutil.rmtree(merged_dir)
     parity = Parity(run.task, held_out, reference, candidates, pad_id(tokenizer)).measure(progress)
     failures = parity.judge(settings)
+    if settings.gguf:
+        failures += gguf_export.check_tokenizer(art, tokenizer, held_out.rows)
     if failures and settings.verify:
         raise ExportError(parity.explain(failures, held_out.split),
                           hint="loosen the thresholds in `[export]` (max_abs_diff, max_confident_flips, near_tie, "
                           "max_accuracy_drop, max_perplexity_ratio, min_agreement), drop the failing quantization, "
                           "or set `verify = false` (`--no-verify`) to publish with the figures recorded")
     figures = parity.figures()
-    if names:
+    if settings.gguf:
+        gguf_export.finish(art, tokenizer, figures, eos, data["max_length"])
+    if names or settings.gguf:
         card = artifact_card(run, settings, tokenizer, data, names, figures, eos, key, spec_text, art)
         store.write_json(art / MANIFEST, card)
     return {"key": key, "name": run.manifest.get("name", ""), "format": ARTIFACTS, "ftc_version": __version__,
             "created": time.time(), "run": run.key, "task": task.name, "method": run.manifest["method"],
-            "variants": names, "merged": settings.merge, "parity": figures, "failures": failures,
+            "variants": names, "gguf": settings.gguf, "merged": settings.merge, "parity": figures, "failures": failures,
             "inputs": inputs}
 
 
@@ -297,13 +319,14 @@ def artifact_card(run: Run, settings: Export, tokenizer: Any, data: dict[str, An
     """`ftc-artifact.json`: what a runtime needs to serve the directory, and the proof."""
     task = run.task
     paths = {n: task.variant_path(n) for n in names}
-    passed = [n for n in names if figures[n]["passed"]] or ["fp32"]
+    passed = [n for n in names if figures[n]["passed"]] or names[:1]
     return {
         "format": FORMAT, "ftc_version": __version__, "created": time.time(), "task": task.name,
         "labels": run.manifest.get("labels"), "max_length": data["max_length"], **task.card(data, art),
         "pad_token_id": pad_id(tokenizer), "eos_token_ids": eos,
         "variants": {n: {"path": p} for n, p in paths.items()},
-        "default": min(passed, key=lambda n: _bytes(art / paths[n])),
+        "default": min(passed, key=lambda n: _bytes(art / paths[n])) if passed else None,
+        **({"gguf": gguf_export.card(art, figures)} if (art / gguf_export.DIR).is_dir() else {}),
         "files": file_hashes(art), "spec": spec_text, "run": run.key, "export_key": key, "parity": figures,
     }
 

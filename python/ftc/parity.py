@@ -3,8 +3,9 @@
 Every candidate runs the same rows as the reference PyTorch model (the run as trained: the
 base with its adapter unmerged, fp32, CPU). Per candidate: the max and mean absolute logit
 difference and the argmax agreement against its reference (fp32 ONNX and merged weights
-against PyTorch, int8 / int4 against fp32 ONNX), and the task metric (accuracy, or
-perplexity over the labelled tokens, as training evaluates it) of every model.
+against PyTorch, int8 / int4 against fp32 ONNX, GGUF files read back by transformers against
+PyTorch), and the task metric (accuracy, or perplexity over the labelled tokens, as training
+evaluates it) of every model.
 
 The task (`ftc.tasks`) says which logits are scored and against what: a classifier's logits of
 each row, a causal LM's next-token logits at every position whose next token carries a label
@@ -31,7 +32,10 @@ import numpy as np
 from ftc import evaluate
 from ftc.spec import Export
 
-REFERENCE = {"fp32": "torch", "merged": "torch", "int8": "fp32", "int4": "fp32"}
+# What each candidate is compared with; all but the EXACT ones are judged as quantized.
+REFERENCE = {"fp32": "torch", "merged": "torch", "int8": "fp32", "int4": "fp32",
+             "gguf-f16": "torch", "gguf-q8_0": "torch", "gguf-q4_0": "torch"}
+EXACT = ("fp32", "merged")
 
 
 @dataclass
@@ -168,7 +172,7 @@ class Parity:
         failures = []
         base = self.metrics["torch"].value
         for name, d in self.diffs.items():
-            quantized, classify = REFERENCE[name] != "torch", self.task.parity_metric == "accuracy"
+            quantized, classify = name not in EXACT, self.task.parity_metric == "accuracy"
             value = self.metrics[name].value
             problems = []
             if not quantized and d.max_abs_diff > s.max_abs_diff:
@@ -226,12 +230,12 @@ def table(figures: dict[str, Any]) -> list[str]:
     """The `parity` figures as aligned lines: one per model, PyTorch first; `flips`: those where
     the reference was sure, and (in brackets) those at near-ties."""
     metric = next(iter(figures["torch"]))
-    lines = [f"  {'model':<7} {'vs':<6} {'max |Δ|':>10} {'mean |Δ|':>10} {'agreement':>10} {'flips':>10} {metric:>11}",
-             f"  {'torch':<7} {'':<6} {'':>10} {'':>10} {'':>10} {'':>10} {figures['torch'][metric]:>11.4f}"]
+    lines = [f"  {'model':<9} {'vs':<6} {'max |Δ|':>10} {'mean |Δ|':>10} {'agreement':>10} {'flips':>10} {metric:>11}",
+             f"  {'torch':<9} {'':<6} {'':>10} {'':>10} {'':>10} {'':>10} {figures['torch'][metric]:>11.4f}"]
     for name, v in figures.items():
         if isinstance(v, dict) and "reference" in v:
             flips = v.get("flips", {})
             count = f"{flips.get('confident', 0)} ({flips.get('near_tie', 0)})"
-            lines.append(f"  {name:<7} {v['reference']:<6} {v['max_abs_diff']:>10.3g} {v['mean_abs_diff']:>10.3g} "
+            lines.append(f"  {name:<9} {v['reference']:<6} {v['max_abs_diff']:>10.3g} {v['mean_abs_diff']:>10.3g} "
                          f"{v['agreement']:>10.2%} {count:>10} {v[metric]:>11.4f}  {'ok' if v['passed'] else 'FAILED'}")
     return lines

@@ -386,6 +386,9 @@ class Export(Table):
         "gptq", description="How int4 weights are rounded: `gptq` (each layer's rounding error compensated "
         "against its inputs on `calibration_rows` training examples) or `k-quant` (the builder's, no data).")
     calibration_rows: Positive = Field(128, description="Training examples GPTQ measures layer inputs on.")
+    gguf: list[Literal["f16", "q8_0", "q4_0"]] = Field(
+        [], description="GGUF files for llama.cpp and Ollama (decoders of the Llama family: Llama, Mistral, Qwen2, "
+        "SmolLM), with the tokenizer, chat template and an Ollama Modelfile; each read back and checked like ONNX.")
     verify: bool = Field(True, description="Fail the export when a parity check fails (the figures are always "
                          "measured and recorded).")
     opset: Positive | None = Field(None, description="ONNX opset of the classifier graph (default: the exporter's).")
@@ -417,6 +420,14 @@ class Export(Table):
             return v
         kept = [q for q in ("int8", "int4") if q in v]
         return kept if len(kept) > 1 else kept[0] if kept else "none"
+
+    @field_validator("gguf", mode="before")
+    @classmethod
+    def _gguf_list(cls, v: Any) -> Any:
+        """`"q8_0"` is `["q8_0"]`; the order written does not change the export (nor its key)."""
+        v = [v] if isinstance(v, str) else v
+        return sorted(set(v), key=("f16", "q8_0", "q4_0").index) if isinstance(v, list) and all(
+            x in ("f16", "q8_0", "q4_0") for x in v) else v
 
 
 class Spec(Table):

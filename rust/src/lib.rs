@@ -776,20 +776,29 @@ fn builtin_template(name: &str) -> Option<&'static str> {
     template::builtin(name)
 }
 
-/// One conversation rendered as an inference prompt (`add_generation_prompt=True`), for the
-/// runtime: the same renderer as training, so served prompts match the trained format.
-#[pyfunction]
-#[pyo3(signature = (template, messages, special_tokens=HashMap::new()))]
-fn render_prompt(
-    template: &str,
-    messages: Vec<(String, Option<String>)>,
-    special_tokens: HashMap<String, String>,
-) -> PyResult<String> {
-    let mut special: Vec<(String, String)> = special_tokens.into_iter().collect();
-    special.sort();
-    let msgs: Vec<Message> =
-        messages.iter().map(|(r, c)| Message { role: r, content: c.as_deref(), extra: None }).collect();
-    Ok(ChatTemplate::new(template, special)?.render_prompt(&msgs)?)
+/// A chat template compiled once, for the runtime: each conversation rendered as an inference
+/// prompt (`add_generation_prompt=True`) by the same renderer as training, so served prompts
+/// match the trained format, and a server compiles its template at start, not per request.
+#[pyclass(frozen)]
+struct PromptTemplate {
+    template: ChatTemplate,
+}
+
+#[pymethods]
+impl PromptTemplate {
+    #[new]
+    #[pyo3(signature = (template, special_tokens=HashMap::new()))]
+    fn new(template: &str, special_tokens: HashMap<String, String>) -> PyResult<Self> {
+        let mut special: Vec<(String, String)> = special_tokens.into_iter().collect();
+        special.sort();
+        Ok(Self { template: ChatTemplate::new(template, special)? })
+    }
+
+    fn render(&self, py: Python<'_>, messages: Vec<(String, Option<String>)>) -> PyResult<String> {
+        let msgs: Vec<Message> =
+            messages.iter().map(|(r, c)| Message { role: r, content: c.as_deref(), extra: None }).collect();
+        Ok(py.detach(|| self.template.render_prompt(&msgs))?)
+    }
 }
 
 #[pymodule]
@@ -806,7 +815,7 @@ fn _data(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(hash_files, m)?)?;
     m.add_function(wrap_pyfunction!(hash_texts, m)?)?;
     m.add_function(wrap_pyfunction!(builtin_template, m)?)?;
-    m.add_function(wrap_pyfunction!(render_prompt, m)?)?;
+    m.add_class::<PromptTemplate>()?;
     m.add_function(wrap_pyfunction!(spans_to_words, m)?)?;
     m.add_function(wrap_pyfunction!(conll_sentences, m)?)?;
     Ok(())

@@ -5,7 +5,9 @@ checks, before any session exists, the sha256 of every file the chosen variant r
 shared files (tokenizer, its configs) and the variant's own file (`model.int8.onnx` and its
 `model.int8.onnx.data`) or directory (`int4/`). A missing, edited or unlisted file is named,
 never served. The other variants' files need only exist: loading int4 does not hash the fp32
-weights, which would cost seconds per GB at every start for nothing that runs.
+weights, which would cost seconds per GB at every start for nothing that runs. Nor are the
+GGUF files (`gguf/`, for llama.cpp and Ollama) hashed: this runtime never reads them, and an
+artifact of GGUF files alone has no variant it can run.
 
     art = read(Path("artifact"), "int8")      # ArtifactError if a hash does not match
     art.model_path                             # artifact/model.int8.onnx
@@ -80,6 +82,10 @@ def read(path: Path, variant: str | None = None, pin: str | None = None) -> Arti
         raise ArtifactError(f"{path / MANIFEST}: sha256 {digest}, not the pinned {pin}: this is another artifact, or "
                             "its card was edited", hint="deploy the artifact you pinned, or pin this one's digest")
     variants = manifest["variants"]
+    if not variants:
+        raise ArtifactError(f"{path}: this artifact holds GGUF files only, which ftc's runtime does not run",
+                            hint=f"serve them with Ollama (`ollama create NAME -f {path / 'gguf' / 'Modelfile'}`) or "
+                            "llama.cpp, or export again with `--onnx` as well")
     name = variant or manifest["default"]
     if name not in variants:
         raise ArtifactError(f"{path}: no variant `{name}`; this artifact has {_names(variants)}",
@@ -109,7 +115,7 @@ def read_manifest(path: Path) -> dict[str, Any]:
     if manifest["task"] not in tasks.names():
         raise ArtifactError(f"{file}: unknown task {manifest['task']!r}; expected one of {', '.join(tasks.names())}")
     variants = manifest["variants"]
-    if not isinstance(variants, dict) or not variants or not all(
+    if not isinstance(variants, dict) or not (variants or manifest.get("gguf")) or not all(
             isinstance(v, dict) and isinstance(v.get("path"), str) for v in variants.values()):
         raise ArtifactError(f"{file}: `variants` must map names to {{\"path\": ...}}", hint=REEXPORT)
     if not isinstance(manifest["files"], dict):
@@ -117,7 +123,7 @@ def read_manifest(path: Path) -> dict[str, Any]:
     for key, ok, what in CARD_FIELDS:
         if key in manifest and not ok(manifest[key]):
             raise ArtifactError(f"{file}: `{key}` must be {what}, not {json.dumps(manifest[key])[:60]}", hint=REEXPORT)
-    if manifest["default"] not in variants:
+    if variants and manifest["default"] not in variants:
         raise ArtifactError(f"{file}: `default` names no variant ({manifest['default']!r})", hint=REEXPORT)
     return manifest
 
@@ -134,12 +140,15 @@ CARD_FIELDS = (
     ("pad_token_id", lambda v: v is None or (_int(v) and v >= 0), "a token id or null"),
     ("eos_token_ids", lambda v: isinstance(v, list) and all(_int(x) and x >= 0 for x in v), "a list of token ids"),
     ("template", lambda v: v is None or isinstance(v, str), "a string or null"),
-    ("default", lambda v: isinstance(v, str), "a variant's name"),
+    ("default", lambda v: v is None or isinstance(v, str), "a variant's name (null: GGUF files only)"),
 )
 
 
 def owner(rel: str, variants: dict[str, Any]) -> str | None:
-    """The variant a file belongs to: its graph, the graph's external data, or its directory."""
+    """The variant a file belongs to: its graph, the graph's external data, or its directory
+    (GGUF files: `gguf`, which no runtime variant reads)."""
+    if rel.startswith("gguf/"):
+        return "gguf"
     for name, v in variants.items():
         p = v["path"].rstrip("/")
         if rel == p or rel.startswith((p + "/", p + ".")):

@@ -19,10 +19,8 @@ per token, "" when there is nothing new: the server checks its client between to
 character whose bytes are not all there yet, nor text that may be the start of a stop string.
 `generate()` is a stream read to its end.
 
-The Rust renderer compiles the chat template at each call (`_data.render_prompt`), and the
-extension has no compiled-template object the runtime could hold without pyarrow; a generator
-keeps the prompts it rendered last instead (`PROMPT_CACHE`), so a conversation repeated (a
-retried request, the same system prompt and question) is not rendered twice.
+The chat template is compiled once, when the generator loads (`_data.PromptTemplate`): a
+server renders each request's conversation with it, compiling nothing per request.
 
     gen = Generator(read(Path("artifact")))
     gen.generate([{"role": "user", "content": "hi"}], max_new_tokens=64).text
@@ -33,8 +31,6 @@ from __future__ import annotations
 
 import json
 import math
-import threading
-from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -47,8 +43,6 @@ from ftc.model import load_tokenizer_info
 from ftc.runtime.artifact import REEXPORT, Artifact
 
 Prompt = str | Sequence[Mapping[str, Any]]  # plain text, or chat messages {role, content}
-PROMPT_CACHE = 64  # rendered conversations a generator keeps
-CACHED_CHARS = 16_384  # a longer conversation is rendered again rather than kept
 
 
 @dataclass(frozen=True)
@@ -93,13 +87,15 @@ class Generator:
         self.tokenizer = Tokenizer.from_str(info.tokenizer_json)
         self.tokenizer.no_truncation()
         self.tokenizer.no_padding()
-        self.special = info.special_tokens
-        self.prompts: OrderedDict[tuple[tuple[str, str | None], ...], str] = OrderedDict()
-        self.prompts_lock = threading.Lock()  # server threads render before they wait for the model
+        try:
+            self.template = _data.PromptTemplate(artifact.template, info.special_tokens) if artifact.template else None
+        except TemplateError as e:
+            raise ArtifactError(f"{artifact.path}: its chat template does not compile: {e.message}",
+                                hint=REEXPORT) from None
 
     def render(self, messages: Sequence[Mapping[str, Any]]) -> str:
         """The prompt text of a conversation: the chat template with the assistant header."""
-        if not self.artifact.template:
+        if self.template is None:
             raise InferenceError("this model has no chat template, so it takes a plain prompt, not messages")
         pairs = []
         for i, m in enumerate(messages):
@@ -110,21 +106,10 @@ class Generator:
             pairs.append((m["role"], m.get("content")))
         if not pairs:
             raise InferenceError("no messages: give at least one {\"role\": \"user\", \"content\": ...}")
-        key = tuple(pairs)
-        with self.prompts_lock:
-            if (text := self.prompts.get(key)) is not None:
-                self.prompts.move_to_end(key)
-                return text
         try:
-            text = _data.render_prompt(self.artifact.template, pairs, self.special)
+            return self.template.render(pairs)
         except TemplateError as e:  # raise_exception() in the template, for one
             raise InferenceError(f"the chat template refused the messages: {e.message}") from None
-        if len(text) <= CACHED_CHARS:
-            with self.prompts_lock:
-                self.prompts[key] = text
-                while len(self.prompts) > PROMPT_CACHE:
-                    self.prompts.popitem(last=False)
-        return text
 
     def encode(self, prompt: Prompt) -> list[int]:
         if isinstance(prompt, str):
