@@ -185,6 +185,27 @@ def test_prompt_and_ids_equal_apply_chat_template(generator: runtime.Generator, 
     assert generator.encode("plain text") == tok("plain text")["input_ids"]
 
 
+def test_the_chat_template_is_compiled_once_at_load(lm_artifact: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch):
+    """A server renders every request with the template it compiled at start; a template that
+    does not compile is refused when the artifact loads, not at the first request."""
+    from ftc import _data
+
+    compiled = []
+    real = _data.PromptTemplate
+    monkeypatch.setattr(_data, "PromptTemplate", lambda *a: compiled.append(a) or real(*a))
+    gen = runtime.load(lm_artifact)
+    for chat in CHATS * 3:
+        gen.render(chat)
+    assert len(compiled) == 1
+    monkeypatch.undo()
+    art = shutil.copytree(lm_artifact, tmp_path / "a")
+    card = json.loads((art / MANIFEST).read_text(encoding="utf-8"))
+    (art / MANIFEST).write_text(json.dumps({**card, "template": "{% for m in messages %}{{ m.content }"}))
+    with pytest.raises(ArtifactError, match="chat template does not compile"):
+        runtime.load(art)
+
+
 def test_greedy_tokens_equal_torch_generate(generator: runtime.Generator, lm_dir: Path):
     import torch
     from transformers import AutoModelForCausalLM

@@ -16,6 +16,7 @@ torch weights. With `verify = true` nothing is published unless every variant pa
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 import tomllib
@@ -86,8 +87,21 @@ def find_run(target: str | Path) -> Run:
                           hint="export takes what `ftc build` made: `$FTC_HOME/runs-v1/<key>`")
     spec_file = path / "spec.toml"
     text = spec_file.read_text(encoding="utf-8") if spec_file.is_file() else None
-    table = tomllib.loads(text).get("export", {}) if text else {}
-    return Run(path, manifest, text, Export.model_validate(table))
+    return Run(path, manifest, text, Export.model_validate(_spec_table(spec_file, text).get("export", {})))
+
+
+def _spec_table(file: Path, text: str | None) -> dict[str, Any]:
+    """The run's spec as written: TOML, or JSON for a spec built in Python (`Spec.text`)."""
+    if not text:
+        return {}
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        try:
+            return json.loads(text)
+        except ValueError:
+            raise ExportError(f"{file}: cannot read the run's spec: {e}",
+                              hint="restore the file as `ftc build` wrote it, or build the run again") from None
 
 
 def variants(settings: Export) -> list[str]:
