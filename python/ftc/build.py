@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ftc import __version__, _data, prep as data_stage, rows, store, tasks, train
+from ftc import __version__, _data, distributed, prep as data_stage, rows, store, tasks, train
 from ftc.errors import BuildError
 from ftc.model import check_remote_code, resolve_model
 from ftc.spec import Spec
@@ -49,16 +49,24 @@ class BuildResult:
     export: Any = None  # the export stage's `ftc.export.ExportResult`, when `[export] onnx = true`
 
 
-def train_inputs(spec: Spec, data_key: str, model_dir: Path, threads: int = 0) -> dict[str, Any]:
+def train_inputs(spec: Spec, data_key: str, model_dir: Path, threads: int = 0, world_size: int = 1) -> dict[str, Any]:
+    """The train key's inputs. Several processes add how they trained: the global batch (world
+    size × per-device batch × accumulation) sets the result, so a run of 2 processes of batch 4
+    trains as one process of batch 8 would (README: More than one process), but each is its own
+    entry: float sums in another order are not the same weights."""
     files = sorted(p for p in model_dir.rglob("*") if p.is_file() and ".cache" not in p.parts)
     hashes = _data.hash_files([str(f) for f in files], threads)
-    return {
+    t = spec.train
+    several = {"distributed": {"world_size": world_size, "global_batch": world_size * t.batch_size * t.grad_accum,
+                               **t.distributed.model_dump(mode="json")}} if world_size > 1 else {}
+    return several | {
         "format": RUNS,
         "recipe": TRAIN_RECIPE,
         "data": data_key,
         "base": {str(f.relative_to(model_dir)): h for f, h in zip(files, hashes, strict=True)},
         "model": spec.model.model_dump(mode="json"),
-        "train": spec.train.model_dump(mode="json", exclude={"report_to"}),  # trackers do not change the model
+        # trackers do not change the model; one process ignores `distributed`
+        "train": spec.train.model_dump(mode="json", exclude={"report_to", "distributed"}),
         "eval": spec.eval.model_dump(mode="json"),
         "seed": spec.project.seed,
     }
@@ -102,8 +110,11 @@ def _diff(old: Any, new: Any, path: str = "") -> list[str]:
 
 
 def build(spec: Spec, *, threads: int = 0, progress: data_stage.Progress | None = None,
-          force: bool = False) -> BuildResult:
+          force: bool = False) -> BuildResult | None:
+    """The build; None on a rank other than 0 of several processes, which only trains."""
     result = _build_run(spec, threads=threads, progress=progress, force=force)
+    if result is None:
+        return None
     # ── the export stage: keyed by the train key + `[export]`, so a changed `[export]`
     # table re-exports the cached run and retrains nothing.
     if spec.export.onnx:
@@ -115,23 +126,32 @@ def build(spec: Spec, *, threads: int = 0, progress: data_stage.Progress | None 
 
 
 def _build_run(spec: Spec, *, threads: int = 0, progress: data_stage.Progress | None = None,
-               force: bool = False) -> BuildResult:
+               force: bool = False) -> BuildResult | None:
     t0 = time.perf_counter()
+    w = distributed.world()
     # before any work: a QLoRA spec on CPU fails here, not after prep
-    train.check_method(spec, tasks.get(spec.model.task))
-    model_dir = resolve_model(spec.model.base, spec.root)
+    train.check_method(spec, tasks.get(spec.model.task), w.size)
+    model_dir = distributed.main_first(w, lambda: resolve_model(spec.model.base, spec.root))
     check_remote_code(model_dir, spec.model.trust_remote_code)
-    data = data_stage.prep(spec, threads=threads, progress=progress)
-    inputs = train_inputs(spec, data.key, model_dir, threads)
+    data = distributed.main_first(w, lambda: data_stage.prep(spec, threads=threads,
+                                                             progress=progress if w.main else None))
+    inputs = train_inputs(spec, data.key, model_dir, threads, w.size)
     key = store.key_of(inputs)
     work = store.home() / store.WORK / key
+    # Several processes: rank 0 owns the store entry; the others train beside it, or stop when
+    # the run is cached.
+    cached = distributed.from_main(w, None if w.size == 1 else store.lookup(RUNS, key) is not None and not force)
+    if not w.main:
+        if not cached:
+            _train(spec, data, model_dir, inputs, key, work, None, None, w)
+        return None
 
     def make(tmp: Path) -> dict[str, Any]:
         # Held while training: `ftc cache gc` leaves the checkpoints and the dataset alone.
         with store.lock(store.WORK, key), store.lock(store.DATASETS, data.key, shared=True):
             work.mkdir(parents=True, exist_ok=True)
             try:
-                manifest = _train(spec, data, model_dir, inputs, key, work, tmp, progress)
+                manifest = _train(spec, data, model_dir, inputs, key, work, tmp, progress, w)
             except DivergedError:
                 shutil.rmtree(work, ignore_errors=True)  # its checkpoints hold the diverged weights
                 raise
@@ -145,7 +165,9 @@ def _build_run(spec: Spec, *, threads: int = 0, progress: data_stage.Progress | 
 
 
 def _train(spec: Spec, data: data_stage.PrepResult, model_dir: Path, inputs: dict[str, Any], key: str, work: Path,
-           out: Path, progress: data_stage.Progress | None = None) -> dict[str, Any]:
+           out: Path | None, progress: data_stage.Progress | None, w: distributed.World) -> dict[str, Any] | None:
+    """Trains, then (rank 0) evaluates and writes the run into `out`; another rank of several
+    processes only trains its shard, and returns None."""
     from transformers import AutoTokenizer
 
     m = data.manifest
@@ -167,19 +189,25 @@ def _train(spec: Spec, data: data_stage.PrepResult, model_dir: Path, inputs: dic
     bs = spec.train.batch_size
     eval_ds = test_ds or valid_ds
     base_metrics = task.evaluate(spec, model, tokenizer, eval_ds, collator, labels) \
-        if spec.eval.compare_base and eval_ds else None
+        if spec.eval.compare_base and eval_ds and w.main else None
     model = train.apply_method(model, spec, task)
     n_trainable, n_total = train.trainable(model)
-    steps_per_epoch = -(-len(train_ds) // (bs * spec.train.grad_accum))
-    args = train.training_arguments(spec, work, valid_ds is not None, steps_per_epoch, task.sampling(spec))
+    steps_per_epoch = -(-len(train_ds) // (bs * spec.train.grad_accum * w.size))
+    args = train.training_arguments(spec, work, valid_ds is not None, steps_per_epoch, task.sampling(spec), w.size)
     trainer = train.make_trainer(spec, task, model, args, train_ds, valid_ds, train_collator, task.class_weights(m),
                                  progress)
-    resume = train.last_checkpoint(work)
+    resume = distributed.from_main(w, train.last_checkpoint(work))  # every rank resumes the same step
     t0 = time.perf_counter()
     with train.tracker_env(spec, work):
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - t0
-    model = trainer.model
+    if w.size > 1 and spec.train.distributed.strategy != "ddp":  # sharded: every rank gives its share
+        model = distributed.gathered(trainer, work / "final", model_dir, w,
+                                     lambda path: train.load_model(spec, task, path, labels, pad_id))
+    else:
+        model = trainer.model
+    if out is None:
+        return None
     _check_finite(spec, model, trainer.state.log_history, result.training_loss, "training")
     metrics = task.evaluate(spec, model, tokenizer, eval_ds, collator, labels) if eval_ds else {}
     _check_finite(spec, None, [], metrics.get("loss"), "evaluation")

@@ -337,23 +337,42 @@ def _print_funnel(m: dict[str, Any], examples: bool) -> None:
 @click.option("--threads", type=int, default=lambda: int(os.environ.get("FTC_THREADS", "0")),
               help="Data-stage worker threads (default: every core, or $FTC_THREADS).")
 @click.option("--force", is_flag=True, help="Retrain even if the run is cached (the dataset is reused).")
+@click.option("--nproc", type=click.IntRange(min=1), default=1,
+              help="Train in N processes on this machine (DDP, or `[train.distributed] strategy`), as `torchrun "
+              "--nproc_per_node N` would start them.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
 @VERBOSE
 @reported
-def build(spec: Path, threads: int, force: bool, as_json: bool, verbose: bool) -> None:
+def build(spec: Path, threads: int, force: bool, nproc: int, as_json: bool, verbose: bool) -> None:
     """Build SPEC: the dataset, the fine-tuned model, its evaluation and report.
 
     Every stage whose inputs are unchanged is taken from the store ($FTC_HOME): changing the
     learning rate reuses the dataset; a build killed during training resumes from its last
     checkpoint. The run directory holds the model (a PEFT adapter or full weights),
     metrics.json and report.md with its plots, and build.log: what the libraries printed.
+
+    `--nproc N` (or `torchrun --nproc_per_node N -m ftc.cli build SPEC`, or `accelerate
+    launch`) trains in N processes: rank 0 prepares the data and writes the run, every rank
+    trains its share of each batch.
     """
     from ftc import build as stages
+    from ftc import distributed
     from ftc.specload import load_spec
 
-    s = load_spec(spec)
+    s = load_spec(spec)  # a bad spec fails here, once, before any process starts
+    if nproc > 1 and distributed.world().size == 1:
+        from ftc import store, tasks, terminal, train
+
+        train.check_method(s, tasks.get(s.model.task), nproc)  # an engine missing fails once, here
+
+        argv = ["build", str(spec), "--threads", str(threads), *(["--force"] if force else []),
+                *(["--json"] if as_json else []), *(["-v"] if verbose else [])]
+        logs = store.home() / "logs" / terminal.log_path("build").stem
+        sys.exit(distributed.launch(argv, nproc, logs))
     with _bars("build", verbose) as (bars, log):
         result = stages.build(s, threads=threads, progress=_progress_callback(bars), force=force)
+    if result is None:  # a rank other than 0: it trained its shard; rank 0 reports
+        return
     if not result.cache_hit and log.exists():
         shutil.copyfile(log, result.path / "build.log")
         log = result.path / "build.log"

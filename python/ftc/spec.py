@@ -315,6 +315,34 @@ class EarlyStopping(Table):
         return v.removeprefix("eval_") if isinstance(v, str) else v
 
 
+class Distributed(Table):
+    """How several processes train (started by torchrun, accelerate launch or `ftc build --nproc`);
+    one process ignores it."""
+
+    strategy: Literal["ddp", "fsdp", "deepspeed"] = Field(
+        "ddp", description="`ddp`: every process holds the model, gradients are averaged; `fsdp`: parameters, "
+        "gradients and optimizer state sharded across processes (PyTorch FSDP); `deepspeed`: DeepSpeed ZeRO.")
+    sharding: Literal["full_shard", "shard_grad_op", "hybrid_shard", "no_shard"] = Field(
+        "full_shard", description="`fsdp`: what is sharded (full_shard = ZeRO-3, shard_grad_op = ZeRO-2).")
+    auto_wrap: Literal["transformer", "size", "none"] = Field(
+        "transformer", description="`fsdp`: the units sharded together: each transformer block, blocks of "
+        "`min_params` parameters, or the whole model.")
+    min_params: Positive = Field(100_000_000, description="`fsdp` with `auto_wrap = \"size\"`: parameters per unit.")
+    zero_stage: Literal[0, 1, 2, 3] = Field(2, description="`deepspeed`: the ZeRO stage.")
+    offload: bool = Field(False, description="`fsdp`: parameters and gradients on CPU between uses; `deepspeed`: "
+                          "the optimizer state (and at stage 3 the parameters) on CPU.")
+
+    @model_validator(mode="after")
+    def _knobs_of_the_strategy(self) -> Distributed:
+        owners = {"sharding": ("fsdp",), "auto_wrap": ("fsdp",), "min_params": ("fsdp",),
+                  "zero_stage": ("deepspeed",), "offload": ("fsdp", "deepspeed")}
+        for key in sorted(self.model_fields_set & owners.keys()):
+            if self.strategy not in owners[key]:
+                named = " or ".join(f"`{o}`" for o in owners[key])
+                raise ValueError(f"`{key}` is a setting of strategy {named}, not `{self.strategy}`")
+        return self
+
+
 class Train(Table):
     method: Literal["full", "freeze", "lora", "dora", "qlora", "ia3", "prompt-tuning", "prefix-tuning"] = "lora"
     epochs: float = Field(3.0, gt=0, le=100_000)
@@ -351,6 +379,7 @@ class Train(Table):
     logging_steps: Positive = 10
     lora: Lora = Field(default_factory=Lora)
     prompt: PromptTuning = Field(default_factory=PromptTuning)
+    distributed: Distributed = Field(default_factory=Distributed)
 
 
 

@@ -35,9 +35,13 @@ if TYPE_CHECKING:
 
 # ── the model and the method ─────────────────────────────────────────────────────────────────
 
-def check_method(spec: Spec, task: Task) -> None:
+def check_method(spec: Spec, task: Task, world_size: int = 1) -> None:
     """What must hold before any work starts."""
     task.check_method(spec)
+    if world_size > 1:
+        from ftc import distributed
+
+        distributed.check(spec.train.distributed, spec.train.method)
     method = spec.train.method
     if method == "qlora":
         import torch
@@ -251,10 +255,14 @@ def trainable(model: Any) -> tuple[int, int]:
 
 # ── the Trainer ──────────────────────────────────────────────────────────────────────────────
 
-def training_arguments(spec: Spec, out: Path, has_eval: bool, steps_per_epoch: int, sampling: str = "random") -> Any:
-    """`sampling`: the task's (`random`, or `group_by_length` batches of similar lengths)."""
+def training_arguments(spec: Spec, out: Path, has_eval: bool, steps_per_epoch: int, sampling: str = "random",
+                       world_size: int = 1) -> Any:
+    """`sampling`: the task's (`random`, or `group_by_length` batches of similar lengths);
+    `world_size`: processes training together (their strategy's arguments, when above 1)."""
     import torch
     from transformers import TrainingArguments
+
+    from ftc import distributed
 
     t = spec.train
     prec = precision(spec)
@@ -310,6 +318,7 @@ def training_arguments(spec: Spec, out: Path, has_eval: bool, steps_per_epoch: i
         disable_tqdm=False,
         save_only_model=False,
         include_num_input_tokens_seen="all",  # tokens/s on the progress line
+        **(distributed.arguments(t.distributed) if world_size > 1 else {}),
     )
 
 
