@@ -112,7 +112,10 @@ def _diff(old: Any, new: Any, path: str = "") -> list[str]:
 def build(spec: Spec, *, threads: int = 0, progress: data_stage.Progress | None = None,
           force: bool = False) -> BuildResult | None:
     """The build; None on a rank other than 0 of several processes, which only trains."""
-    result = _build_run(spec, threads=threads, progress=progress, force=force)
+    try:
+        result = _build_run(spec, threads=threads, progress=progress, force=force)
+    finally:
+        distributed.finish()
     if result is None:
         return None
     # ── the export stage: keyed by the train key + `[export]`, so a changed `[export]`

@@ -86,6 +86,15 @@ def main_first(w: World, build: Callable[[], T]) -> T:
     return build()
 
 
+def finish() -> None:
+    """Leaves the process group once training is over (rank 0 goes on alone to export)."""
+    global _control
+    dist = sys.modules.get("torch.distributed")  # never imported by one process: nothing to leave
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    _control = None
+
+
 def from_main(w: World, value: Any) -> Any:
     """Rank 0's `value`, on every rank."""
     if w.size == 1:
