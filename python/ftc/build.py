@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,14 +111,16 @@ def _diff(old: Any, new: Any, path: str = "") -> list[str]:
 
 
 def build(spec: Spec, *, threads: int = 0, progress: data_stage.Progress | None = None,
-          force: bool = False) -> BuildResult | None:
-    """The build; None on a rank other than 0 of several processes, which only trains."""
+          force: bool = False, callbacks: Sequence[Any] = (), export: bool = True) -> BuildResult | None:
+    """The build; None on a rank other than 0 of several processes, which only trains.
+    `callbacks`: more Trainer callbacks (`ftc tune`'s pruning); `export=False` stops before
+    the export stage."""
     try:
-        result = _build_run(spec, threads=threads, progress=progress, force=force)
+        result = _build_run(spec, threads=threads, progress=progress, force=force, callbacks=callbacks)
     finally:
         distributed.finish()
-    if result is None:
-        return None
+    if result is None or not export:
+        return result
     # ── the export stage: keyed by the train key + `[export]`, so a changed `[export]`
     # table re-exports the cached run and retrains nothing.
     if spec.export.onnx:
@@ -129,7 +132,7 @@ def build(spec: Spec, *, threads: int = 0, progress: data_stage.Progress | None 
 
 
 def _build_run(spec: Spec, *, threads: int = 0, progress: data_stage.Progress | None = None,
-               force: bool = False) -> BuildResult | None:
+               force: bool = False, callbacks: Sequence[Any] = ()) -> BuildResult | None:
     t0 = time.perf_counter()
     w = distributed.world()
     # before any work: a QLoRA spec on CPU fails here, not after prep
@@ -146,7 +149,7 @@ def _build_run(spec: Spec, *, threads: int = 0, progress: data_stage.Progress | 
     cached = distributed.from_main(w, None if w.size == 1 else store.lookup(RUNS, key) is not None and not force)
     if not w.main:
         if not cached:
-            _train(spec, data, model_dir, inputs, key, work, None, None, w)
+            _train(spec, data, model_dir, inputs, key, work, None, None, w, callbacks)
         return None
 
     def make(tmp: Path) -> dict[str, Any]:
@@ -154,7 +157,7 @@ def _build_run(spec: Spec, *, threads: int = 0, progress: data_stage.Progress | 
         with store.lock(store.WORK, key), store.lock(store.DATASETS, data.key, shared=True):
             work.mkdir(parents=True, exist_ok=True)
             try:
-                manifest = _train(spec, data, model_dir, inputs, key, work, tmp, progress, w)
+                manifest = _train(spec, data, model_dir, inputs, key, work, tmp, progress, w, callbacks)
             except DivergedError:
                 shutil.rmtree(work, ignore_errors=True)  # its checkpoints hold the diverged weights
                 raise
@@ -168,7 +171,8 @@ def _build_run(spec: Spec, *, threads: int = 0, progress: data_stage.Progress | 
 
 
 def _train(spec: Spec, data: data_stage.PrepResult, model_dir: Path, inputs: dict[str, Any], key: str, work: Path,
-           out: Path | None, progress: data_stage.Progress | None, w: distributed.World) -> dict[str, Any] | None:
+           out: Path | None, progress: data_stage.Progress | None, w: distributed.World,
+           callbacks: Sequence[Any] = ()) -> dict[str, Any] | None:
     """Trains, then (rank 0) evaluates and writes the run into `out`; another rank of several
     processes only trains its shard, and returns None."""
     from transformers import AutoTokenizer
@@ -198,7 +202,7 @@ def _train(spec: Spec, data: data_stage.PrepResult, model_dir: Path, inputs: dic
     steps_per_epoch = -(-len(train_ds) // (bs * spec.train.grad_accum * w.size))
     args = train.training_arguments(spec, work, valid_ds is not None, steps_per_epoch, task.sampling(spec), w.size)
     trainer = train.make_trainer(spec, task, model, args, train_ds, valid_ds, train_collator, task.class_weights(m),
-                                 progress)
+                                 progress, callbacks)
     resume = distributed.from_main(w, train.last_checkpoint(work))  # every rank resumes the same step
     t0 = time.perf_counter()
     with train.tracker_env(spec, work):

@@ -28,8 +28,8 @@ from ftc.inspection import distribution_text
 UNK_WARNING = 0.02  # share of unknown tokens above which `prep` warns
 # The packages of the `train` and `export` extras (pyproject.toml): a command that needs one
 # names the extra to install instead of failing with a traceback.
-EXTRAS = {**dict.fromkeys(("torch", "transformers", "peft", "accelerate", "datasets", "gguf", "matplotlib",
-                           "sacrebleu", "rouge_score", "tensorboard"), "train"),
+EXTRAS = {**dict.fromkeys(("torch", "transformers", "peft", "accelerate", "datasets", "gguf", "matplotlib", "optuna",
+                           "sacrebleu", "rouge_score", "tensorboard", "tomlkit"), "train"),
           **dict.fromkeys(("onnx", "onnxscript"), "export")}
 err = Console(stderr=True, highlight=False, no_color="NO_COLOR" in os.environ)
 
@@ -79,6 +79,7 @@ def main(debug: bool) -> None:
       ftc validate spec.toml   check the spec, report every problem at once
       ftc build spec.toml      data → train → evaluate → report, each stage cached by its inputs
       ftc plan spec.toml       what build would do, stage by stage, and why
+      ftc tune spec.toml       search `[tune]`'s space; every trial a cached build on one dataset
       ftc export RUN --int8    merged weights, ONNX and int8, verified against the trained model
       ftc export RUN --gguf q8_0  a GGUF file and an Ollama Modelfile, read back and verified the same way
       ftc prep spec.toml       build the packed dataset (cached by content)
@@ -479,6 +480,59 @@ def _export_json(r: Any) -> dict[str, Any]:
             "merged": str(r.path / "merged") if (r.path / "merged").is_dir() else None,
             "variants": m["variants"], "parity": m["parity"], "failures": m.get("failures") or [],
             "seconds": round(r.seconds, 3)}
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--trials", type=click.IntRange(min=1), default=None, help="Trials to finish (default: `[tune] trials`).")
+@click.option("--jobs", type=click.IntRange(min=1), default=1,
+              help="Trials at once, each in its own process sharing the cores (the study is one SQLite file).")
+@click.option("--threads", type=int, default=lambda: int(os.environ.get("FTC_THREADS", "0")),
+              help="Data-stage worker threads (default: every core, or $FTC_THREADS).")
+@click.option("--worker", type=int, default=None, hidden=True)  # helper k of `--jobs`: trials only
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
+@VERBOSE
+@reported
+def tune(spec: Path, trials: int | None, jobs: int, threads: int, worker: int | None, as_json: bool,
+         verbose: bool) -> None:
+    """Search SPEC's `[tune]` space: each trial is the spec with sampled values, trained as an
+    ordinary (cached) build on the one dataset, judged by its validation metric.
+
+    The study is kept in the store ($FTC_HOME/tune-v1/<key>/study.db): run the same command
+    again after a kill and it continues; raise `--trials` to search further. At the end:
+    <spec>.best.toml beside SPEC (`ftc build` on it reuses the best trial's run), and a
+    report with every trial, the metric plot, the parameter importances and the best
+    trial's test metrics.
+    """
+    from ftc import tune as study
+    from ftc.specload import load_spec
+
+    s = load_spec(spec)
+    if trials is not None and s.tune is not None:
+        s = s.model_copy(update={"tune": s.tune.model_copy(update={"trials": trials})})
+        s._root, s._text = spec.resolve().parent, spec.read_text(encoding="utf-8")
+    with _bars("tune", verbose) as (bars, _):
+        say = lambda text: bars.console.print(text, markup=False, soft_wrap=True, highlight=False)  # noqa: E731
+        if worker is not None:
+            study.work(s, spec, threads, None, say, worker)
+            return
+        result = study.tune(s, spec, threads=threads, jobs=jobs, progress=_progress_callback(bars), line=say)
+    if result.best is None:
+        err.print(f"no trial finished · study {result.path}", markup=False, soft_wrap=True)
+    else:
+        b = result.best
+        err.print(f"best · trial {b['number']} · validation {s.tune.metric} {b['value']:.4g} · "
+                  + ", ".join(f"{k} = {v}" for k, v in b["params"].items()), markup=False, soft_wrap=True)
+        if b["test"]:
+            err.print("test (best trial only) · " + " · ".join(f"{k} {v:.4g}" for k, v in b["test"].items()),
+                      markup=False, soft_wrap=True)
+        err.print(f"run {b['run']}", markup=False, soft_wrap=True)
+        err.print(f"best spec {result.best_spec}", markup=False, soft_wrap=True)
+        err.print(f"report {result.path / 'report.md'}", markup=False, soft_wrap=True)
+    if as_json:
+        click.echo(json.dumps({"study": str(result.path), "best": result.best, "trials": result.trials,
+                               "best_spec": str(result.best_spec) if result.best_spec else None}, indent=2,
+                              default=str))
 
 
 @main.command()

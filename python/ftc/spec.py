@@ -459,6 +459,73 @@ class Export(Table):
             x in ("f16", "q8_0", "q4_0") for x in v) else v
 
 
+class Dimension(Table):
+    """One searched key: exactly one of a log-uniform or uniform float range, an integer range
+    (both ends included), or a list of choices."""
+
+    log_uniform: tuple[float, float] | None = None
+    uniform: tuple[float, float] | None = None
+    integer: tuple[int, int] | None = Field(None, alias="int")
+    choice: list[Any] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Dimension:
+        given = [k for k in ("log_uniform", "uniform", "integer", "choice") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of `log_uniform = [low, high]`, `uniform = [low, high]`, "
+                             "`int = [low, high]` or `choice = [...]`")
+        bounds = self.log_uniform or self.uniform or self.integer
+        if bounds is not None and not bounds[0] < bounds[1]:
+            raise ValueError(f"the range [{bounds[0]}, {bounds[1]}] is empty: low must be below high")
+        if self.log_uniform is not None and self.log_uniform[0] <= 0:
+            raise ValueError("`log_uniform` needs a positive low end")
+        return self
+
+
+class Tune(Table):
+    """`ftc tune`: a search over spec keys, each trial an ordinary (cached) training stage,
+    chosen by a validation metric. Keys with a dot (`"train.learning_rate" = {...}`) are the
+    search space."""
+
+    trials: Positive = Field(20, description="Trials to finish (complete or pruned); a rerun with more continues.")
+    metric: str = Field("loss", description="The validation metric to optimise: `loss` or one the task "
+                        "evaluates during training (classification: accuracy, f1; token-classification: f1).")
+    direction: Literal["minimize", "maximize"] | None = Field(
+        None, description="Default: minimize for loss and perplexity, else maximize.")
+    sampler: Literal["tpe", "random"] = Field("tpe", description="Optuna's sampler (TPE, or uniform random).")
+    pruner: Literal["median", "hyperband", "none"] = Field(
+        "median", description="Stop a trial early when its validation metric trails: below the median of earlier "
+        "trials at the same step, or by Hyperband's successive halving.")
+    startup_trials: Positive = Field(2, description="Trials that run to the end before any is pruned.")
+    space: dict[str, Dimension] = Field(default_factory=dict, description="Spec key → what to search.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dotted_keys_are_the_space(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            dotted = {k: x for k, x in v.items() if "." in k}
+            v = {k: x for k, x in v.items() if "." not in k} | {"space": {**v.get("space", {}), **dotted}}
+        return v
+
+    @property
+    def minimize(self) -> bool:
+        return self.direction == "minimize" if self.direction else self.metric in ("loss", "perplexity")
+
+
+def spec_field(path: str) -> Any:
+    """The schema field a dotted key names (`train.lora.r`), or None when there is none."""
+    model: Any = Spec
+    field = None
+    for part in path.split("."):
+        fields = model.model_fields if isinstance(model, type) and issubclass(model, BaseModel) else {}
+        field = fields.get(part) or next((f for f in fields.values() if f.alias == part), None)
+        if field is None:
+            return None
+        model = next((a for a in getattr(field.annotation, "__args__", ()) if isinstance(a, type) and
+                      issubclass(a, BaseModel)), field.annotation)
+    return field
+
+
 class Spec(Table):
     project: Project = Field(default_factory=Project)
     model: ModelSpec
@@ -467,6 +534,7 @@ class Spec(Table):
     train: Train = Field(default_factory=Train)
     eval: Eval = Field(default_factory=Eval)
     export: Export = Field(default_factory=Export)
+    tune: Tune | None = None
 
     _root: Path = PrivateAttr(default_factory=Path.cwd)
     _text: str | None = PrivateAttr(default=None)  # the TOML as written, for reports
@@ -484,6 +552,16 @@ class Spec(Table):
         if wrong := [m for m in self.eval.metrics if m not in task.metrics]:
             raise ValueError(f"`eval.metrics` {wrong} do not apply to `model.task = \"{task.name}\"`, "
                              f"whose metrics are {list(task.metrics)}")
+        if self.tune is not None:
+            if self.tune.metric not in task.stop_metrics:
+                raise ValueError(f"`tune.metric = \"{self.tune.metric}\"` is not a validation metric of `model.task = "
+                                 f"\"{task.name}\"`, which reports {list(task.stop_metrics)}")
+            for path in self.tune.space:
+                field = spec_field(path)
+                if field is None or path.split(".")[0] in ("tune", "project") or (
+                        isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+                    raise ValueError(f"`tune` searches `{path}`, which is not a setting of the spec: give the dotted "
+                                     "path of one value, e.g. \"train.learning_rate\" or \"train.lora.r\"")
         return self
 
     @property

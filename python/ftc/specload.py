@@ -157,6 +157,11 @@ def load_spec(path: str | Path) -> Spec:
         raise SpecError(str(path), [f"{path}: no such file"]) from None
     except (OSError, UnicodeDecodeError) as e:
         raise SpecError(str(path), [f"{path}: cannot read: {e}"]) from None
+    return spec_from_text(text, path)
+
+
+def spec_from_text(text: str, path: Path) -> Spec:
+    """A spec's TOML `text` as if read from `path` (relative paths resolve beside it)."""
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:

@@ -22,7 +22,7 @@ import contextlib
 import math
 import pickle
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -370,9 +370,11 @@ def tracker_env(spec: Spec, work: Path) -> Iterator[None]:
 
 
 def make_trainer(spec: Spec, task: Task, model: Any, args: Any, train_ds: Any, eval_ds: Any, collator: Callable,
-                 class_weights: list[float] | None, progress: Callable[..., None] | None = None) -> Any:
+                 class_weights: list[float] | None, progress: Callable[..., None] | None = None,
+                 callbacks: Sequence[Any] = ()) -> Any:
     """`progress`: ftc's display (`(phase, advance, total, note=, restart=)`), which then
-    replaces the Trainer's bars and printed log dicts (the dicts go to the `ftc.train` log)."""
+    replaces the Trainer's bars and printed log dicts (the dicts go to the `ftc.train` log);
+    `callbacks`: more Trainer callbacks."""
     import torch
     from transformers import EarlyStoppingCallback, Trainer
     from transformers.trainer_callback import ProgressCallback
@@ -398,7 +400,7 @@ def make_trainer(spec: Spec, task: Task, model: Any, args: Any, train_ds: Any, e
             self.optimizer = cls(groups, **kwargs)
             return self.optimizer
 
-    callbacks = []
+    callbacks = list(callbacks)
     if t.early_stopping is not None:
         if eval_ds is None:
             raise BuildError("`train.early_stopping` watches the validation split, which is empty",

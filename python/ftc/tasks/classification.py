@@ -155,6 +155,9 @@ class Collected:
                 "max_example_tokens": int(s_len.max()) if len(s_len) else 0,
                 "padding_ratio": quality.padding_ratio(s_len, bs, spec.project.seed, bucketed=False),
                 "padding_ratio_bucketed": quality.padding_ratio(s_len, bs, spec.project.seed, bucketed=True),
+                # the batch size of the build that made the dataset: not a key input (a search over
+                # batch sizes reuses one dataset), so the figures say which batches they measure
+                "padding_batch": bs,
             }
         extra = {"labels": names, "class_weights": class_weights,
                  "label_distribution": {"train_before_balance": before, "train": splits["train"]["labels"]}}
@@ -207,9 +210,6 @@ class Classification(Task):
                              "`right`, `left` or drops (`drop`)")
 
     # ── data
-    def key_inputs(self, spec: Spec) -> dict[str, Any]:
-        return {"batch_size": spec.train.batch_size}  # the padding figures are for the training batch size
-
     def check_rows(self, run: Any, rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         import polars as pl
 
@@ -247,7 +247,8 @@ class Classification(Task):
     def describe(self, manifest: dict[str, Any]) -> str:
         train = manifest["stats"]["splits"]["train"]
         pad = (f"padding {train['padding_ratio']:.1%} shuffled → {train['padding_ratio_bucketed']:.1%} length-bucketed"
-               if train["padding_ratio"] is not None else "no training rows")
+               f" (batches of {train.get('padding_batch', '?')})" if train["padding_ratio"] is not None
+               else "no training rows")
         return f"{super().describe(manifest)} · {len(manifest['labels'])} labels · {pad}"
 
     def split_table(self, splits: dict[str, dict[str, Any]]) -> tuple[list[str], list[list[str]]]:

@@ -118,6 +118,7 @@ class Collected:
                 "max_example_tokens": int(lengths[rows].max()) if len(rows) else 0,
                 "padding_ratio": quality.padding_ratio(lengths[rows], spec.train.batch_size, spec.project.seed,
                                                        bucketed=False),
+                "padding_batch": spec.train.batch_size,  # not a key input: which batches the figure measures
             }
         extra = {"labels": names, "tag_scheme": spec.data.tags.scheme,
                  "label_all_subwords": spec.tokenize.label_all_subwords,

@@ -79,9 +79,6 @@ class TokenClassification(Task):
         check_spec(spec)
 
     # ── data
-    def key_inputs(self, spec: Spec) -> dict[str, Any]:
-        return {"batch_size": spec.train.batch_size}
-
     def read_file(self, file: Path, fmt: str, cols: Any, threads: int, split: str | None, decoding: Any,
                   limit: int | None) -> Iterator[Any]:
         from ftc.tasks.tagged import read_file
