@@ -120,3 +120,13 @@ def test_a_bad_search_space_is_a_spec_error(tmp_path: Path, bert_dir: Path):
     assert out.exit_code == 1 and "train.batch_size" in out.output and "Traceback" not in out.output, out.output
     out = CliRunner().invoke(main, ["tune", str(_spec(tmp_path, bert_dir, valid=0.0))])
     assert out.exit_code == 1 and "data.split.valid" in out.output, out.output
+
+
+def test_jobs_share_the_study_without_repeating_or_overshooting(tmp_path: Path, bert_dir: Path):
+    path = _spec(tmp_path, bert_dir, trials=4)
+    out = CliRunner().invoke(main, ["tune", str(path), "--jobs", "2", "--json"])
+    assert out.exit_code == 0, out.output
+    summary = json.loads(out.stdout)
+    trials = summary["trials"]
+    assert len(trials) == 4 and len({json.dumps(t["params"], sort_keys=True) for t in trials}) == 4
+    assert (Path(summary["study"]) / "worker-1.log").is_file()
