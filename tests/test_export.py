@@ -307,7 +307,7 @@ def test_cli_export_copies_a_verified_artifact(classifier_run: export.Run, tmp_p
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["variants"] == ["fp32", "int8"] and summary["parity"]["rows"] == 16 and summary["out"] == str(out)
-    assert "parity on 16 held-out rows" in result.stderr and "int8    fp32" in result.stderr
+    assert "parity on 16 held-out rows" in result.stderr and "int8      fp32" in result.stderr
     card = json.loads((out / "ftc-artifact.json").read_text(encoding="utf-8"))
     assert set(card["files"]) == {"model.onnx", "model.int8.onnx", "tokenizer.json", "tokenizer_config.json"}
     again = CliRunner().invoke(main, ["export", classifier_run.key[:10], "--int8", "--rows", "16", "--out", str(out)])
