@@ -7,6 +7,7 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from hypothesis import given, settings
@@ -191,3 +192,50 @@ def test_chunk_mode_honours_source_weight(tmp_path: Path, bpe_dir: Path):
                           tokenize={"max_length": 64, "truncation": "chunk"}, data_split={"valid": 0.0, "test": 0.0})
         tokens[weight] = prep(load_spec(spec)).manifest["stats"]["tokens"]
     assert tokens[2.0] == 2 * tokens[1.0]
+
+
+@given(st.lists(st.lists(st.integers(-100, 50_000), max_size=12), max_size=30), st.data())
+@settings(max_examples=200, deadline=None)
+def test_a_splits_tokens_are_those_arrow_filtering_gives(examples, data):
+    from ftc.spool import flat_tokens, gather
+
+    ids = pa.array(examples, pa.list_(pa.int32()))
+    keep = data.draw(st.lists(st.booleans(), min_size=len(examples), max_size=len(examples)))
+    flat, lengths = flat_tokens(ids)
+    got = gather(flat, lengths, np.flatnonzero(np.array(keep, bool)))
+    want = pa.compute.filter(ids, pa.array(keep, pa.bool_())).flatten().to_numpy(zero_copy_only=False)
+    assert got.dtype == np.int32 and got.tolist() == want.tolist()
+    order = data.draw(st.permutations(range(len(examples))))  # any order, repeats (chunked weights)
+    assert gather(flat, lengths, np.array(order + order[:2], np.int64)).tolist() == [
+        t for i in order + order[:2] for t in examples[i]]
+
+
+def test_read_ahead_keeps_order_errors_and_stops_with_the_consumer():
+    import threading
+
+    from ftc.sources import ahead
+
+    assert list(ahead(iter(range(100)), 2)) == list(range(100))
+
+    def failing():
+        yield 1
+        raise ValueError("bad batch")
+
+    seen = []
+    with pytest.raises(ValueError, match="bad batch"):
+        for x in ahead(failing()):
+            seen.append(x)
+    assert seen == [1]
+    produced = []
+
+    def endless():
+        i = 0
+        while True:
+            produced.append(i)
+            yield i
+            i += 1
+
+    it = ahead(endless(), 2)
+    assert next(it) == 0
+    it.close()  # the consumer stops: so does the producer, a few items ahead at most
+    assert not [t for t in threading.enumerate() if t.name == "ftc-ahead"] and len(produced) <= 5

@@ -29,7 +29,7 @@ from ftc import __version__, _data, quality, store, tasks
 from ftc.errors import BuildError, SourceError
 from ftc.model import TokenizerInfo, load_tokenizer_info, resolve_model, resolve_template
 from ftc.quality import Funnel
-from ftc.sources import SourceBatch, read_source, source_files, source_name
+from ftc.sources import SourceBatch, ahead, read_source, source_files, source_name
 from ftc.spec import Spec
 
 SPLITS = ("train", "valid", "test")
@@ -217,7 +217,7 @@ def _build(spec: Spec, files: list[list[Path]], info: TokenizerInfo, template: t
             stats.append(st)
             run.names.append(st.name)
             on_bytes = (lambda n: progress("read", n, None)) if progress else None
-            for batch in read_source(src, fs, threads, on_bytes, spec.data.split.column, task.read_file):
+            for batch in ahead(read_source(src, fs, threads, on_bytes, spec.data.split.column, task.read_file)):
                 if batch.note:
                     st.notes.append(f"{_rel(batch.file, spec.root)}: {batch.note}")
                 _process_batch(run, batch, idx, src.weight, st)

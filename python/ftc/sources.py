@@ -21,10 +21,13 @@ from __future__ import annotations
 import codecs
 import glob
 import json
+import queue
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pyarrow as pa
@@ -54,6 +57,53 @@ class SourceBatch:
     bad: pl.DataFrame  # line: u64, reason: str
     nbytes: int  # bytes of the file consumed by this batch, for progress
     note: str | None = None  # on a file's first batch: how its encoding was decided, when worth saying
+
+
+def ahead(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
+    """`items`, produced by a thread up to `depth` ahead of the consumer: reading and decoding
+    the next batch (Rust and polars, the GIL released) overlaps the work on this one, which is
+    what lets a second core pay off where a stage would otherwise wait on one. Order and errors
+    are kept; a consumer that stops early stops the producer."""
+    done, stop = object(), threading.Event()
+    q: queue.Queue[Any] = queue.Queue(depth)
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((done, None))
+        except BaseException as e:  # noqa: BLE001 (re-raised in the consumer)
+            q.put((done, e))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    worker = threading.Thread(target=produce, name="ftc-ahead", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, error = q.get()
+            if item is done:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        worker.join()
 
 
 def source_files(source: Source, root: Path) -> list[Path]:

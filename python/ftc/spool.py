@@ -8,7 +8,7 @@ the spool into the split's Arrow IPC file.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +18,27 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ftc import _data, quality
+from ftc.sources import ahead
 
 COLUMNS = ("input_ids", "labels", "position_ids", "seq_lengths")
 SPLITS = ("train", "valid", "test")
 Progress = Callable[[str, int, int | None], None]  # (phase, advance, total), as in ftc.prep
+
+
+def flat_tokens(ids: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(every token as one int32 array, each example's length) of a `list<int32>` column."""
+    return np.asarray(ids.flatten(), dtype=np.int32), np.asarray(pc.list_value_length(ids), dtype=np.int64)
+
+
+def gather(values: np.ndarray, lengths: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """The tokens of examples `idx`, in that order, from flat `values` with per-example
+    `lengths`: one NumPy gather, where filtering Arrow list arrays cost several times more."""
+    if len(idx) == len(lengths) and (idx == np.arange(len(idx))).all():
+        return values
+    starts = np.concatenate([[0], np.cumsum(lengths[:-1])]).astype(np.int64)
+    chosen = lengths[idx]
+    first = np.concatenate([[0], np.cumsum(chosen[:-1])]).astype(np.int64)  # each one's first output position
+    return values[np.repeat(starts[idx] - first, chosen) + np.arange(int(chosen.sum()), dtype=np.int64)]
 
 
 class Spool:
@@ -38,16 +55,15 @@ class Spool:
         self.unk_id = unk_id
         self.unk = 0  # unknown tokens appended
 
-    def append(self, ids: pa.ListArray, labels: pa.ListArray, repeats: np.ndarray) -> None:
+    def append(self, ids: np.ndarray, labels: np.ndarray, lengths: np.ndarray, repeats: np.ndarray) -> None:
+        """Examples as flat int32 tokens with their lengths; each counts `repeats` times (mixing
+        weights) but is written once, except in a chunked stream."""
         if self.block is not None:  # the stream holds each document `repeats` times
-            ids = ids.take(pa.array(np.repeat(np.arange(len(ids)), repeats)))
-            return self._append_stream(np.asarray(ids.flatten(), dtype=np.int32))
-        flat_ids = np.asarray(ids.flatten(), dtype=np.int32)
-        lengths = np.asarray(pc.list_value_length(ids), dtype=np.uint32)
+            return self._append_stream(gather(ids, lengths, np.repeat(np.arange(len(lengths)), repeats)))
         starts = self.tokens + np.concatenate([[0], np.cumsum(lengths[:-1], dtype=np.uint64)]).astype(np.uint64)
-        self._write(flat_ids, np.asarray(labels.flatten(), dtype=np.int32))
+        self._write(ids, labels)
         self.offsets.append(np.repeat(starts, repeats))
-        self.lengths.append(np.repeat(lengths, repeats))
+        self.lengths.append(np.repeat(lengths.astype(np.uint32), repeats))
 
     def _append_stream(self, flat: np.ndarray) -> None:
         buf = np.concatenate([self.carry, flat])
@@ -96,16 +112,21 @@ def write_split(path: Path, spool: Spool, offsets: np.ndarray, lengths: np.ndarr
     label_tokens = 0
     if progress:
         progress(f"pack {path.stem}", 0, n_rows)
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+
+    def gathered() -> Iterator[tuple[int, list[pa.Array], int]]:
         for start in range(0, n_rows, per_batch):
             end = min(n_rows, start + per_batch)
             *arrays, labelled = _data.gather_rows(str(spool.ids_path), str(spool.labels_path), off_pa, len_pa,
                                                   row_offsets, items, start, end, threads)
-            cols = [pa.array(a) for a in arrays]
+            yield end - start, [pa.array(a) for a in arrays], labelled
+
+    # the next rows are gathered (Rust, the GIL released) while this batch is written
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        for n, cols, labelled in ahead(gathered(), 1):
             label_tokens += labelled
             writer.write_batch(pa.record_batch(cols, schema=schema))
             if progress:
-                progress(f"pack {path.stem}", end - start, None)
+                progress(f"pack {path.stem}", n, None)
     tokens = int(lengths.sum(dtype=np.uint64))
     return {
         "examples": int(len(lengths)),
@@ -132,6 +153,7 @@ class Streamed:
 
         spec, funnel = run.spec, run.funnel
         split = np.where(codes >= 0, codes, quality.assign_split(hashes, rows["line"].to_numpy(), idx, spec))
+        (flat_ids, lengths), (flat_second, _) = flat_tokens(ids), flat_tokens(second)
         for s_i, s_name in enumerate(SPLITS):
             sel = split == s_i
             funnel.splits[s_name] += int(sel.sum())
@@ -141,12 +163,11 @@ class Streamed:
             reps = quality.repeats(hashes[sel], weight, spec.project.seed) if s_name == "train" else np.ones(
                 int(sel.sum()), np.int64)
             st.examples[s_name] += int(reps.sum())
-            sel_pa = pa.array(sel)
-            kept_ids = pc.filter(ids, sel_pa)
+            idx = np.flatnonzero(sel)
             if s_name == "train":
-                lengths = np.asarray(pc.list_value_length(kept_ids), dtype=np.int64)
-                check_output_size(run, int((lengths * reps).sum()), st.name, weight)
-            self.spools[s_name].append(kept_ids, pc.filter(second, sel_pa), reps)
+                check_output_size(run, int((lengths[idx] * reps).sum()), st.name, weight)
+            self.spools[s_name].append(gather(flat_ids, lengths, idx), gather(flat_second, lengths, idx),
+                                       lengths[idx], reps)
             if s_name == "train":
                 funnel.train_weighted = (funnel.train_weighted or 0) + int(reps.sum())
                 if run.augment is not None:
@@ -165,8 +186,10 @@ class Streamed:
             ok = ~reason.removed & ~failed
             run.funnel.augmented["dropped"] += int((~ok).sum())
             if ok.any():
-                k = pa.array(ok)
-                self.spools["train"].append(pc.filter(ids, k), pc.filter(labels, k), r[ok])
+                (flat_ids, lengths), (flat_labels, _) = flat_tokens(ids), flat_tokens(labels)
+                keep = np.flatnonzero(ok)
+                self.spools["train"].append(gather(flat_ids, lengths, keep), gather(flat_labels, lengths, keep),
+                                            lengths[keep], r[ok])
                 st.examples["train"] += int(r[ok].sum())
                 run.funnel.augmented["added"] += int(r[ok].sum())
 
