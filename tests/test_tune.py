@@ -106,6 +106,8 @@ def test_pruning_stops_a_trailing_trial_and_stores_nothing_of_it(tmp_path: Path,
     states = [t["state"] for t in result.trials]
     assert states == ["complete", "pruned"], result.trials
     assert len([e for e in store.entries() if e.bucket == "runs-v1"]) == 1
+    # stopped before its end: a trial whose training is done is a result, never pruned
+    assert max(study.trials[1].intermediate_values) < 90, study.trials[1].intermediate_values
 
 
 def test_a_bad_search_space_is_a_spec_error(tmp_path: Path, bert_dir: Path):

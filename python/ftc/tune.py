@@ -159,7 +159,8 @@ def metric_of(run: Path, metric: str, minimize: bool, keep_best: bool) -> float 
 
 def _pruning(trial: Any, metric: str) -> Any:
     """A Trainer callback: each evaluation reported to the study, and the trial stopped (by
-    raising, so nothing of it is stored) when the pruner says it trails."""
+    raising, so nothing of it is stored) when the pruner says it trails. The evaluation at the
+    last step is never pruned: the training it would save is done, and the run is a result."""
     import optuna
     from transformers import TrainerCallback
 
@@ -168,7 +169,7 @@ def _pruning(trial: Any, metric: str) -> Any:
             value = (metrics or {}).get(f"eval_{metric}")
             if isinstance(value, int | float):
                 trial.report(float(value), state.global_step)
-                if trial.should_prune():
+                if state.global_step < state.max_steps and trial.should_prune():
                     raise optuna.TrialPruned(f"step {state.global_step}: {metric} {value:.4g} trails")
 
     return Prune()
