@@ -73,16 +73,23 @@ fn input_err(msg: impl Into<String>) -> PyErr {
 
 /// A rayon pool per thread count, so `threads=1` and `threads=2` are both reproducible.
 fn pool(threads: usize) -> PyResult<Arc<ThreadPool>> {
-    static POOLS: OnceLock<Mutex<HashMap<usize, Arc<ThreadPool>>>> = OnceLock::new();
+    pool_for(threads, "work")
+}
+
+/// A pool per thread count and role: reading (`scan_lines`, on the thread `ftc.sources.ahead`
+/// reads with) has its own, so the next batch's reading never queues behind this batch's
+/// encoding, which is what it overlaps.
+fn pool_for(threads: usize, role: &'static str) -> PyResult<Arc<ThreadPool>> {
+    static POOLS: OnceLock<Mutex<HashMap<(usize, &'static str), Arc<ThreadPool>>>> = OnceLock::new();
     let n = if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
     let mut pools = POOLS.get_or_init(Default::default).lock().expect("pool lock");
-    if let Some(p) = pools.get(&n) {
+    if let Some(p) = pools.get(&(n, role)) {
         return Ok(p.clone());
     }
     let p = Arc::new(
         rayon::ThreadPoolBuilder::new().num_threads(n).build().map_err(|e| input_err(e.to_string()))?,
     );
-    pools.insert(n, p.clone());
+    pools.insert((n, role), p.clone());
     Ok(p)
 }
 
@@ -169,7 +176,7 @@ fn scan_lines(
         })
         .transpose()?;
     let keys = MessageKeys { role: role_key, content: content_key, roles };
-    let pool = pool(threads)?;
+    let pool = pool_for(threads, "read")?;
     let scan = py.detach(|| pool.install(|| lines::scan_lines(buf, first_line, fields.as_deref(), &keys)));
     Ok((
         arr(LargeStringArray::from_iter_values(scan.good)),
