@@ -145,3 +145,30 @@ def test_outputs_open_in_polars_and_datasets(project: Path):
     df = pl.read_ipc_stream(r.path / "train.arrow")
     assert df.height == ds.num_rows == r.manifest["stats"]["splits"]["train"]["rows"]
     assert df.schema["input_ids"] == pl.List(pl.Int32)
+
+
+def test_a_package_source_has_one_key_wherever_the_package_is_installed(tmp_path: Path, monkeypatch):
+    """Two checkouts, each with its own environment, share the dataset they both build."""
+    import importlib
+    import sys
+
+    from ftc.prep import resolve_inputs
+
+    rows = "".join(json.dumps({"text": f"row {i} of the packaged data"}) + "\n" for i in range(20))
+    keys = []
+    for site in ("env-a", "env-b"):
+        pkg = tmp_path / site / "site-packages" / "ftc_test_rows"
+        (pkg / "data").mkdir(parents=True)
+        (pkg / "__init__.py").write_text("", encoding="utf-8")
+        (pkg / "data" / "rows.jsonl").write_text(rows, encoding="utf-8")
+        monkeypatch.syspath_prepend(str(pkg.parent))
+        importlib.invalidate_caches()
+        project = tmp_path / f"checkout-{site}"
+        project.mkdir()
+        spec = load_spec(write_spec(project / "spec.toml", bpe_model_dir(tmp_path / f"tok-{site}"),
+                                    [{"path": "pkg://ftc_test_rows/data/rows.jsonl"}]))
+        _, _, _, inputs = resolve_inputs(spec)
+        assert inputs["sources"][0][0]["file"] == "pkg://ftc_test_rows/data/rows.jsonl"
+        keys.append(store.key_of(inputs))
+        sys.path.remove(str(pkg.parent))
+    assert keys[0] == keys[1]

