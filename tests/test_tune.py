@@ -132,3 +132,12 @@ def test_jobs_share_the_study_without_repeating_or_overshooting(tmp_path: Path, 
     trials = summary["trials"]
     assert len(trials) == 4 and len({json.dumps(t["params"], sort_keys=True) for t in trials}) == 4
     assert (Path(summary["study"]) / "worker-1.log").is_file()
+
+
+def test_edited_data_is_another_study(tmp_path: Path, bert_dir: Path):
+    path = _spec(tmp_path, bert_dir)
+    _, before = tune.open_study(load_spec(path))
+    assert tune.open_study(load_spec(path))[1] == before  # the same spec and data: the same study
+    data = tmp_path / "d.jsonl"
+    data.write_text(data.read_text(encoding="utf-8") + '{"text": "one more row", "label": "pos"}\n', encoding="utf-8")
+    assert tune.open_study(load_spec(path))[1] != before

@@ -43,9 +43,12 @@ class TuneResult:
 
 
 def study_key(spec: Spec) -> str:
-    """The study's key: the spec without `tune.trials` (more trials continue the same study)."""
+    """The study's key: the spec without `tune.trials` (more trials continue the same study) and
+    the dataset's key (trials judged on edited data are another study, not mixed into this one)."""
+    from ftc import prep
+
     body = spec.model_dump(mode="json", by_alias=True, exclude={"tune": {"trials"}})
-    return store.key_of({"format": TUNE, "spec": body})
+    return store.key_of({"format": TUNE, "spec": body, "data": store.key_of(prep.resolve_inputs(spec)[3])})
 
 
 def trial_text(text: str, values: dict[str, Any]) -> str:
