@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -106,8 +107,20 @@ def test_pruning_stops_a_trailing_trial_and_stores_nothing_of_it(tmp_path: Path,
     states = [t["state"] for t in result.trials]
     assert states == ["complete", "pruned"], result.trials
     assert len([e for e in store.entries() if e.bucket == "runs-v1"]) == 1
-    # stopped before its end: a trial whose training is done is a result, never pruned
-    assert max(study.trials[1].intermediate_values) < 90, study.trials[1].intermediate_values
+
+
+def test_a_trial_trailing_only_at_its_last_evaluation_is_kept(tmp_path: Path, bert_dir: Path):
+    path = _spec(tmp_path, bert_dir, trials=2, metric="loss")
+    text = path.read_text(encoding="utf-8")
+    path.write_text(re.sub(r"(?m)^eval_steps = 30$", "eval_steps = 90", text), encoding="utf-8")
+    s = load_spec(path)
+    assert s.train.eval_steps == s.train.max_steps == 90  # evaluated once, at the end
+    study, _ = tune.open_study(s)
+    study.enqueue_trial({"train.learning_rate": 3e-3, "train.batch_size": 8})
+    study.enqueue_trial({"train.learning_rate": 1e-5, "train.batch_size": 8})  # trails, but its training is done
+    result = tune.tune(s, path, line=lambda _: None)
+    assert [t["state"] for t in result.trials] == ["complete", "complete"], result.trials
+    assert result.trials[1]["value"] > result.trials[0]["value"]  # it did trail: the pruner would have said so
 
 
 def test_a_bad_search_space_is_a_spec_error(tmp_path: Path, bert_dir: Path):
