@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from tiny import write_spec
 
 from ftc import build as stages
-from ftc import store, tune
+from ftc import prep, store, tune
 from ftc.cli import main
 from ftc.specload import load_spec
 
@@ -81,7 +81,7 @@ def test_a_killed_study_continues_without_redoing_finished_trials(tmp_path: Path
     while True:
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         if (ftc_home / tune.TUNE).is_dir():
-            study = study or tune.open_study(s)[0]
+            study = study or tune.open_study(s, prep.dataset_key(s))[0]
             if tune.counted(study) >= 2:
                 break
         time.sleep(0.2)
@@ -100,7 +100,7 @@ def test_a_killed_study_continues_without_redoing_finished_trials(tmp_path: Path
 def test_pruning_stops_a_trailing_trial_and_stores_nothing_of_it(tmp_path: Path, bert_dir: Path):
     path = _spec(tmp_path, bert_dir, trials=2, metric="loss")
     s = load_spec(path)
-    study, _ = tune.open_study(s)
+    study, _ = tune.open_study(s, prep.dataset_key(s))
     study.enqueue_trial({"train.learning_rate": 3e-3, "train.batch_size": 8})
     study.enqueue_trial({"train.learning_rate": 1e-5, "train.batch_size": 8})  # barely moves: trails at step 60
     result = tune.tune(s, path, line=lambda _: None)
@@ -115,7 +115,7 @@ def test_a_trial_trailing_only_at_its_last_evaluation_is_kept(tmp_path: Path, be
     path.write_text(re.sub(r"(?m)^eval_steps = 30$", "eval_steps = 90", text), encoding="utf-8")
     s = load_spec(path)
     assert s.train.eval_steps == s.train.max_steps == 90  # evaluated once, at the end
-    study, _ = tune.open_study(s)
+    study, _ = tune.open_study(s, prep.dataset_key(s))
     study.enqueue_trial({"train.learning_rate": 3e-3, "train.batch_size": 8})
     study.enqueue_trial({"train.learning_rate": 1e-5, "train.batch_size": 8})  # trails, but its training is done
     result = tune.tune(s, path, line=lambda _: None)
@@ -149,8 +149,13 @@ def test_jobs_share_the_study_without_repeating_or_overshooting(tmp_path: Path, 
 
 def test_edited_data_is_another_study(tmp_path: Path, bert_dir: Path):
     path = _spec(tmp_path, bert_dir)
-    _, before = tune.open_study(load_spec(path))
-    assert tune.open_study(load_spec(path))[1] == before  # the same spec and data: the same study
+
+    def folder() -> Path:
+        s = load_spec(path)
+        return tune.open_study(s, prep.dataset_key(s))[1]
+
+    before = folder()
+    assert folder() == before  # the same spec and data: the same study
     data = tmp_path / "d.jsonl"
     data.write_text(data.read_text(encoding="utf-8") + '{"text": "one more row", "label": "pos"}\n', encoding="utf-8")
-    assert tune.open_study(load_spec(path))[1] != before
+    assert folder() != before

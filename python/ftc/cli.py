@@ -504,6 +504,7 @@ def tune(spec: Path, trials: int | None, jobs: int, threads: int, worker: int | 
     report with every trial, the metric plot, the parameter importances and the best
     trial's test metrics.
     """
+    from ftc import prep as data_stage
     from ftc import tune as study
     from ftc.specload import load_spec
 
@@ -514,7 +515,8 @@ def tune(spec: Path, trials: int | None, jobs: int, threads: int, worker: int | 
     with _bars("tune", verbose) as (bars, _):
         say = lambda text: bars.console.print(text, markup=False, soft_wrap=True, highlight=False)  # noqa: E731
         if worker is not None:
-            study.work(s, spec, threads, None, say, worker)
+            helper, _ = study.open_study(s, data_stage.dataset_key(s, threads), worker)  # the dataset is built
+            study.work(s, spec, helper, threads, None, say)
             return
         result = study.tune(s, spec, threads=threads, jobs=jobs, progress=_progress_callback(bars), line=say)
     if result.best is None:

@@ -172,6 +172,11 @@ def prep(spec: Spec, *, threads: int = 0, progress: Progress | None = None, forc
     return PrepResult(key, path, hit, store.read_manifest(path), time.perf_counter() - t0)
 
 
+def dataset_key(spec: Spec, threads: int = 0) -> str:
+    """The key `prep` builds the spec's dataset under (hashing the sources, building nothing)."""
+    return store.key_of(resolve_inputs(spec, threads)[3])
+
+
 def resolve_inputs(spec: Spec, threads: int = 0) -> tuple[list[list[Path]], TokenizerInfo, tuple[str, str] | None,
                                                           dict[str, Any]]:
     """Each source's files, the tokenizer, the template (unless no source is a conversation)

@@ -24,7 +24,7 @@ import json
 import queue
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,7 +59,7 @@ class SourceBatch:
     note: str | None = None  # on a file's first batch: how its encoding was decided, when worth saying
 
 
-def ahead(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
+def ahead(items: Generator[Any, None, None], depth: int = 2) -> Iterator[Any]:
     """`items`, produced by a thread up to `depth` ahead of the consumer: reading and decoding
     the next batch (Rust and polars, the GIL released) overlaps the work on this one, which is
     what lets a second core pay off where a stage would otherwise wait on one. Order and errors
@@ -70,21 +70,14 @@ def ahead(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
     def produce() -> None:
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        q.put((item, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
+                q.put((item, None))
                 if stop.is_set():
                     return
             q.put((done, None))
         except BaseException as e:  # noqa: BLE001 (re-raised in the consumer)
             q.put((done, e))
         finally:
-            close = getattr(items, "close", None)
-            if close is not None:
-                close()
+            items.close()
 
     worker = threading.Thread(target=produce, name="ftc-ahead", daemon=True)
     worker.start()
@@ -98,12 +91,11 @@ def ahead(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
             yield item
     finally:
         stop.set()
-        while worker.is_alive():  # unblock a producer waiting on a full queue
+        while worker.is_alive():  # a producer blocked on the full queue: take its item so it sees `stop`
             try:
                 q.get(timeout=0.1)
             except queue.Empty:
                 pass
-        worker.join()
 
 
 def source_files(source: Source, root: Path) -> list[Path]:

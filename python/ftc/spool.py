@@ -32,15 +32,20 @@ def flat_tokens(ids: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(ids.flatten(), dtype=np.int32), np.asarray(pc.list_value_length(ids), dtype=np.int64)
 
 
+def starts_of(lengths: np.ndarray) -> np.ndarray:
+    """Where each of consecutive runs of `lengths` starts (int64)."""
+    return np.concatenate([[0], np.cumsum(lengths[:-1], dtype=np.int64)]).astype(np.int64)
+
+
 def gather(values: np.ndarray, lengths: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """The tokens of examples `idx`, in that order, from flat `values` with per-example
     `lengths`: one NumPy gather, where filtering Arrow list arrays cost several times more."""
     if len(idx) == len(lengths) and (idx == np.arange(len(idx))).all():
         return values
-    starts = np.concatenate([[0], np.cumsum(lengths[:-1])]).astype(np.int64)
     chosen = lengths[idx]
-    first = np.concatenate([[0], np.cumsum(chosen[:-1])]).astype(np.int64)  # each one's first output position
-    return values[np.repeat(starts[idx] - first, chosen) + np.arange(int(chosen.sum()), dtype=np.int64)]
+    # output token k is token (k − its example's first output position) of its example
+    at = np.repeat(starts_of(lengths)[idx] - starts_of(chosen), chosen) + np.arange(int(chosen.sum()), dtype=np.int64)
+    return values[at]
 
 
 class Spool:
@@ -66,7 +71,7 @@ class Spool:
         weights) but is written once, except in a chunked stream."""
         if self.block is not None:  # the stream holds each document `repeats` times
             return self._append_stream(gather(ids, lengths, np.repeat(np.arange(len(lengths)), repeats)))
-        starts = self.tokens + np.concatenate([[0], np.cumsum(lengths[:-1], dtype=np.uint64)]).astype(np.uint64)
+        starts = (self.tokens + starts_of(lengths)).astype(np.uint64)
         self._write(ids, labels)
         self.offsets.append(np.repeat(starts, repeats))
         self.lengths.append(np.repeat(lengths.astype(np.uint32), repeats))

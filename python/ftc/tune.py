@@ -42,13 +42,11 @@ class TuneResult:
     best_spec: Path | None  # <spec>.best.toml beside the spec
 
 
-def study_key(spec: Spec) -> str:
+def study_key(spec: Spec, data_key: str) -> str:
     """The study's key: the spec without `tune.trials` (more trials continue the same study) and
     the dataset's key (trials judged on edited data are another study, not mixed into this one)."""
-    from ftc import prep
-
     body = spec.model_dump(mode="json", by_alias=True, exclude={"tune": {"trials"}})
-    return store.key_of({"format": TUNE, "spec": body, "data": store.key_of(prep.resolve_inputs(spec)[3])})
+    return store.key_of({"format": TUNE, "spec": body, "data": data_key})
 
 
 def trial_text(text: str, values: dict[str, Any]) -> str:
@@ -87,13 +85,13 @@ def suggest(trial: Any, key: str, dim: Dimension) -> Any:
     return trial.suggest_float(key, low, high, log=dim.log_uniform is not None)
 
 
-def open_study(spec: Spec, worker: int = 0) -> tuple[Any, Path]:
-    """The study in the store; `worker` k of `--jobs` samples with its own seed (seed + k),
-    or every process would propose the same values."""
+def open_study(spec: Spec, data_key: str, worker: int = 0) -> tuple[Any, Path]:
+    """The study of the spec on dataset `data_key`, in the store; `worker` k of `--jobs` samples
+    with its own seed (seed + k), or every process would propose the same values."""
     import optuna
 
     t = spec.tune
-    folder = store.home() / TUNE / study_key(spec)
+    folder = store.home() / TUNE / study_key(spec, data_key)
     folder.mkdir(parents=True, exist_ok=True)
     seed = spec.project.seed + worker
     sampler = (optuna.samplers.TPESampler(seed=seed, n_startup_trials=t.startup_trials)
@@ -183,13 +181,12 @@ def row(t: Any) -> dict[str, Any]:
             "seconds": t.user_attrs.get("seconds"), "cached": t.user_attrs.get("cached"), "run": t.user_attrs.get("run")}
 
 
-def work(spec: Spec, path: Path, threads: int, progress: Any, line: Line, worker: int = 0) -> None:
+def work(spec: Spec, path: Path, study: Any, threads: int, progress: Any, line: Line) -> None:
     """Runs trials until the study has `tune.trials` finished ones. Several processes may:
     each stops once the finished and running trials make the count, so none overshoots."""
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 
-    study, _ = open_study(spec, worker)
     left = spec.tune.trials - counted(study)
     if left <= 0:
         return
@@ -223,13 +220,13 @@ def tune(spec: Spec, path: Path, *, threads: int = 0, jobs: int = 1, progress: A
         raise FtcError("`ftc tune` chooses by the validation split, and `data.split.valid` is 0",
                        hint="set `data.split.valid` above 0 (the test split is never used to choose)")
     check_space(spec, path)
-    prep.prep(spec, threads=threads, progress=progress)  # once, before any trial
-    study, folder = open_study(spec)
+    data = prep.prep(spec, threads=threads, progress=progress)  # once, before any trial
+    study, folder = open_study(spec, data.key)
     if requeue := requeue_interrupted(study):
         line(f"{requeue} trial(s) interrupted before: run again first")
     helpers = _helpers(path, jobs, threads, folder) if jobs > 1 else []
     try:
-        work(spec, path, threads, progress, line)
+        work(spec, path, study, threads, progress, line)
     finally:
         for p in helpers:
             p.wait()
