@@ -133,7 +133,7 @@ def plain_side(raw: dict[str, Any], root: Path, seed: int, name: str) -> dict[st
     if spec.model.task == "classification":
         labels = data.manifest["labels"]
         cmd = [sys.executable, str(ROOT / "bench" / "plain_classifier.py"), *common, "--labels", ",".join(labels),
-               "--steps", str(t.max_steps)]
+               "--steps", str(t.max_steps), "--method", t.method]
     else:
         cmd = [sys.executable, str(ROOT / "bench" / "plain_sft.py"), *common, "--epochs", str(t.epochs),
                "--max-length", str(spec.tokenize.max_length)]

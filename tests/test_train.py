@@ -126,6 +126,32 @@ def test_the_last_checkpoint_is_the_model_unless_the_best_is_asked_for(tmp_path:
                     ("keep_best", False): False, ("early", True): True, ("early", False): False}
 
 
+def test_checkpointing_is_passed_under_the_name_this_transformers_has(tmp_path: Path, llama_dir: Path, monkeypatch):
+    """transformers renamed `gradient_checkpointing` to `activation_checkpointing` within 5.x;
+    5.17 (a GPU image's) refused the new name, so training failed before its first step."""
+    import transformers
+
+    real = transformers.TrainingArguments
+    spec = load_spec(write_spec(tmp_path / "spec.toml", llama_dir, [{"path": "d.jsonl"}],
+                                train={"gradient_checkpointing": True}))
+    passed = {}
+    for name in ("activation_checkpointing", "gradient_checkpointing"):
+        fields = {k: v for k, v in real.__dataclass_fields__.items() if k not in {"activation_checkpointing",
+                                                                                   "gradient_checkpointing"}}
+
+        class Recorder:
+            __dataclass_fields__ = fields | {name: None}
+
+            def __init__(self, **kwargs):
+                self.kwargs = kwargs
+
+        monkeypatch.setattr(transformers, "TrainingArguments", Recorder)
+        kwargs = train.training_arguments(spec, tmp_path / "out", False, steps_per_epoch=5).kwargs
+        passed[name] = {k: v for k, v in kwargs.items() if k.endswith("_checkpointing")}
+    assert passed == {"activation_checkpointing": {"activation_checkpointing": True},
+                      "gradient_checkpointing": {"gradient_checkpointing": True}}
+
+
 def test_lora_build_saves_a_peft_adapter_and_reuses_stages(tmp_path: Path, llama_dir: Path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

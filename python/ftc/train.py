@@ -281,6 +281,10 @@ def training_arguments(spec: Spec, out: Path, has_eval: bool, steps_per_epoch: i
     strategy = "steps" if eval_steps else "epoch"
     optim = {"adamw": "adamw_torch", "adafactor": "adafactor", "sgd": "sgd",
              "paged-adamw-8bit": "paged_adamw_8bit"}[t.optimizer]
+    # transformers renamed the argument within 5.x (5.17 knows only the old name; later ones
+    # warn that it is deprecated): the name this version has.
+    fields = getattr(TrainingArguments, "__dataclass_fields__", {})
+    checkpointing = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
     return TrainingArguments(
         output_dir=str(out),
         num_train_epochs=t.epochs,
@@ -296,7 +300,7 @@ def training_arguments(spec: Spec, out: Path, has_eval: bool, steps_per_epoch: i
         optim=optim,
         bf16=prec == "bf16",
         fp16=prec == "fp16",
-        activation_checkpointing=t.gradient_checkpointing,
+        **{checkpointing: t.gradient_checkpointing},
         seed=spec.project.seed,
         data_seed=spec.project.seed,
         eval_strategy=strategy if has_eval else "no",
