@@ -83,7 +83,8 @@ def ftc_arm(raw: dict[str, Any], root: Path) -> dict[str, Any]:
     from quality import make_spec
 
     m = build.build(make_spec(raw, root)).manifest
-    return {"train_seconds": m["timing"]["train_seconds"], "perplexity": m["metrics"]["perplexity"]}
+    return {"train_seconds": m["timing"]["train_seconds"], "perplexity": m["metrics"]["perplexity"],
+            "device": m["timing"]["device"]}
 
 
 def trl_arm(base: Path, rows_dir: Path, a: argparse.Namespace, work: Path, **config: Any) -> dict[str, Any]:

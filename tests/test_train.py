@@ -266,6 +266,9 @@ def test_every_method_trains_and_saves_a_loadable_model(tmp_path: Path, llama_di
     r = stages.build(load_spec(spec))
     m = r.manifest
     assert m["timing"]["steps"] == 2 and 0 < m["trainable_parameters"] <= m["parameters"]
+    # where it trained, read off the weights: a GPU machine training on its CPU would say so
+    gpu = torch.cuda.is_available()
+    assert (m["timing"]["device"], m["timing"]["dtype"]) == (("cuda:0", "bfloat16") if gpu else ("cpu", "float32"))
     assert m["metrics"]["perplexity"] > 1
     base = AutoModelForCausalLM.from_pretrained(llama_dir)
     if method in ("full", "freeze"):

@@ -229,7 +229,11 @@ def _train(spec: Spec, data: data_stage.PrepResult, model_dir: Path, inputs: dic
     if template := m.get("template_source"):
         (out / "model" / "ftc_template.jinja").write_text(template, encoding="utf-8")
     tokens = _train_tokens(m, spec)
+    # Where the weights were when training ended, read off the model itself: a GPU machine
+    # whose run trained on its CPU shows it here, not only in a slow tokens/s.
+    p0 = next(model.parameters())
     timing = {"train_seconds": round(seconds, 3), "steps": result.global_step,
+              "device": str(p0.device), "dtype": str(p0.dtype).removeprefix("torch."),
               "tokens_per_second": round(tokens / seconds, 1) if seconds else None, "train_tokens": tokens,
               "resumed_from": resume.name if resume else None}
     log_history = trainer.state.log_history

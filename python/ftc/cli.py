@@ -379,7 +379,9 @@ def build(spec: Path, threads: int, force: bool, nproc: int, as_json: bool, verb
         log = result.path / "build.log"
     _print_prep(result.data)
     m = result.manifest
-    state = "cached" if result.cache_hit else f"trained in {m['timing']['train_seconds']:.1f}s"
+    t = m["timing"]
+    state = "cached" if result.cache_hit else f"trained in {t['train_seconds']:.1f}s" + (
+        f" on {t['device']} ({t['dtype']})" if "device" in t else "")
     err.print(f"train · {m['method']} · {m['trainable_parameters']:,} of {m['parameters']:,} parameters trained · "
               f"{state}", markup=False, soft_wrap=True)
     shown = {k: v for k, v in m["metrics"].items() if isinstance(v, int | float)}
