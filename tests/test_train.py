@@ -267,8 +267,9 @@ def test_every_method_trains_and_saves_a_loadable_model(tmp_path: Path, llama_di
     m = r.manifest
     assert m["timing"]["steps"] == 2 and 0 < m["trainable_parameters"] <= m["parameters"]
     # where it trained, read off the weights: a GPU machine training on its CPU would say so
-    gpu = torch.cuda.is_available()
-    assert (m["timing"]["device"], m["timing"]["dtype"]) == (("cuda:0", "bfloat16") if gpu else ("cpu", "float32"))
+    gpu, own_weights = torch.cuda.is_available(), method in ("full", "freeze")
+    assert (m["timing"]["device"], m["timing"]["dtype"]) == \
+        (("cuda:0", "float32" if own_weights else "bfloat16") if gpu else ("cpu", "float32"))
     assert m["metrics"]["perplexity"] > 1
     base = AutoModelForCausalLM.from_pretrained(llama_dir)
     if method in ("full", "freeze"):
@@ -278,6 +279,16 @@ def test_every_method_trains_and_saves_a_loadable_model(tmp_path: Path, llama_di
                                                     for n in changed))
     else:
         PeftModel.from_pretrained(base, r.path / "model")
+
+
+@pytest.mark.parametrize(("method", "prec", "dtype"), [
+    ("full", "bf16", None), ("freeze", "fp16", None), ("full", "fp32", None),
+    ("lora", "bf16", "bfloat16"), ("qlora", "bf16", "bfloat16"), ("dora", "fp16", "float16"), ("lora", "fp32", None)])
+def test_the_base_keeps_float32_weights_where_they_are_trained(method: str, prec: str, dtype: str | None):
+    """Full and freeze train the base's own weights: float32, bf16/fp16 only in the autocast
+    compute (on a GPU a bf16 copy made every frozen layer of a `freeze` run differ from the base
+    and dropped updates below bf16's resolution). Adapter methods load the frozen base in half."""
+    assert train.weights_dtype(method, prec) == dtype
 
 
 def test_layer_lr_decay_scales_lower_layers(llama_dir: Path):

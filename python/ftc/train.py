@@ -74,14 +74,30 @@ def precision(spec: Spec) -> str:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
 
 
+def weights_dtype(method: str, prec: str) -> str | None:
+    """The dtype the base is loaded in; None: float32. Methods that train the base's own weights
+    (`full`, `freeze`) keep them in float32 and compute in bf16/fp16 under the Trainer's autocast:
+    weights held in bf16 lose every update smaller than their last bit, an fp16 model cannot
+    take the Trainer's gradient scaling, and a frozen layer saved from a bf16 copy is no longer
+    the base's. Adapter methods load the frozen base in half precision; PEFT keeps the adapters
+    in float32.
+
+    >>> weights_dtype("full", "bf16"), weights_dtype("lora", "bf16"), weights_dtype("lora", "fp32")
+    (None, 'bfloat16', None)
+    """
+    if prec == "fp32" or method in ("full", "freeze"):
+        return None
+    return "bfloat16" if prec == "bf16" else "float16"
+
+
 def load_model(spec: Spec, task: Task, model_dir: Path, labels: list[str] | None, pad_id: int | None) -> Any:
     """The base model with the task's head, in the spec's precision (4-bit for QLoRA)."""
     import torch
 
     kwargs: dict[str, Any] = {"trust_remote_code": spec.model.trust_remote_code}  # off unless the spec opts in
     prec = precision(spec)
-    if prec != "fp32":
-        kwargs["dtype"] = torch.bfloat16 if prec == "bf16" else torch.float16
+    if dtype := weights_dtype(spec.train.method, prec):
+        kwargs["dtype"] = getattr(torch, dtype)
     if spec.train.method == "qlora":
         from transformers import BitsAndBytesConfig
 
