@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -62,22 +61,6 @@ def spec_raw(base: Path, corpus: Path, a: argparse.Namespace, method: str) -> di
             "export": {"onnx": False}}
 
 
-def perplexity(model: Any, rows: list[dict]) -> float:
-    """Token-weighted over the labelled tokens, one example at a time, as ftc's evaluation."""
-    import torch
-
-    total, count, device = 0.0, 0, next(model.parameters()).device
-    model.eval()
-    with torch.no_grad():
-        for r in rows:
-            ids = torch.tensor([r["input_ids"]], device=device)
-            labels = torch.tensor(r["labels"][1:], device=device)
-            logits = model(input_ids=ids).logits[0, :-1].float()
-            total += float(torch.nn.functional.cross_entropy(logits, labels, ignore_index=-100, reduction="sum"))
-            count += int((labels != -100).sum())
-    return math.exp(total / count)
-
-
 def ftc_arm(raw: dict[str, Any], root: Path) -> dict[str, Any]:
     from ftc import build
     from quality import make_spec
@@ -91,6 +74,7 @@ def trl_arm(base: Path, rows_dir: Path, a: argparse.Namespace, work: Path, **con
     import torch
     from datasets import load_dataset
     from peft import LoraConfig
+    from plain_sft import perplexity
     from transformers import AutoModelForCausalLM, set_seed
     from trl import SFTConfig, SFTTrainer
 

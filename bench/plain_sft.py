@@ -28,12 +28,12 @@ from trl import SFTConfig, SFTTrainer
 
 
 def perplexity(model: torch.nn.Module, rows: list[dict]) -> float:
-    total, count = 0.0, 0
+    total, count, device = 0.0, 0, next(model.parameters()).device
     model.eval()
     with torch.no_grad():
         for r in rows:
-            ids = torch.tensor([r["input_ids"]])
-            labels = torch.tensor([r["labels"]])
+            ids = torch.tensor([r["input_ids"]], device=device)
+            labels = torch.tensor([r["labels"]], device=device)
             logits = model(input_ids=ids).logits[0, :-1].float()
             target = labels[0, 1:]
             total += float(torch.nn.functional.cross_entropy(logits, target, ignore_index=-100, reduction="sum"))

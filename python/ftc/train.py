@@ -295,11 +295,13 @@ def training_arguments(spec: Spec, out: Path, has_eval: bool, steps_per_epoch: i
                          "the best model is kept from the checkpoints, so each evaluation needs one",
                          hint=f"set `train.save_steps = {eval_steps * max(1, save_steps // eval_steps)}`")
     strategy = "steps" if eval_steps else "epoch"
-    optim = {"adamw": adamw_kernel(), "adafactor": "adafactor", "sgd": "sgd",
+    fields = getattr(TrainingArguments, "__dataclass_fields__", {})
+    # `adamw`: the Trainer's own default AdamW, as a plain script gets it (torch's fused kernel
+    # on torch 2.8+; the per-tensor loop cost a short-text classifier a fifth of its training time)
+    optim = {"adamw": fields["optim"].default, "adafactor": "adafactor", "sgd": "sgd",
              "paged-adamw-8bit": "paged_adamw_8bit"}[t.optimizer]
     # transformers renamed the argument within 5.x (5.17 knows only the old name; later ones
     # warn that it is deprecated): the name this version has.
-    fields = getattr(TrainingArguments, "__dataclass_fields__", {})
     checkpointing = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
     return TrainingArguments(
         output_dir=str(out),
@@ -340,16 +342,6 @@ def training_arguments(spec: Spec, out: Path, has_eval: bool, steps_per_epoch: i
         include_num_input_tokens_seen="all",  # tokens/s on the progress line
         **(distributed.arguments(t.distributed) if world_size > 1 else {}),
     )
-
-
-def adamw_kernel() -> str:
-    """torch's fused AdamW where torch has it (2.8+), as the Trainer's own default: the per-tensor
-    loop it replaces cost a short-text classifier a fifth of its training time on CPU (Rotten
-    Tomatoes, 150 steps: 14 s of 66)."""
-    import torch
-
-    major, minor = (int(x) for x in torch.__version__.split(".")[:2])
-    return "adamw_torch_fused" if (major, minor) >= (2, 8) else "adamw_torch"
 
 
 def _total_steps(spec: Spec, steps_per_epoch: int) -> int:
