@@ -7,7 +7,7 @@ exits. Every arm trains one epoch over the same examples from the same weights (
 alpha 32, all linear layers, lr 5e-4, `--batch-size` examples a step, bf16):
 
   ftc lora     `ftc build` of a causal-LM spec: padding-free packed rows, attention per example
-               (varlen flash attention with flash-attn, else SDPA on each segment)
+               (flash-attn's varlen kernel where installed, else torch's, `ftc.attention`)
   ftc qlora    the same with `train.method = "qlora"`: the base in 4-bit NF4 (bitsandbytes)
   trl          TRL's `SFTTrainer` with its defaults (padded batches, completion-only loss,
                gradient checkpointing) on ftc's examples unpacked, as `bench/plain_sft.py` gives

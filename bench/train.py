@@ -17,7 +17,7 @@ float32, CPU, `--threads` threads):
                         by length): the strongest padded baseline
   packed                R BFD-packed rows of `max_length` per batch, `position_ids` restarting
                         at each example, `use_cache=False`, and ftc's attention for packed rows
-                        (`ftc.train.register_segmented_attention`, what `ftc build` trains with on
+                        (`ftc.attention.register_segmented_attention`, what `ftc build` trains with on
                         CPU): SDPA per example, as varlen flash attention does on a GPU, so a row
                         costs Σ len² scores instead of row_len²
   packed, sdpa mask     the same batches with transformers' SDPA and its block-diagonal causal
@@ -58,7 +58,7 @@ from tiny import write_spec  # noqa: E402
 
 from ftc.collate import PackedCollator  # noqa: E402
 from ftc.rows import IGNORE  # noqa: E402
-from ftc.train import register_segmented_attention  # noqa: E402
+from ftc.attention import register_segmented_attention  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
 from prep import OPENERS, SYSTEM_PROMPTS, sentence_pool, train_bpe  # noqa: E402

@@ -11,7 +11,7 @@ from test_train import chat_rows, write_jsonl
 from tiny import write_spec
 
 from ftc import build as stages
-from ftc import generate, rows, train
+from ftc import attention, generate, rows
 from ftc.prep import prep
 from ftc.specload import load_spec
 
@@ -51,7 +51,7 @@ def test_batched_greedy_equals_one_prompt_at_a_time(llama_dir: Path):
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(llama_dir, attn_implementation=train.register_segmented_attention())
+    model = AutoModelForCausalLM.from_pretrained(llama_dir, attn_implementation=attention.register_segmented_attention())
     model.config.use_cache = False  # as ftc trains it
     reference = AutoModelForCausalLM.from_pretrained(llama_dir, attn_implementation="sdpa").eval()
     prompts = [torch.randint(10, 500, (n,)).tolist() for n in (3, 17, 9, 30)]

@@ -12,7 +12,7 @@ import torch
 from tiny import write_spec
 
 from ftc import build as stages
-from ftc import collate, train
+from ftc import attention, collate, train
 from ftc import rows as stored
 from ftc.tasks.causal_lm import token_loss
 from ftc.errors import BuildError
@@ -32,8 +32,8 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "segmented"])
-def test_packed_row_loss_equals_each_example_alone(tmp_path: Path, llama_dir: Path, attention: str):
+@pytest.mark.parametrize("implementation", ["sdpa", "segmented"])
+def test_packed_row_loss_equals_each_example_alone(tmp_path: Path, llama_dir: Path, implementation: str):
     """The invariant of packing: per-token losses of a packed row equal those of every
     example run alone (block-diagonal attention, positions restarting, no cross-example label),
     with transformers' block-diagonal mask (sdpa) and with ftc's per-example attention."""
@@ -44,7 +44,7 @@ def test_packed_row_loss_equals_each_example_alone(tmp_path: Path, llama_dir: Pa
                       data_split={"valid": 0.0, "test": 0.0})
     data = prep(load_spec(spec))
     ds = stored.load_split(data.path, data.manifest, "train")
-    impl = "sdpa" if attention == "sdpa" else train.register_segmented_attention()
+    impl = "sdpa" if implementation == "sdpa" else attention.register_segmented_attention()
     model = AutoModelForCausalLM.from_pretrained(llama_dir, attn_implementation=impl).eval()
     model.config.use_cache = False
     reference = AutoModelForCausalLM.from_pretrained(llama_dir, attn_implementation="sdpa").eval()
@@ -73,6 +73,28 @@ def test_packed_row_loss_equals_each_example_alone(tmp_path: Path, llama_dir: Pa
     assert worst < 1e-5
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="torch's varlen flash kernel runs on CUDA only")
+def test_varlen_attention_equals_sdpa_on_each_segment():
+    """On a GPU the packed rows' attention is one varlen flash call: its outputs and gradients
+    equal causal SDPA run on each example alone (bf16, grouped KV heads, two rows, a padding
+    segment)."""
+    g = torch.Generator().manual_seed(0)
+    lengths = [[37, 5, 120, 64], [200, 26]]
+    n = max(sum(r) for r in lengths) + 3
+    pos = torch.stack([torch.cat([torch.arange(k) for k in r + [n - sum(r)]]) for r in lengths]).cuda()
+    q, k, v = (torch.randn(2, h, n, 64, generator=g).cuda().bfloat16().requires_grad_() for h in (6, 2, 2))
+    kk, vv = k.repeat_interleave(3, 1), v.repeat_interleave(3, 1)
+    out = attention._varlen(q, kk, vv, pos, None)
+    assert out is not None, "this torch has no torch.nn.attention.varlen"
+    ref = attention._per_segment(q, kk, vv, pos, None, 0.0)
+    assert out.shape == ref.shape == (2, n, 6, 64)
+    assert float((out.float() - ref.float()).abs().max()) < 2e-2
+    grads = torch.autograd.grad(out.float().square().sum(), (q, k, v))
+    ref_grads = torch.autograd.grad(ref.float().square().sum(), (q, k, v))
+    for a, b in zip(grads, ref_grads, strict=True):
+        assert float((a.float() - b.float()).abs().max()) < 5e-2 * max(1.0, float(b.float().abs().max()))
+
+
 def test_example_batches_hold_batch_size_examples_each_computed_alone(tmp_path: Path, llama_dir: Path):
     """`batch_unit = "examples"`: the packed split seen example by example is exactly its rows
     cut at `seq_lengths`, a batch of k examples joined into one row gives each example's own
@@ -91,7 +113,7 @@ def test_example_batches_hold_batch_size_examples_each_computed_alone(tmp_path: 
     assert [(view[i]["input_ids"], view[i]["labels"]) for i in range(len(view))] == expected
     assert all(view[i]["position_ids"] == list(range(len(expected[i][0]))) for i in range(len(view)))
 
-    model = AutoModelForCausalLM.from_pretrained(llama_dir, attn_implementation=train.register_segmented_attention())
+    model = AutoModelForCausalLM.from_pretrained(llama_dir, attn_implementation=attention.register_segmented_attention())
     model.eval().config.use_cache = False
     picked = [view[i] for i in (5, 0, 17, 3)]
     batch = collate.FlatCollator(pad_id=0)(picked)

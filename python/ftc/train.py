@@ -5,7 +5,7 @@ the same spec unchanged. ftc supplies what the Trainer does not know:
 
 - Packed rows train exactly: each row carries `position_ids` that restart at every example
   and no attention mask, and attention runs per example: varlen flash attention on a GPU
-  with flash-attn, else `register_segmented_attention` (SDPA on each segment), so attention
+  with flash-attn, else `ftc.attention` (torch's varlen kernel or SDPA per segment), so attention
   never crosses examples and costs Σ len², not row_len²; the collator also removes the label
   of each example's first token, which only the previous example could have predicted. The
   per-token loss of a packed row equals each example's alone.
@@ -115,44 +115,6 @@ def load_model(spec: Spec, task: Task, model_dir: Path, labels: list[str] | None
         raise BuildError(f"cannot load the base model from {model_dir}: {str(e).splitlines()[0]}") from None
     model.config.use_cache = False  # a cache would turn off the packed-sequence mask
     return model
-
-
-SEGMENTED = "ftc_segmented_sdpa"
-
-
-def register_segmented_attention() -> str:
-    """Attention for packed rows without flash-attn (CPU): SDPA run causally on each example
-    of a row, over the segments where `position_ids` restart — what varlen flash attention
-    does on a GPU. A row of k examples costs Σ len² instead of row_len², which is where packing
-    gains its speed. Anything else (a KV cache while generating, no position_ids) runs plain
-    SDPA with transformers' own mask, block-diagonal for packed rows. Returns its name for
-    `attn_implementation`."""
-    from transformers import AttentionInterface
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    def segmented(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, scaling: float | None = None,
-                  dropout: float = 0.0, position_ids: Any = None, **kwargs: Any) -> tuple[Any, None]:
-        import torch
-
-        if position_ids is None or query.shape[2] != key.shape[2]:
-            return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                          **kwargs)
-        groups = query.shape[1] // key.shape[1]
-        key, value = key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1)
-        p = dropout if module.training else 0.0
-        rows = []
-        for b in range(query.shape[0]):
-            starts = torch.nonzero(position_ids[min(b, position_ids.shape[0] - 1)] == 0).flatten().tolist()
-            bounds = ([0] if starts[:1] != [0] else []) + starts + [query.shape[2]]
-            rows.append(torch.cat([torch.nn.functional.scaled_dot_product_attention(
-                query[b:b + 1, :, s:e], key[b:b + 1, :, s:e], value[b:b + 1, :, s:e], is_causal=True, scale=scaling,
-                dropout_p=p) for s, e in zip(bounds[:-1], bounds[1:], strict=True)], dim=2))
-        return torch.cat(rows).transpose(1, 2).contiguous(), None
-
-    AttentionInterface.register(SEGMENTED, segmented)
-    AttentionMaskInterface.register(SEGMENTED, sdpa_mask)
-    return SEGMENTED
 
 
 def load_head(auto: Any, model_dir: Path, labels: list[str] | None, pad_id: int | None, **kwargs: Any) -> Any:

@@ -141,7 +141,7 @@ class CausalLM(Task):
         import torch
         from transformers import AutoModelForCausalLM
 
-        from ftc.train import register_segmented_attention
+        from ftc.attention import register_segmented_attention
 
         if "attn_implementation" not in kwargs:
             kwargs["attn_implementation"] = register_segmented_attention()
