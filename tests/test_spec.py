@@ -86,6 +86,20 @@ def test_valid_spec_has_defaults(tmp_path: Path):
     assert spec.root == tmp_path
 
 
+def test_task_defaults_yield_to_what_the_spec_writes(tmp_path: Path):
+    """A classifier's schedule defaults to the Trainer's own (linear, no warmup), kept out of the
+    keys the spec set; a decoder keeps the schema's; a written key wins either way."""
+    head = '[model]\nbase = "m"\ntask = "{task}"\n{labels}\n[[data.sources]]\npath = "d.jsonl"\n'
+    cls, lm = (head.format(task=t, labels='labels = ["a", "b"]' if t == "classification" else "")
+               for t in ("classification", "causal-lm"))
+    for name, text, expected in [("c", cls, ("linear", 0.0)), ("l", lm, ("cosine", 0.03)),
+                                 ("w", cls + '\n[train]\nscheduler = "cosine"\n', ("cosine", 0.0))]:
+        (tmp_path / f"{name}.toml").write_text(text)
+        spec = load_spec(tmp_path / f"{name}.toml")
+        assert (spec.train.scheduler, spec.train.warmup_ratio) == expected
+        assert ("scheduler" in spec.train.model_fields_set) == (name == "w")
+
+
 def test_toml_syntax_error_and_missing_file(tmp_path: Path):
     p = tmp_path / "broken.toml"
     p.write_text("[model\nbase = 1\n")

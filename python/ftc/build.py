@@ -28,8 +28,9 @@ RUNS = "runs-v1"
 # an older ftc is not reused (2: the seed is set before a new head is initialised; 3: classifiers
 # train on shuffled batches, not length-grouped ones; packed causal-LM batches count examples; the
 # last checkpoint is the model unless early stopping or `keep_best` asks for the best one; 4:
-# AdamW is torch's fused kernel, full and freeze keep float32 weights under bf16/fp16 autocast).
-TRAIN_RECIPE = 4
+# AdamW is torch's fused kernel, full and freeze keep float32 weights under bf16/fp16 autocast;
+# 5: classification defaults to the linear schedule without warmup).
+TRAIN_RECIPE = 5
 
 
 @dataclass

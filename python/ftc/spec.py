@@ -355,7 +355,9 @@ class Train(Table):
         "`max_length` tokens (several examples each, so fewer, larger steps).")
     grad_accum: Bounded = 1
     optimizer: Literal["adamw", "adafactor", "sgd", "paged-adamw-8bit"] = "adamw"
-    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup", "polynomial"] = "cosine"
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup", "polynomial"] = Field(
+        "cosine", description="Learning-rate schedule after warmup. Classification defaults to `linear` with "
+        "`warmup_ratio = 0` (the Trainer's own; measured better there).")
     warmup_ratio: Fraction = 0.03
     weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
     max_grad_norm: Annotated[float, Field(ge=0.0)] = 1.0
@@ -544,6 +546,9 @@ class Spec(Table):
         from ftc import tasks  # the task modules import this schema
 
         task = tasks.get(self.model.task)
+        for key, value in task.train_defaults.items():
+            if key not in self.train.model_fields_set:
+                self.train.__dict__[key] = value  # a default, so not among the keys the spec set
         task.check_spec(self)
         early = self.train.early_stopping
         if early is not None and early.metric not in task.stop_metrics:

@@ -50,6 +50,9 @@ class Task:
     endpoint: ClassVar[str]  # the `ftc serve` route
     pipeline_tag: ClassVar[str]  # the Hugging Face Hub's pipeline tag, for the model card
     generates: ClassVar[bool] = False  # the artifact generates text (`ftc serve`'s OpenAI routes)
+    # `[train]` defaults of this task where they differ from the schema's, each from a measurement
+    # (README: Results); a key the spec writes wins
+    train_defaults: ClassVar[dict[str, Any]] = {}
 
     # `ftc init` (ftc.scaffold): what a spec for this task starts with, and its comments.
     init_metrics: ClassVar[list[str]]

@@ -169,6 +169,9 @@ class Classification(Task):
     metrics = ("accuracy", "precision", "recall", "f1")
     stop_metrics = ("loss", "accuracy", "f1")
     peft_task_type = "SEQ_CLS"
+    # the Trainer's own schedule: on Rotten Tomatoes, 5 seeds, cosine with 3% warmup scored 1.1
+    # points below it, and it is what the plain Trainer script runs
+    train_defaults = {"scheduler": "linear", "warmup_ratio": 0.0}
     endpoint = "/v1/classify"
     pipeline_tag = "text-classification"
     init_metrics = ["accuracy", "f1"]
