@@ -13,7 +13,8 @@ scores the same test rows). Then, per seed:
   spec's base, LoRA settings, steps or epochs, batch size, learning rate and max length.
 
 Prints mean ± standard deviation over seeds of the test metric (accuracy for classifiers,
-perplexity for SFT) and the training seconds of each side, and the gap. `--ablate` also trains
+perplexity for SFT) and the training seconds of each side (ftc's with the part its validation
+passes took: the plain script has no validation split), and the gap. `--ablate` also trains
 ftc with each default this bench changed restored (`ABLATIONS`): the cause of the former gap.
 Writes bench/out/quality.json.
 
@@ -69,8 +70,10 @@ BENCHES: dict[str, tuple[Path, Callable[[dict[str, Any]], dict[str, Any]] | None
 
 # `--ablate`: ftc with one of its former defaults restored, per spec: what caused the gap.
 ABLATIONS: dict[str, dict[str, dict[str, Any]]] = {
-    "quickstart": {"length-grouped batches (before)": {"train.group_by_length": True}},
-    "rotten-tomatoes": {"length-grouped batches (before)": {"train.group_by_length": True}},
+    "quickstart": {"length-grouped batches (before)": {"train.group_by_length": True},
+                   "cosine, 3% warmup (before)": {"train.scheduler": "cosine", "train.warmup_ratio": 0.03}},
+    "rotten-tomatoes": {"length-grouped batches (before)": {"train.group_by_length": True},
+                        "cosine, 3% warmup (before)": {"train.scheduler": "cosine", "train.warmup_ratio": 0.03}},
     "chat-sft": {"packed-row batches, best checkpoint (before)": {"train.batch_unit": "rows", "train.keep_best": True},
                  "best checkpoint": {"train.keep_best": True}},
 }
@@ -96,7 +99,8 @@ def make_spec(raw: dict[str, Any], root: Path) -> Spec:
 def ftc_side(raw: dict[str, Any], root: Path, seed: int) -> dict[str, Any]:
     spec = make_spec(with_overrides(raw, {"project.seed": seed, "export.onnx": False}), root)
     m = build.build(spec).manifest
-    return {"metrics": m["metrics"], "train_seconds": m["timing"]["train_seconds"]}
+    return {"metrics": m["metrics"], "train_seconds": m["timing"]["train_seconds"],
+            "validation_seconds": m["timing"].get("validation_seconds", 0.0)}
 
 
 def dump_rows(spec: Spec, data: prep.PrepResult, dest: Path) -> None:
@@ -177,14 +181,17 @@ def main() -> None:
             runs = [run(s) for s in a.seeds]
             values = [r["metrics"][metric] for r in runs]
             secs = [r["train_seconds"] for r in runs]
-            results[name][side] = {"metric": metric, "values": values, "train_seconds": secs}
-            rows.append((name, side, metric, summary(values), f"{statistics.mean(secs):.0f}"))
-            print(f"{name:16} {side:36} {metric} {summary(values)}  train {statistics.mean(secs):.0f} s", flush=True)
+            valid = statistics.mean(r.get("validation_seconds", 0.0) for r in runs)
+            results[name][side] = {"metric": metric, "values": values, "train_seconds": secs,
+                                   "validation_seconds": valid}
+            shown = f"{statistics.mean(secs):.0f}" + (f" ({valid:.0f} validation)" if valid else "")
+            rows.append((name, side, metric, summary(values), shown))
+            print(f"{name:16} {side:36} {metric} {summary(values)}  train {shown} s", flush=True)
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "quality.json").write_text(json.dumps(results, indent=2))
     print(f"\n{'spec':16} {'side':36} {'metric':10} {'mean ± sd over ' + str(len(a.seeds)) + ' seeds':24} train s")
     for r in rows:
-        print(f"{r[0]:16} {r[1]:36} {r[2]:10} {r[3]:24} {r[4]:>7}")
+        print(f"{r[0]:16} {r[1]:36} {r[2]:10} {r[3]:24} {r[4]}")
     for name, sides_ in results.items():
         f, p = (statistics.mean(sides_[s]["values"]) for s in ("ftc", "plain"))
         higher_is_better = sides_["ftc"]["metric"] == "accuracy"

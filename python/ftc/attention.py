@@ -4,8 +4,8 @@ it were trained alone (docs/architecture.md: Training).
 transformers' own `flash_attention_2` does this where flash-attn is installed (a GPU). Else
 ftc registers its own attention implementation, chosen by the causal-LM task:
 - on a GPU in bf16/fp16: all segments of all rows in one call of torch's varlen flash kernel;
-- elsewhere (the CPU, fp32, older torch): SDPA on each segment, never cuDNN's, which builds a
-  graph for every new shape and every segment is one.
+- elsewhere (the CPU, fp32, older torch): SDPA on each segment; on a GPU never through cuDNN,
+  which builds a graph for every new shape, and every segment is one.
 """
 
 from __future__ import annotations

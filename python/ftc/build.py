@@ -234,7 +234,9 @@ def _train(spec: Spec, data: data_stage.PrepResult, model_dir: Path, inputs: dic
     # Where the weights were when training ended, read off the model itself: a GPU machine
     # whose run trained on its CPU shows it here, not only in a slow tokens/s.
     p0 = next(model.parameters())
-    timing = {"train_seconds": round(seconds, 3), "steps": result.global_step,
+    # of which the Trainer's validation passes (a plain script without a validation split has none)
+    evals = sum(e.get("eval_runtime", 0.0) for e in trainer.state.log_history)
+    timing = {"train_seconds": round(seconds, 3), "validation_seconds": round(evals, 3), "steps": result.global_step,
               "device": str(p0.device), "dtype": str(p0.dtype).removeprefix("torch."),
               "tokens_per_second": round(tokens / seconds, 1) if seconds else None, "train_tokens": tokens,
               "resumed_from": resume.name if resume else None}

@@ -1,13 +1,14 @@
 """Streamed token storage for causal-LM splits (docs/architecture.md: The data stage).
 
 Batches are encoded and appended to a per-split spool file as they come; only per-example
-offsets and lengths stay in memory, and packing needs lengths, not tokens. `write_split` then
-packs (best-fit decreasing, in Rust) or keeps one example per row, and gathers the rows from
-the spool into the split's Arrow IPC file.
+offsets and lengths stay in memory, and packing needs lengths, not tokens. `layout` then packs
+(best-fit decreasing, in Rust) or keeps one example per row, and `write_split` gathers the rows
+from the spool into the split's Arrow IPC file.
 """
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -119,13 +120,16 @@ class Spool:
         return cat(self.offsets, np.uint64), cat(self.lengths, np.uint32)
 
 
-def write_split(path: Path, spool: Spool, offsets: np.ndarray, lengths: np.ndarray, max_length: int,
-                 pack: bool, threads: int, progress: Progress | None) -> dict[str, Any]:
+def layout(lengths: np.ndarray, max_length: int, pack: bool) -> tuple[pa.Array, pa.Array]:
+    """(each row's first item, the examples in row order): best-fit packed, or one example a row."""
     if pack:
-        row_offsets, items = (pa.array(a) for a in _data.pack_rows(pa.array(lengths, pa.uint32()), max_length))
-    else:
-        row_offsets, items = pa.array(np.arange(len(lengths) + 1, dtype=np.uint64)), pa.array(
-            np.arange(len(lengths), dtype=np.uint32))
+        return tuple(pa.array(a) for a in _data.pack_rows(pa.array(lengths, pa.uint32()), max_length))
+    return pa.array(np.arange(len(lengths) + 1, dtype=np.uint64)), pa.array(np.arange(len(lengths), dtype=np.uint32))
+
+
+def write_split(path: Path, spool: Spool, offsets: np.ndarray, lengths: np.ndarray, rows: tuple[pa.Array, pa.Array],
+                max_length: int, threads: int, progress: Progress | None) -> dict[str, Any]:
+    row_offsets, items = rows
     n_rows = len(row_offsets) - 1
     schema = pa.schema([pa.field(c, pa.list_(pa.int32())) for c in COLUMNS])
     per_batch = max(1, (2 << 20) // max_length)  # ~2M tokens per record batch
@@ -141,13 +145,23 @@ def write_split(path: Path, spool: Spool, offsets: np.ndarray, lengths: np.ndarr
                                                   row_offsets, items, start, end, threads)
             yield end - start, [pa.array(a) for a in arrays], labelled
 
-    # the next rows are gathered (Rust, the GIL released) while this batch is written
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
-        for n, cols, labelled in ahead(gathered(), 1):
-            label_tokens += labelled
-            writer.write_batch(pa.record_batch(cols, schema=schema))
-            if progress:
-                progress(f"pack {path.stem}", n, None)
+    # the next rows are gathered (Rust, the GIL released) while this batch is written, and what
+    # is written goes to disk meanwhile: the store's fsync at the end then finds little to flush
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer, \
+            ThreadPoolExecutor(1, thread_name_prefix="ftc-flush") as flusher:
+        fd, flushing = os.open(path, os.O_RDONLY), None
+        try:
+            for n, cols, labelled in ahead(gathered(), 1):
+                label_tokens += labelled
+                writer.write_batch(pa.record_batch(cols, schema=schema))
+                if flushing is None or flushing.done():
+                    flushing = flusher.submit(os.fdatasync, fd)
+                if progress:
+                    progress(f"pack {path.stem}", n, None)
+        finally:
+            if flushing is not None:
+                flushing.result()
+            os.close(fd)
     tokens = int(lengths.sum(dtype=np.uint64))
     return {
         "examples": int(len(lengths)),
@@ -217,10 +231,15 @@ class Streamed:
     def finish(self, run: Any, stats: list[Any], tmp: Path, threads: int,
                progress: Progress | None) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
         tok = run.spec.tokenize
+        closed = {name: spool.close() for name, spool in self.spools.items()}
         splits = {}
-        for name, spool in self.spools.items():
-            offsets, lengths = spool.close()
-            splits[name] = write_split(tmp / f"{name}.arrow", spool, offsets, lengths, tok.max_length, tok.pack,
-                                       threads, progress)
-            splits[name]["unk_tokens"] = spool.unk if run.unk_id is not None else None
-        return splits, {}, list(COLUMNS)
+        with ThreadPoolExecutor(len(closed), thread_name_prefix="ftc-pack") as packer:
+            rows = {name: packer.submit(layout, lengths, tok.max_length, tok.pack)
+                    for name, (_, lengths) in closed.items()}
+            # smallest first: the held-out splits are written while the training split still packs
+            for name in sorted(closed, key=lambda n: len(closed[n][1])):
+                spool, (offsets, lengths) = self.spools[name], closed[name]
+                splits[name] = write_split(tmp / f"{name}.arrow", spool, offsets, lengths, rows[name].result(),
+                                           tok.max_length, threads, progress)
+                splits[name]["unk_tokens"] = spool.unk if run.unk_id is not None else None
+        return {name: splits[name] for name in SPLITS}, {}, list(COLUMNS)
