@@ -240,6 +240,8 @@ def test_classification_build_with_class_weights(tmp_path: Path, bert_dir: Path)
     assert m["accuracy"] > 0.9  # the label is in the words: a trained head must find it
     history = json.loads((r.path / "metrics.json").read_text())["log_history"]
     assert any("eval_accuracy" in h and "eval_f1" in h for h in history)  # early stopping can watch them
+    timing = r.manifest["timing"]  # the validation passes' share of training, apart
+    assert 0 < timing["validation_seconds"] < timing["train_seconds"]
 
 
 def test_early_stopping_stops_and_restores_the_best_checkpoint(tmp_path: Path, llama_dir: Path):

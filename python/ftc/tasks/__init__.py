@@ -53,6 +53,9 @@ class Task:
     # `[train]` defaults of this task where they differ from the schema's, each from a measurement
     # (README: Results); a key the spec writes wins
     train_defaults: ClassVar[dict[str, Any]] = {}
+    # the Trainer's validation passes take the split sorted by `length`: less padding, and where
+    # loss and metrics are per example (classification) nothing but the time changes
+    sorted_validation: ClassVar[bool] = False
 
     # `ftc init` (ftc.scaffold): what a spec for this task starts with, and its comments.
     init_metrics: ClassVar[list[str]]
