@@ -10,6 +10,8 @@ ftc registers its own attention implementation, chosen by the causal-LM task:
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Any
 
 SEGMENTED = "ftc_segmented_sdpa"
@@ -37,17 +39,16 @@ def register_segmented_attention() -> str:
         groups = query.shape[1] // key.shape[1]
         key, value = key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1)
         p = dropout if module.training else 0.0
-        if query.is_cuda:
-            # cuDNN's SDPA builds a graph for every new shape (about 2 ms of CPU a call, and every
-            # segment is a new shape): on a GPU the segments go to the flash kernel
-            from torch.nn.attention import SDPBackend, sdpa_kernel
+        if not query.is_cuda:
+            return _per_segment(query, key, value, position_ids, scaling, p), None
+        # cuDNN's SDPA builds a graph for every new shape (about 2 ms of CPU a call, and every
+        # segment is a new shape): on a GPU the segments go to the flash kernel
+        from torch.nn.attention import SDPBackend, sdpa_kernel
 
-            with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
-                if p == 0.0 and query.dtype in (torch.bfloat16, torch.float16) and (out := _varlen(
-                        query, key, value, position_ids, scaling)) is not None:
-                    return out, None
-                return _per_segment(query, key, value, position_ids, scaling, p), None
-        return _per_segment(query, key, value, position_ids, scaling, p), None
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
+            if p == 0.0 and query.dtype in (torch.bfloat16, torch.float16) and _varlen_kernel() is not None:
+                return _varlen(query, key, value, position_ids, scaling), None
+            return _per_segment(query, key, value, position_ids, scaling, p), None
 
     AttentionInterface.register(SEGMENTED, segmented)
     AttentionMaskInterface.register(SEGMENTED, sdpa_mask)
@@ -69,21 +70,29 @@ def _per_segment(query: Any, key: Any, value: Any, position_ids: Any, scaling: f
     return torch.cat(rows).transpose(1, 2).contiguous()
 
 
-_BOUNDS: list[Any] = [None, None]  # (position_ids, its segments): every layer of a step sees the same tensor
-
-
-def _varlen(query: Any, key: Any, value: Any, position_ids: Any, scaling: float | None) -> Any:
-    """All segments of all rows in one call of torch's varlen flash attention (torch ≥ 2.10),
-    or None where this torch has none. The segment bounds (one host sync) are worked out once
-    per step, not once per layer."""
-    import inspect
-
-    import torch
-
+@functools.cache
+def _varlen_kernel() -> tuple[Any, dict[str, Any]] | None:
+    """torch's varlen flash attention and its causal argument, or None where this torch has
+    none (before 2.10): 2.10 takes `is_causal`, later ones a (left, right) window, (-1, 0)
+    being causal."""
     try:
         from torch.nn.attention.varlen import varlen_attn
     except ImportError:
         return None
+    causal = "is_causal" in inspect.signature(varlen_attn).parameters
+    return varlen_attn, {"is_causal": True} if causal else {"window_size": (-1, 0)}
+
+
+_BOUNDS: list[Any] = [None, None]  # (position_ids, its segments): every layer of a step sees the same tensor
+
+
+def _varlen(query: Any, key: Any, value: Any, position_ids: Any, scaling: float | None) -> Any:
+    """All segments of all rows in one call of torch's varlen flash attention ((batch, heads,
+    len, dim) in, (batch, len, heads, dim) out). The segment bounds (one host sync) are worked
+    out once per step, not once per layer."""
+    import torch
+
+    varlen_attn, causal = _varlen_kernel()
     b, h, n, d = query.shape
     if _BOUNDS[0] is not position_ids:
         pos = position_ids.expand(b, n).reshape(-1)
@@ -91,7 +100,5 @@ def _varlen(query: Any, key: Any, value: Any, position_ids: Any, scaling: float 
         cu = torch.cat([torch.nonzero(first).flatten(), torch.tensor([b * n], device=pos.device)]).to(torch.int32)
         _BOUNDS[:] = [position_ids, (cu, int((cu[1:] - cu[:-1]).max()))]
     cu, longest = _BOUNDS[1]
-    # torch 2.10 takes `is_causal`; later ones a (left, right) window, (-1, 0) being causal
-    causal = {"is_causal": True} if "is_causal" in inspect.signature(varlen_attn).parameters else {"window_size": (-1, 0)}
     flat = [t.transpose(1, 2).reshape(b * n, h, d) for t in (query, key, value)]
     return varlen_attn(*flat, cu, cu, longest, longest, scale=scaling, **causal).view(b, n, h, d)

@@ -203,11 +203,7 @@ def _train(spec: Spec, data: data_stage.PrepResult, model_dir: Path, inputs: dic
     n_trainable, n_total = train.trainable(model)
     steps_per_epoch = -(-len(train_ds) // (bs * spec.train.grad_accum * w.size))
     args = train.training_arguments(spec, work, valid_ds is not None, steps_per_epoch, task.sampling(spec), w.size)
-    if valid_ds is not None and task.sorted_validation:
-        import numpy as np
-
-        order = np.argsort(np.asarray(valid_ds.data.column("length")), kind="stable")
-        valid_ds = valid_ds.select(order, keep_in_memory=True)  # nothing written into the store
+    valid_ds = task.validation_data(valid_ds) if valid_ds is not None else None
     trainer = train.make_trainer(spec, task, model, args, train_ds, valid_ds, train_collator, task.class_weights(m),
                                  progress, callbacks)
     resume = distributed.from_main(w, train.last_checkpoint(work))  # every rank resumes the same step

@@ -8,7 +8,6 @@ from the spool into the split's Arrow IPC file.
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -145,23 +144,13 @@ def write_split(path: Path, spool: Spool, offsets: np.ndarray, lengths: np.ndarr
                                                   row_offsets, items, start, end, threads)
             yield end - start, [pa.array(a) for a in arrays], labelled
 
-    # the next rows are gathered (Rust, the GIL released) while this batch is written, and what
-    # is written goes to disk meanwhile: the store's fsync at the end then finds little to flush
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer, \
-            ThreadPoolExecutor(1, thread_name_prefix="ftc-flush") as flusher:
-        fd, flushing = os.open(path, os.O_RDONLY), None
-        try:
-            for n, cols, labelled in ahead(gathered(), 1):
-                label_tokens += labelled
-                writer.write_batch(pa.record_batch(cols, schema=schema))
-                if flushing is None or flushing.done():
-                    flushing = flusher.submit(os.fdatasync, fd)
-                if progress:
-                    progress(f"pack {path.stem}", n, None)
-        finally:
-            if flushing is not None:
-                flushing.result()
-            os.close(fd)
+    # the next rows are gathered (Rust, the GIL released) while this batch is written
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        for n, cols, labelled in ahead(gathered(), 1):
+            label_tokens += labelled
+            writer.write_batch(pa.record_batch(cols, schema=schema))
+            if progress:
+                progress(f"pack {path.stem}", n, None)
     tokens = int(lengths.sum(dtype=np.uint64))
     return {
         "examples": int(len(lengths)),

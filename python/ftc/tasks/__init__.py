@@ -53,9 +53,6 @@ class Task:
     # `[train]` defaults of this task where they differ from the schema's, each from a measurement
     # (README: Results); a key the spec writes wins
     train_defaults: ClassVar[dict[str, Any]] = {}
-    # the Trainer's validation passes take the split sorted by `length`: less padding, and where
-    # loss and metrics are per example (classification) nothing but the time changes
-    sorted_validation: ClassVar[bool] = False
 
     # `ftc init` (ftc.scaffold): what a spec for this task starts with, and its comments.
     init_metrics: ClassVar[list[str]]
@@ -157,6 +154,10 @@ class Task:
 
     def class_weights(self, manifest: dict[str, Any]) -> list[float] | None:
         return None
+
+    def validation_data(self, ds: Any) -> Any:
+        """The validation split as the Trainer's evaluation passes take it."""
+        return ds
 
     def trainer_metrics(self, spec: Spec, labels: list[str]) -> Callable[[Any], dict[str, float]] | None:
         """The Trainer's `compute_metrics` on the validation split (None: loss only); `labels`:
