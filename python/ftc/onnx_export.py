@@ -36,7 +36,8 @@ TWO_GB = 2_000_000_000  # protobuf's limit on one file; above it weights go to `
 OPTIMIZER_TYPES = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "camembert": "bert",
                    "electra": "bert", "distilbert": "bert", "mpnet": "bert", "ernie": "bert"}
 PRECISIONS = ("fp32", "int8", "int4")
-RECIPE = 3  # enters the export key: bump it when a change here changes the graphs (2: int4 k-quant, 3: GPTQ)
+RECIPE = 4  # enters the export key: bump it when a change here changes the graphs (2: int4 k-quant, 3: GPTQ,
+# 4: act-order GPTQ, 8-bit LM head and EIGHT_BIT layers)
 
 
 # ── encoders: classification, token classification, question answering ──────────────────────
@@ -148,14 +149,16 @@ def build_decoder(hf_dir: Path, out: Path, precision: str, eos_token_ids: list[i
     int4 is built with k-quant rather than the builder's default round-to-nearest: on SmolLM2-135M
     fine-tuned by specs/chat-sft.toml, test perplexity ×1.084 of PyTorch's against ×1.206
     (lm_head kept in fp32: ×1.198; int8 activations off: no change), at 9% fewer tokens/s.
-    `[export] int4_method = "gptq"` (the default) then re-rounds the layers' codes in place
-    (`write_nbits`): ×1.017 there."""
+    The LM head (and tied embeddings, which read its codes) stays 8-bit: at int4 it alone cost
+    ×1.096 on a realistic SFT run, at 8 bits ×1.000. `[export] int4_method = "gptq"` (the
+    default) then re-rounds the layers' codes in place (`write_nbits`)."""
     import json
 
     assert precision in PRECISIONS
     cache = out.parent / f".builder-cache-{precision}"
     # hf_remote=false: the builder loads the config and tokenizer; no code from the directory runs
-    options = ["hf_token=false", "hf_remote=false", *(["algo_config=k_quant"] if precision == "int4" else [])]
+    int4 = ["algo_config=k_quant", "matmul_mixed_precision=last_matmul:int8"] if precision == "int4" else []
+    options = ["hf_token=false", "hf_remote=false", *int4]
     cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf_dir), "-o", str(out),
            "-p", precision, "-e", "cpu", "-c", str(cache), "--extra_options", *options]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -191,7 +194,7 @@ def nbits_targets(folder: Path, model: Any, group: int) -> dict[str, list[str]]:
     for node in graph.node:
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         zero_points = len(node.input) > 3 and node.input[3]  # k-quant writes them; GPTQ's grid needs them
-        if node.op_type != "MatMulNBits" or attrs.get("bits") != 4 or attrs.get("block_size") != group \
+        if node.op_type != "MatMulNBits" or attrs.get("bits") not in (4, 8) or attrs.get("block_size") != group \
                 or attrs.get("K", 1) % group or not zero_points or not (m := NBITS_NODE.match(node.name)):
             continue
         layer, part, proj = m.groups()
@@ -209,9 +212,10 @@ def nbits_targets(folder: Path, model: Any, group: int) -> dict[str, list[str]]:
 def write_nbits(folder: Path, codes: dict[str, Any], group: int) -> None:
     """Replace the quantized weights of MatMulNBits nodes (name → `ftc.gptq.Codes`, rows in the
     node's output order) in a builder graph, in its own layout: per output row, blocks of
-    `group` inputs packed two 4-bit codes a byte (low nibble first), a float scale and a packed
-    zero point per block. Each replacement must approximate the weights it replaces (a wrong
-    mapping would not), or nothing is written."""
+    `group` inputs, a float scale and a zero point per block; 4-bit codes and zero points are
+    packed two a byte (low nibble first), 8-bit ones a byte each, and a node whose codes are
+    8-bit becomes an 8-bit node. Each replacement must approximate the weights it replaces (a
+    wrong mapping would not), or nothing is written."""
     import onnx
     from onnx import numpy_helper
 
@@ -229,12 +233,13 @@ def write_nbits(folder: Path, codes: dict[str, Any], group: int) -> None:
         if drift > 0.5:
             raise ExportError(f"GPTQ codes for {node.name} do not match the weights the builder quantized "
                               f"(relative difference {drift:.2f})", hint="set `[export] int4_method = \"k-quant\"`")
-        packed = {node.input[1]: _nibbles(q.reshape(rows, blocks, group)), node.input[2]: scale,
-                  node.input[3]: _nibbles(zero)}
+        pack = _nibbles if c.bits == 4 else np.asarray
+        packed = {node.input[1]: pack(q.reshape(rows, blocks, group)), node.input[2]: scale, node.input[3]: pack(zero)}
         for name, value in packed.items():
             before = numpy_helper.to_array(inits[name])
-            assert before.shape == value.shape, (name, before.shape, value.shape)
+            assert c.bits != 4 or before.shape == value.shape, (name, before.shape, value.shape)
             inits[name].CopyFrom(numpy_helper.from_array(value.astype(before.dtype), name))
+        next(a for a in node.attribute if a.name == "bits").i = c.bits
     scratch = folder / ".gptq"
     scratch.mkdir()
     onnx.save_model(model, str(scratch / path.name), save_as_external_data=True, all_tensors_to_one_file=True,
@@ -252,10 +257,14 @@ def _nibbles(codes: np.ndarray) -> np.ndarray:
 
 
 def _dequantize(packed: np.ndarray, scale: np.ndarray, zero: np.ndarray, *, group: int) -> np.ndarray:
-    """The weights [rows, K] a MatMulNBits node's 4-bit codes, scales and zero points hold."""
+    """The weights [rows, K] a MatMulNBits node's codes, scales and zero points hold: 4-bit
+    when a row's codes take half a byte per input ([rows, blocks, group / 2]), else 8-bit."""
     rows, blocks = packed.shape[0], packed.shape[1]
-    q = np.stack([packed & 15, packed >> 4], -1).reshape(rows, blocks, group).astype(np.float32)
-    z = np.stack([zero & 15, zero >> 4], -1).reshape(rows, -1)[:, :blocks].astype(np.float32)
+    if packed.shape[2] == group:
+        q, z = packed.astype(np.float32), zero.reshape(rows, -1)[:, :blocks].astype(np.float32)
+    else:
+        q = np.stack([packed & 15, packed >> 4], -1).reshape(rows, blocks, group).astype(np.float32)
+        z = np.stack([zero & 15, zero >> 4], -1).reshape(rows, -1)[:, :blocks].astype(np.float32)
     return ((q - z[..., None]) * scale.reshape(rows, blocks)[..., None]).reshape(rows, -1)
 
 

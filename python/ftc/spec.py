@@ -416,7 +416,8 @@ class Export(Table):
     int4_method: Literal["gptq", "k-quant"] = Field(
         "gptq", description="How int4 weights are rounded: `gptq` (each layer's rounding error compensated "
         "against its inputs on `calibration_rows` training examples) or `k-quant` (the builder's, no data).")
-    calibration_rows: Positive = Field(128, description="Training examples GPTQ measures layer inputs on.")
+    calibration_rows: Positive = Field(512, description="Training examples GPTQ measures layer inputs on (at most "
+                                       "65,536 tokens of them).")
     gguf: list[Literal["f16", "q8_0", "q4_0"]] = Field(
         [], description="GGUF files for llama.cpp and Ollama (decoders of the Llama family: Llama, Mistral, Qwen2, "
         "SmolLM), with the tokenizer, chat template and an Ollama Modelfile; each read back and checked like ONNX.")

@@ -11,6 +11,7 @@ next-token logits of held-out examples. Runtime: `Generator`, `POST /v1/generate
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,13 @@ if TYPE_CHECKING:
     from ftc.spool import Streamed
 
 GPTQ_GROUP = 32  # the builder's int4 block size on CPU
+# int4 graphs keep these layer MatMuls at 8 bits (with the LM head and the tied embeddings the
+# builder is asked for): on the realistic SFT run of bench/export.py, all-int4 layers cost ×1.099
+# perplexity even with act-order GPTQ, the value and down projections most of it, and 8 bits
+# there brought the graph to ×1.05 (the LM head alone at int4 cost ×1.096).
+EIGHT_BIT = ("qkv_proj", "v_proj", "down_proj")
+RECIPE_FILE = "ftc-quantization.json"  # how the int4 graph was rounded, copied into the card
+CALIBRATION_TOKENS = 65_536  # GPTQ's input statistics: enough tokens for a stable H, bounded time
 
 
 def _raw(det: Any) -> bool:
@@ -205,8 +213,16 @@ class CausalLM(Task):
         from ftc import onnx_export
 
         onnx_export.build_decoder(merged_dir, art / name, name, eos)
-        if name == "int4" and settings.int4_method == "gptq":
-            gptq(model, art / name, calibration(train_split(), settings.calibration_rows), progress)
+        if name == "int4":
+            recipe: dict[str, Any] = {"method": settings.int4_method, "block_size": GPTQ_GROUP,
+                                      "eight_bit": ["lm_head", "embed_tokens"]}
+            if settings.int4_method == "gptq":
+                examples = calibration(train_split(), settings.calibration_rows)
+                gptq(model, art / name, examples, progress)
+                recipe |= {"act_order": True, "static_groups": True, "eight_bit": [*recipe["eight_bit"], *EIGHT_BIT],
+                           "calibration": {"split": "train", "examples": len(examples),
+                                           "tokens": sum(len(e) for e in examples)}}
+            (art / name / RECIPE_FILE).write_text(json.dumps(recipe, indent=2) + "\n", encoding="utf-8")
         return art / name
 
     def held_out(self, ds: Any, n: int, seed: int, labels: list[str] | None) -> tuple[list[dict[str, Any]],
@@ -232,8 +248,6 @@ class CausalLM(Task):
             yield batch, lambda z, pos=pos: z[pos], labels[pos + 1]
 
     def graph_runner(self, candidate: Path) -> Callable[[dict[str, Any]], np.ndarray]:
-        import json
-
         from ftc import onnx_export
         from ftc.runtime.session import session
 
@@ -245,7 +259,9 @@ class CausalLM(Task):
         return model(**batch).logits[0].numpy()
 
     def card(self, data: dict[str, Any], art: Path) -> dict[str, Any]:
-        return {"template": data.get("template_source"), "inputs": ["input_ids", "attention_mask"]}
+        recipe = art / "int4" / RECIPE_FILE
+        return {"template": data.get("template_source"), "inputs": ["input_ids", "attention_mask"],
+                **({"int4": json.loads(recipe.read_text(encoding="utf-8"))} if recipe.is_file() else {})}
 
     # ── runtime
     def runtime(self, artifact: Any, threads: int) -> Any:
@@ -333,16 +349,25 @@ def sampled_examples(ds: Any, n: int, seed: int) -> tuple[list[dict[str, Any]], 
     return [e for *_, e in sorted(rows, key=lambda t: t[:2])], len(where)
 
 
-def calibration(ds: Any, n: int) -> list[Any]:
-    """The first `n` training examples' ids, each a 1-D tensor: what GPTQ measures layer inputs on
-    (never the held-out rows the parity check scores)."""
+def calibration(ds: Any, n: int, tokens: int = CALIBRATION_TOKENS) -> list[Any]:
+    """The first training examples' ids, each a 1-D tensor, up to `n` examples or `tokens`
+    tokens: what GPTQ measures layer inputs on (never the held-out rows the parity check
+    scores). Short chat turns need many examples for H = E[x xᵀ] of a 1,536-wide layer to
+    settle; long ones reach the token budget first."""
     import torch
 
-    return [torch.as_tensor(np.asarray(e["input_ids"])) for e in examples(ds, n)]
+    out, total = [], 0
+    for e in examples(ds, n):
+        if total >= tokens:
+            break
+        out.append(torch.as_tensor(np.asarray(e["input_ids"])))
+        total += len(out[-1])
+    return out
 
 
 def gptq(model: Any, folder: Path, calibration: list[Any], progress: Progress) -> None:
-    """Re-rounds the builder's int4 weights with GPTQ, calibrated on `calibration`."""
+    """Re-rounds the builder's int4 layer weights with GPTQ, calibrated on `calibration`: the
+    EIGHT_BIT projections at 8 bits, the rest at 4."""
     import torch
 
     from ftc import gptq as gptq_
@@ -356,8 +381,10 @@ def gptq(model: Any, folder: Path, calibration: list[Any], progress: Progress) -
     progress("gptq", 0, len(targets))
     codes = {}
     for node, names in targets.items():
-        parts = [gptq_.quantize(linears[n].weight, moments[n], group=GPTQ_GROUP) for n in names]
-        codes[node] = gptq_.Codes(*(torch.cat(t) for t in zip(*((c.q, c.scale, c.zero) for c in parts), strict=True)))
+        bits = 8 if onnx_export.NBITS_NODE.match(node).group(3) in EIGHT_BIT else 4
+        parts = [gptq_.quantize(linears[n].weight, moments[n], bits=bits, group=GPTQ_GROUP) for n in names]
+        codes[node] = gptq_.Codes(*(torch.cat(t) for t in zip(*((c.q, c.scale, c.zero) for c in parts), strict=True)),
+                                  bits)
         progress("gptq", 1, len(targets))
     onnx_export.write_nbits(folder, codes, GPTQ_GROUP)
 
