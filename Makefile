@@ -39,6 +39,8 @@ bench-train: install
 	$(PY) bench/train.py
 
 bench-export: install
+	# the realistic decoder case's chat set (BSD-3, no dependencies of its own)
+	$(PY) -m pip install -q "chatterbot-corpus>=1.2"
 	$(PY) bench/export.py
 
 bench-quality: install

