@@ -214,8 +214,9 @@ class CausalLM(Task):
 
         onnx_export.build_decoder(merged_dir, art / name, name, eos)
         if name == "int4":
+            tied = bool(getattr(model.config, "tie_word_embeddings", False))  # the embeddings read the head's codes
             recipe: dict[str, Any] = {"method": settings.int4_method, "block_size": GPTQ_GROUP,
-                                      "eight_bit": ["lm_head", "embed_tokens"]}
+                                      "eight_bit": ["lm_head", *(["embed_tokens"] if tied else [])]}
             if settings.int4_method == "gptq":
                 examples = calibration(train_split(), settings.calibration_rows)
                 gptq(model, art / name, examples, progress)
