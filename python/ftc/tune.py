@@ -100,10 +100,21 @@ def open_study(spec: Spec, data_key: str, worker: int = 0) -> tuple[Any, Path]:
               "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1),
               "none": optuna.pruners.NopPruner}[t.pruner]()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name="ftc", storage=f"sqlite:///{folder / 'study.db'}", sampler=sampler,
-                                pruner=pruner, direction="minimize" if t.minimize else "maximize",
-                                load_if_exists=True)
-    return study, folder
+    from sqlalchemy.exc import OperationalError
+
+    def create() -> Any:
+        return optuna.create_study(study_name="ftc", storage=f"sqlite:///{folder / 'study.db'}", sampler=sampler,
+                                   pruner=pruner, direction="minimize" if t.minimize else "maximize",
+                                   load_if_exists=True)
+
+    for attempt in range(4):
+        try:
+            return create(), folder
+        except OperationalError as e:  # another process (a `--jobs` worker) was creating the same tables
+            if "already exists" not in str(e):
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    return create(), folder
 
 
 def counted(study: Any) -> int:
