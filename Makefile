@@ -2,7 +2,7 @@
 # `make test`  every test: pytest and cargo test
 # `make bench` the data-stage benchmark (installs TRL for its baselines)
 # `make bench-train` packed vs padded SFT batches on a tiny Llama (CPU, ~8 minutes on 2 cores)
-# `make bench-export` torch vs ONNX fp32 / int8 / int4: the quickstart classifier and SmolLM2 chat-sft
+# `make bench-export` torch vs ONNX fp32 / int8 / int4: the quickstart classifier, SmolLM2 chat-sft and SmolLM2 on a real chat set
 # `make bench-quality` ftc against the plain Trainer / TRL script on the same rows and budget, 3 seeds (~1.5 h on 2 cores)
 PY := .venv/bin/python
 export PYO3_PYTHON := $(CURDIR)/$(PY)
