@@ -239,3 +239,48 @@ def test_read_ahead_keeps_order_errors_and_stops_with_the_consumer():
     assert next(it) == 0
     it.close()  # the consumer stops: so does the producer, a few items ahead at most
     assert not [t for t in threading.enumerate() if t.name == "ftc-ahead"] and len(produced) <= 5
+
+
+@pytest.mark.parametrize("batches", [0, 1, 5])
+@pytest.mark.parametrize("direct", [True, False])
+def test_split_files_are_the_bytes_arrows_own_writer_writes(tmp_path: Path, monkeypatch, batches: int, direct: bool):
+    """`DirectFile` under `pa.ipc.new_stream`: the same bytes as a plain file, across chunk
+    boundaries and in the tail, with O_DIRECT and where a file system refuses it mid-write."""
+    import errno
+    import fcntl
+    import os
+
+    from ftc import spool
+
+    monkeypatch.setattr(spool.DirectFile, "CHUNK", 1 << 16)  # many chunks, a partial last one
+    rng = np.random.default_rng(batches)
+    schema = pa.schema([pa.field(c, pa.list_(pa.int32())) for c in spool.COLUMNS])
+    out = []
+    for _ in range(batches):
+        offsets = np.concatenate([[0], np.cumsum(rng.integers(0, 900, 40))]).astype(np.int32)
+        cols = [pa.ListArray.from_arrays(pa.array(offsets), pa.array(rng.integers(-100, 50_000, offsets[-1], np.int32)))
+                for _ in spool.COLUMNS]
+        out.append(pa.record_batch(cols, schema=schema))
+    with pa.OSFile(str(tmp_path / "want.arrow"), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        for b in out:
+            writer.write_batch(b)
+    real_pwrite, refused = os.pwrite, []
+
+    def pwrite(fd, data, at):  # a file system without O_DIRECT, found out at the first write
+        if not direct and not refused and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            refused.append(at)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_pwrite(fd, data, at)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    with spool.DirectFile(tmp_path / "got.arrow") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        for b in out:
+            writer.write_batch(b)
+    assert (tmp_path / "got.arrow").read_bytes() == (tmp_path / "want.arrow").read_bytes()
+    assert pa.ipc.open_stream(tmp_path / "got.arrow").read_all().num_rows == 40 * batches
+    try:  # where tmp_path's file system takes O_DIRECT at all
+        os.close(os.open(tmp_path / "probe", os.O_WRONLY | os.O_CREAT | os.O_DIRECT))
+        supported = True
+    except OSError:
+        supported = False
+    assert sink.direct == (direct and supported) and bool(refused) == (supported and not direct)

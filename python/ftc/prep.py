@@ -229,10 +229,11 @@ def _build(spec: Spec, files: list[list[Path]], info: TokenizerInfo, template: t
             stats.append(st)
             run.names.append(st.name)
             on_bytes = (lambda n: progress("read", n, None)) if progress else None
-            for batch in ahead(read_source(src, fs, threads, on_bytes, spec.data.split.column, task.read_file)):
-                if batch.note:
-                    st.notes.append(f"{_rel(batch.file, spec.root)}: {batch.note}")
-                _process_batch(run, batch, idx, src.weight, st)
+            batches = ahead(read_source(src, fs, threads, on_bytes, spec.data.split.column, task.read_file))
+            for prepared in ahead((_prepare(run, b) for b in batches), 1):
+                if prepared.batch.note:
+                    st.notes.append(f"{_rel(prepared.batch.file, spec.root)}: {prepared.batch.note}")
+                _process_batch(run, prepared, idx, src.weight, st)
     finally:
         run.quarantine.close()
         run.removed.close()
@@ -269,29 +270,56 @@ def _build(spec: Spec, files: list[list[Path]], info: TokenizerInfo, template: t
     }
 
 
-def _process_batch(run: Run, batch: SourceBatch, idx: int, weight: float, st: SourceStats) -> None:
-    """One batch of one source through quarantine, cleaning, tokenization, the token rules and
-    dedup; the survivors go on to the splits."""
-    spec, funnel = run.spec, run.funnel
-    rows, bad = batch.rows, batch.bad
-    st.read += rows.height + bad.height
-    funnel.read += rows.height + bad.height
-    bad_parts = [bad]
-    rows, more = run.task.check_rows(run, rows)
-    bad_parts.append(more)
+@dataclass
+class Prepared:
+    """A batch after the task's checks, cleaning and encoding, nothing of it recorded yet."""
+
+    batch: SourceBatch
+    bad_parts: list[pl.DataFrame]  # quarantined: (line, reason)
+    checked: pl.DataFrame  # the rows cleaning saw, and the rule that removes each (null: kept)
+    clean_reason: pl.Series
+    funnel: Funnel  # what cleaning rewrote, with its examples
+    rows: pl.DataFrame  # the rows that were encoded, with their split codes and encoding
+    codes: np.ndarray
+    encoded: tuple[Any, ...]  # `encode_rows`'
+
+
+def _prepare(run: Run, batch: SourceBatch) -> Prepared:
+    """The part of a batch that records nothing: task checks, cleaning, tokenization. It runs a
+    batch ahead, on its own thread, while `_process_batch` records the one before, in order: the
+    stage's serial bookkeeping no longer holds a core idle between encodings."""
+    rows, more = run.task.check_rows(run, batch.rows)
+    bad_parts = [batch.bad, more]
     codes = np.full(rows.height, -1, dtype=np.int8)
     if "split" in rows.columns:
         codes, unknown = quality.column_split(rows["split"])
         if unknown.any():
-            col = spec.data.split.column
+            col = run.spec.data.split.column
             bad_parts.append(rows.filter(pl.Series(unknown)).select(
                 "line", reason=pl.format("unknown split: '{}' in column '{}' (train, valid or test)", "split",
                                          pl.lit(col))))
             rows, codes = rows.filter(pl.Series(~unknown)), codes[~unknown]
-    rows, reason = quality.clean_rows(run.cleaner, spec, rows, funnel)
-    keep = _remove(run, st, batch, rows, reason.series(), "cleaned")
-    rows, codes = rows.filter(pl.Series(keep)), codes[keep]
-    ids, second, hashes, (failed, failed_why), reason = encode_rows(run, rows)
+    funnel = Funnel()
+    checked, reason = quality.clean_rows(run.cleaner, run.spec, rows, funnel)
+    clean_reason = reason.series()
+    keep = clean_reason.is_null().to_numpy()
+    rows, codes = checked.filter(pl.Series(keep)), codes[keep]
+    return Prepared(batch, bad_parts, checked, clean_reason, funnel, rows, codes, encode_rows(run, rows))
+
+
+def _process_batch(run: Run, p: Prepared, idx: int, weight: float, st: SourceStats) -> None:
+    """One prepared batch through the record of what cleaning and the token rules removed, and
+    dedup; the survivors go on to the splits."""
+    funnel, batch, bad_parts, rows, codes = run.funnel, p.batch, p.bad_parts, p.rows, p.codes
+    read = batch.rows.height + batch.bad.height
+    st.read += read
+    funnel.read += read
+    funnel.changed.update(p.funnel.changed)
+    for rule, items in p.funnel.examples.items():
+        for item in items:
+            funnel.example(rule, item)
+    _remove(run, st, batch, p.checked, p.clean_reason, "cleaned")
+    ids, second, hashes, (failed, failed_why), reason = p.encoded
     if failed.any():  # the template could not render the row: its message goes to quarantine
         bad_parts.append(rows.filter(pl.Series(failed)).select("line", reason=pl.lit("template: ") + failed_why))
     keep = _remove(run, st, batch, rows, reason.series(), "cleaned") & ~failed

@@ -239,28 +239,49 @@ fn conversations(messages: &PyArray) -> PyResult<Vec<Vec<Message<'_>>>> {
 type Encoded = (PyArray, PyArray, PyArray, PyArray, PyArray, PyArray);
 
 /// `(input_ids, labels or token_type_ids, status: u8, error, content_hash: u64, length: u32)`.
-fn examples_to_arrow(examples: Vec<Example>, type_ids: bool) -> Encoded {
-    let (mut offsets, mut second_offsets) = (vec![0i32], vec![0i32]);
-    let total: usize = examples.iter().map(|e| e.ids.len()).sum();
-    let (mut ids, mut second) = (Vec::with_capacity(total), Vec::with_capacity(total));
+/// The token columns are filled on the pool, each example into its slice: a serial copy here,
+/// holding the GIL, was the largest part of encoding that did not scale with threads.
+fn examples_to_arrow(py: Python<'_>, pool: &ThreadPool, mut examples: Vec<Example>, type_ids: bool) -> Encoded {
+    use rayon::prelude::*;
+    let running = |lens: &mut dyn Iterator<Item = usize>| {
+        std::iter::once(0).chain(lens.scan(0usize, |at, n| {
+            *at += n;
+            Some(*at as i32)
+        }))
+        .collect::<Vec<i32>>()
+    };
+    let offsets = running(&mut examples.iter().map(|e| e.ids.len()));
+    let second_offsets =
+        running(&mut examples.iter().map(|e| if type_ids { e.type_ids.len() } else { e.labels.len() }));
     let mut status = Vec::with_capacity(examples.len());
     let mut errors = LargeStringBuilder::new();
     let mut hashes = UInt64Builder::with_capacity(examples.len());
     let mut lengths = Vec::with_capacity(examples.len());
-    for e in examples {
-        ids.extend(e.ids.iter().map(|&i| i as i32));
-        offsets.push(ids.len() as i32);
-        if type_ids {
-            second.extend(e.type_ids.iter().map(|&t| t as i32));
-        } else {
-            second.extend(e.labels);
-        }
-        second_offsets.push(second.len() as i32);
+    for e in &mut examples {
         lengths.push(e.length);
         status.push(e.status as u8);
-        errors.append_option(e.error);
+        errors.append_option(e.error.take());
         hashes.append_value(e.content_hash);
     }
+    let (ids, second) = py.detach(|| {
+        pool.install(|| {
+            let mut ids = vec![0i32; *offsets.last().unwrap() as usize];
+            let mut second = vec![0i32; *second_offsets.last().unwrap() as usize];
+            examples
+                .into_par_iter()
+                .zip(pack::split_at_offsets(&mut ids, &offsets))
+                .zip(pack::split_at_offsets(&mut second, &second_offsets))
+                .for_each(|((e, ids), second)| {
+                    ids.iter_mut().zip(&e.ids).for_each(|(o, &i)| *o = i as i32);
+                    if type_ids {
+                        second.iter_mut().zip(&e.type_ids).for_each(|(o, &t)| *o = t as i32);
+                    } else {
+                        second.copy_from_slice(&e.labels);
+                    }
+                });
+            (ids, second)
+        })
+    });
     (
         list_i32(offsets, ids),
         list_i32(second_offsets, second),
@@ -368,7 +389,7 @@ impl DataEncoder {
         let convs = conversations(&messages)?;
         let examples =
             py.detach(|| self.pool.install(|| self.encoder.encode_chat(template, &convs, max_length, truncation, train_on_all)));
-        Ok(examples_to_arrow(examples, false))
+        Ok(examples_to_arrow(py, &self.pool, examples, false))
     }
 
     /// Raw texts → the same six columns; every token labelled, EOS appended.
@@ -377,7 +398,7 @@ impl DataEncoder {
         let truncation = parse_truncation(truncation)?;
         let views = strs(&texts, "texts")?;
         let examples = py.detach(|| self.pool.install(|| self.encoder.encode_text(&views, max_length, truncation)));
-        Ok(examples_to_arrow(examples, false))
+        Ok(examples_to_arrow(py, &self.pool, examples, false))
     }
 
     /// Classification inputs: text (+ text pair) → `(input_ids, token_type_ids, status, error,
@@ -400,7 +421,7 @@ impl DataEncoder {
         let examples = py.detach(|| {
             self.pool.install(|| self.encoder.encode_pairs(&views, pair_views.as_deref(), max_length, truncation))
         });
-        Ok(examples_to_arrow(examples, true))
+        Ok(examples_to_arrow(py, &self.pool, examples, true))
     }
 
     /// Token classification: pre-split words (`list<string>`) and one tag id per word
@@ -668,7 +689,7 @@ fn gather_rows(
     let p = py.detach(|| {
         pool.install(|| pack::gather(ids_path, labels_path, offsets, lengths, row_offsets, items, start..end))
     })?;
-    let labelled = p.labels.iter().filter(|&&l| l != encode::IGNORE).count() as u64;
+    let labelled = p.labelled;
     Ok((
         list_i32(p.token_offsets.clone(), p.input_ids),
         list_i32(p.token_offsets.clone(), p.labels),

@@ -49,28 +49,32 @@ impl Pool {
     /// subset-sum, counts split in powers of two; chunks go longest first, and backtracking
     /// skips a chunk whenever the sum is reachable without it, so short examples are spared.
     fn best_subset(&self, gap: usize) -> Vec<usize> {
+        let words = gap / 64 + 1;
         let mut chunks: Vec<(usize, usize)> = Vec::new();
-        for len in (1..=gap).rev() {
+        let mut states = vec![0u64; words]; // states[i]: the sums reachable with the first i chunks
+        states[0] = 1;
+        // Once the gap itself is reachable no later (shorter) chunk can change the answer:
+        // backtracking would skip every one of them, so they are neither made nor added.
+        'fill: for len in (1..=gap).rev() {
             let (mut c, mut k) = (self.count(len), 1);
             while c > 0 {
                 let m = k.min(c);
+                (c, k) = (c - m, k * 2);
+                let i = chunks.len();
                 chunks.push((len, m));
-                c -= m;
-                k *= 2;
+                states.extend_from_within(i * words..(i + 1) * words);
+                let (prev, next) = states.split_at_mut((i + 1) * words);
+                shift_or(&prev[i * words..], len * m, next);
+                if next[gap / 64] >> (gap % 64) & 1 == 1 {
+                    break 'fill;
+                }
             }
         }
-        let words = gap / 64 + 1;
-        let mut states = vec![0u64; words * (chunks.len() + 1)];
-        states[0] = 1;
-        for (i, &(len, m)) in chunks.iter().enumerate() {
-            let (prev, next) = states.split_at_mut((i + 1) * words);
-            let (prev, next) = (&prev[i * words..], &mut next[..words]);
-            shift_or(prev, len * m, next);
-        }
-        let last = &states[chunks.len() * words..];
+        let used = chunks.len();
+        let last = &states[used * words..];
         let mut v = (0..=gap).rev().find(|&v| last[v / 64] >> (v % 64) & 1 == 1).unwrap_or(0);
         let mut take = Vec::new();
-        for i in (0..chunks.len()).rev() {
+        for i in (0..used).rev() {
             let before = &states[i * words..(i + 1) * words];
             if before[v / 64] >> (v % 64) & 1 == 0 {
                 let (len, m) = chunks[i];
@@ -141,13 +145,25 @@ pub struct Packed {
     pub token_offsets: Vec<i32>,
     pub seq_lengths: Vec<i32>,
     pub seq_offsets: Vec<i32>,
+    pub labelled: u64, // labels that are not IGNORE
+}
+
+/// One row's share of the output columns.
+struct RowOut<'a> {
+    row: usize,
+    ids: &'a mut [i32],
+    labels: &'a mut [i32],
+    positions: &'a mut [i32],
+    seqs: &'a mut [i32],
 }
 
 /// Reads the examples of rows `rows` from the spool files (little-endian i32 token ids and
 /// labels, example `k` at token offset `offsets[k]` with `lengths[k]` tokens).
 ///
 /// Positioned reads rather than a memory map: the spool is larger than the memory budget,
-/// and mapped pages would count against the process's resident set.
+/// and mapped pages would count against the process's resident set. Every row's place in the
+/// output is known from `lengths` before anything is read, so rows are read straight into
+/// their slices on every thread; a serial concatenation afterwards held the second core idle.
 pub fn gather(
     ids_path: &str,
     labels_path: &str,
@@ -159,39 +175,63 @@ pub fn gather(
 ) -> Result<Packed> {
     let open = |p: &str| File::open(p).map_err(|e| DataError::Io { path: p.into(), source: e });
     let (ids_file, labels_file) = (open(ids_path)?, open(labels_path)?);
-    let read = |f: &File, path: &str, k: u32, out: &mut Vec<i32>| -> Result<()> {
-        let n = lengths[k as usize] as usize;
-        let mut buf = vec![0u8; n * 4];
-        f.read_exact_at(&mut buf, offsets[k as usize] * 4)
-            .map_err(|e| DataError::Io { path: path.into(), source: e })?;
-        out.extend(buf.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])));
-        Ok(())
-    };
-    let per_row: Vec<(Vec<i32>, Vec<i32>, Vec<i32>)> = rows
-        .into_par_iter()
-        .map(|r| {
-            let members = &items[row_offsets[r] as usize..row_offsets[r + 1] as usize];
-            let (mut ids, mut labels, mut seqs) = (Vec::new(), Vec::new(), Vec::new());
-            for &k in members {
-                read(&ids_file, ids_path, k, &mut ids)?;
-                read(&labels_file, labels_path, k, &mut labels)?;
-                seqs.push(lengths[k as usize] as i32);
-            }
-            Ok((ids, labels, seqs))
-        })
-        .collect::<Result<_>>()?;
+    let members = |r: usize| &items[row_offsets[r] as usize..row_offsets[r + 1] as usize];
     let mut p = Packed { token_offsets: vec![0], seq_offsets: vec![0], ..Default::default() };
-    for (ids, labels, seqs) in per_row {
-        for &n in &seqs {
-            p.position_ids.extend(0..n);
-        }
-        p.input_ids.extend(ids);
-        p.labels.extend(labels);
-        p.seq_lengths.extend(seqs);
-        p.token_offsets.push(p.input_ids.len() as i32);
-        p.seq_offsets.push(p.seq_lengths.len() as i32);
+    let (mut tokens, mut seqs) = (0usize, 0usize);
+    for r in rows.clone() {
+        let m = members(r);
+        tokens += m.iter().map(|&k| lengths[k as usize] as usize).sum::<usize>();
+        seqs += m.len();
+        p.token_offsets.push(tokens as i32);
+        p.seq_offsets.push(seqs as i32);
     }
+    (p.input_ids, p.labels, p.position_ids) = (vec![0; tokens], vec![0; tokens], vec![0; tokens]);
+    p.seq_lengths = vec![0; seqs];
+    let parts: Vec<RowOut> = rows
+        .zip(split_at_offsets(&mut p.input_ids, &p.token_offsets))
+        .zip(split_at_offsets(&mut p.labels, &p.token_offsets))
+        .zip(split_at_offsets(&mut p.position_ids, &p.token_offsets))
+        .zip(split_at_offsets(&mut p.seq_lengths, &p.seq_offsets))
+        .map(|((((row, ids), labels), positions), seqs)| RowOut { row, ids, labels, positions, seqs })
+        .collect();
+    p.labelled = parts
+        .into_par_iter()
+        .map(|out| {
+            let mut at = 0;
+            for (j, &k) in members(out.row).iter().enumerate() {
+                let (n, from) = (lengths[k as usize] as usize, offsets[k as usize] * 4);
+                read_i32(&ids_file, ids_path, from, &mut out.ids[at..at + n])?;
+                read_i32(&labels_file, labels_path, from, &mut out.labels[at..at + n])?;
+                out.positions[at..at + n].iter_mut().zip(0..).for_each(|(p, i)| *p = i);
+                out.seqs[j] = n as i32;
+                at += n;
+            }
+            Ok(out.labels.iter().filter(|&&l| l != crate::encode::IGNORE).count() as u64)
+        })
+        .try_reduce(|| 0, |a, b| Ok(a + b))?;
     Ok(p)
+}
+
+/// `buf` cut at `offsets` (the first 0, the last `buf.len()`) into one slice per item, so
+/// that threads can fill the items of a flat column in place.
+pub fn split_at_offsets<'a, T>(mut buf: &'a mut [T], offsets: &[i32]) -> Vec<&'a mut [T]> {
+    offsets
+        .windows(2)
+        .map(|w| {
+            let (item, rest) = std::mem::take(&mut buf).split_at_mut((w[1] - w[0]) as usize);
+            buf = rest;
+            item
+        })
+        .collect()
+}
+
+/// Fills `out` with the little-endian i32s at byte `from` of `file`.
+fn read_i32(file: &File, path: &str, from: u64, out: &mut [i32]) -> Result<()> {
+    // SAFETY: any byte pattern is a valid i32, and the byte view covers exactly `out`
+    let bytes = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u8>(), out.len() * 4) };
+    file.read_exact_at(bytes, from).map_err(|e| DataError::Io { path: path.into(), source: e })?;
+    out.iter_mut().for_each(|v| *v = i32::from_le(*v)); // a no-op on little-endian machines
+    Ok(())
 }
 
 #[cfg(test)]
