@@ -144,6 +144,26 @@ def test_a_weight_that_would_fill_the_disk_is_refused_before_writing(tmp_path: P
     assert len(list(ftc_home.glob("datasets-*/*/manifest.json"))) == 1  # only the weight-1 dataset
 
 
+
+def test_a_disk_that_fills_while_a_split_is_written_is_one_line_and_stores_nothing(
+        tmp_path: Path, llama_dir: Path, ftc_home: Path, monkeypatch: pytest.MonkeyPatch):
+    import errno
+    import os
+
+    from click.testing import CliRunner
+
+    from ftc import spool
+    from ftc.cli import main
+
+    def full(fd, data, at):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(spool.os, "pwrite", full)
+    result = CliRunner().invoke(main, ["prep", str(chat_spec(tmp_path, llama_dir))])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert "error: the disk is full" in result.output and "$FTC_HOME" in result.output
+    assert not list(ftc_home.glob("datasets-*/*/manifest.json"))
+
 # ── no code from a model directory runs unless the spec allows it ────────────────────────────
 
 CUSTOM_CODE = '''

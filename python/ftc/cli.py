@@ -6,6 +6,7 @@ Exit codes: 0 success; 1 a reported error (no traceback, unless `--debug`); 2 us
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import math
@@ -58,6 +59,13 @@ def reported(fn: Callable[..., Any]) -> Callable[..., Any]:
             err.print(f"error: `ftc {click.get_current_context().info_name}` needs {e.name}, which is not installed "
                       f"(`pip install ftc` alone is the data stage and the runtime)\n\nhint: pip install 'ftc[{extra}]'",
                       markup=False, soft_wrap=True)
+            sys.exit(1)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT) or debug:
+                raise
+            where = f" writing {e.filename}" if e.filename else ""
+            err.print(f"error: the disk is full{where} ({e.strerror})\n\nhint: free space, or point $FTC_HOME "
+                      "(the store, where datasets and runs are built) at a larger disk", markup=False, soft_wrap=True)
             sys.exit(1)
         except KeyboardInterrupt:
             err.print("interrupted")
