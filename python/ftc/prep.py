@@ -276,7 +276,7 @@ class Prepared:
 
     batch: SourceBatch
     bad_parts: list[pl.DataFrame]  # quarantined: (line, reason)
-    checked: pl.DataFrame  # the rows cleaning saw, and the rule that removes each (null: kept)
+    checked: pl.DataFrame  # the rows as cleaning left them, and the rule that removes each (null: kept)
     clean_reason: pl.Series
     funnel: Funnel  # what cleaning rewrote, with its examples
     rows: pl.DataFrame  # the rows that were encoded, with their split codes and encoding

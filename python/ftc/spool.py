@@ -137,7 +137,7 @@ class DirectFile(io.RawIOBase):
     Buffered writes of a new file cost the kernel a page-cache page each: writing a packed split
     spent more CPU in the kernel than gathering it, on one thread, after the last batch was
     encoded. Direct writes from page-aligned chunks leave the CPU to the stage and the writing to
-    a thread. Anything refusing them (tmpfs, some network file systems) gets ordinary writes.
+    a thread. Anything refusing them (older tmpfs, some network file systems) gets ordinary writes.
     """
 
     ALIGN, CHUNK = 4096, 8 << 20
@@ -173,10 +173,10 @@ class DirectFile(io.RawIOBase):
 
     def _submit(self) -> None:
         self.pending.append(self.writer.submit(self._pwrite, self.buf, self.fill, self.at))
-        self.at += self.fill
+        self.at, self.fill = self.at + self.fill, 0  # handed over: a failed write is not retried
         while not self.free:  # at most three chunks in flight
             self.free.append(self.pending.popleft().result())
-        self.buf, self.fill = self.free.pop(), 0
+        self.buf = self.free.pop()
 
     def _pwrite(self, buf: memoryview, size: int, at: int) -> memoryview:
         try:  # a direct write covers whole blocks; `close` cuts the file back to its length
