@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ftc import __version__, _data, distributed, prep as data_stage, rows, store, tasks, train
+from ftc import __version__, _data, distributed, prep as data_stage, rows, store, tasks, train, vocab
 from ftc.errors import BuildError
 from ftc.model import check_remote_code, resolve_model
 from ftc.spec import Spec
@@ -183,6 +183,7 @@ def _train(spec: Spec, data: data_stage.PrepResult, model_dir: Path, inputs: dic
     task = tasks.get(spec.model.task)
     labels = m.get("labels")
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=spec.model.trust_remote_code)
+    new_tokens = vocab.add_to(tokenizer, model_dir, vocab.spec_tokens(spec))
     pad_id = rows.pad_id(tokenizer)
     if pad_id is None:
         raise BuildError(f"{model_dir}: the tokenizer has neither a pad nor an eos token to pad batches with")
@@ -193,13 +194,20 @@ def _train(spec: Spec, data: data_stage.PrepResult, model_dir: Path, inputs: dic
     from transformers import set_seed
 
     set_seed(spec.project.seed)  # before loading: a new head (classification) is initialised from it
-    model = train.load_model(spec, task, model_dir, labels, pad_id)
+
+    def load(path: Path) -> Any:
+        model = train.load_model(spec, task, path, labels, pad_id)
+        if path == model_dir:  # the base, with rows for the tokens the spec adds (an adapter trains them)
+            vocab.grow(model, new_tokens, len(tokenizer))
+        return model
+
+    model = load(model_dir)
     train_ds, train_collator = task.train_data(spec, train_ds, pad_id)
     bs = spec.train.batch_size
     eval_ds = test_ds or valid_ds
     base_metrics = task.evaluate(spec, model, tokenizer, eval_ds, collator, labels) \
         if spec.eval.compare_base and eval_ds and w.main else None
-    model = train.apply_method(model, spec, task)
+    model = train.apply_method(model, spec, task, [t.id for t in new_tokens])
     n_trainable, n_total = train.trainable(model)
     steps_per_epoch = -(-len(train_ds) // (bs * spec.train.grad_accum * w.size))
     args = train.training_arguments(spec, work, valid_ds is not None, steps_per_epoch, task.sampling(spec), w.size)
@@ -213,7 +221,7 @@ def _train(spec: Spec, data: data_stage.PrepResult, model_dir: Path, inputs: dic
     seconds = time.perf_counter() - t0
     if w.size > 1 and spec.train.distributed.strategy != "ddp":  # sharded: every rank gives its share
         model = distributed.gathered(trainer, work / "final", model_dir, w,
-                                     lambda path: train.load_model(spec, task, path, labels, pad_id))
+                                     load)
     else:
         model = trainer.model
     if out is None:
@@ -227,6 +235,7 @@ def _train(spec: Spec, data: data_stage.PrepResult, model_dir: Path, inputs: dic
         if (work / tracked).is_dir():
             shutil.copytree(work / tracked, out / kept)
     tokenizer.save_pretrained(out / "model")
+    vocab.save(out / "model", new_tokens, len(tokenizer))
     # What export needs without the spec's directory: the spec as written and the template it chose.
     (out / "spec.toml").write_text(spec.text, encoding="utf-8")
     if template := m.get("template_source"):

@@ -94,6 +94,7 @@ def main(debug: bool) -> None:
       ftc inspect spec.toml    statistics and decoded rows, masked tokens marked
       ftc infer ART --text T   classify or generate with onnxruntime alone (no torch)
       ftc serve ART            the same over HTTP, on 127.0.0.1:8000
+      ftc vocab suggest spec.toml  domain words worth adding as tokens (`tokenize.add_tokens`)
       ftc cache ls             what the store at $FTC_HOME holds
       ftc schema               the spec's JSON schema, for editors
     """
@@ -721,6 +722,51 @@ def _size(text: str) -> int:
         raise click.BadParameter(f"{text!r}: expected a positive number of bytes, e.g. 1048576, 512KiB or 1MiB",
                                  param_hint="--max-bytes")
     return int(value)
+
+
+@main.group()
+def vocab() -> None:
+    """Domain vocabulary: which words to add with `tokenize.add_tokens`."""
+
+
+@vocab.command("suggest")
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--top", type=click.IntRange(min=1), default=30, show_default=True, help="Words to list.")
+@click.option("--min-count", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Leave out words seen fewer times in the sources.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the words, one per line, as a file for `tokenize.add_tokens_file`.")
+@click.option("--json", "as_json", is_flag=True, help="Print the list on stdout.")
+@reported
+def vocab_suggest(spec: Path, top: int, min_count: int, out: Path | None, as_json: bool) -> None:
+    """List the words of SPEC's sources that its base tokenizer splits into the most pieces,
+    weighted by how often they occur: the tokens that adding as whole tokens saves most on.
+
+    \b
+    Add the ones that are real domain terms to the spec:
+      [tokenize]
+      add_tokens = ["angioplasty", "stent"]     # or add_tokens_file = "tokens.txt"
+    """
+    from ftc import vocab as vocab_stage
+    from ftc.specload import load_spec
+
+    found = vocab_stage.suggest(load_spec(spec), min_count)[:top]
+    if as_json:
+        click.echo(json.dumps([c.__dict__ for c in found], ensure_ascii=False, indent=2))
+    if out is not None:
+        out.write_text("".join(f"{c.word}\n" for c in found), encoding="utf-8")
+    if not found:
+        err.print(f"no word seen {min_count}+ times costs more than one token: nothing to suggest", markup=False)
+        return
+    table = Table(box=None, pad_edge=False)
+    for col in ("word", "count", "pieces", "tokens saved"):
+        table.add_column(col, justify="left" if col == "word" else "right")
+    for c in found:
+        table.add_row(c.word, f"{c.count:,}", str(c.pieces), f"{c.saved:,}")
+    err.print(table)
+    if out is not None:
+        err.print(f"wrote {len(found)} words to {out}: review them, then set `tokenize.add_tokens_file`",
+                  markup=False, soft_wrap=True)
 
 
 @main.group()

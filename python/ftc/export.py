@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ftc import __version__, gguf_export, model_card, onnx_export, store, tasks
+from ftc import __version__, gguf_export, model_card, onnx_export, store, tasks, vocab
 from ftc.errors import ExportError
 from ftc.model import check_remote_code
 from ftc.parity import Parity
@@ -274,7 +274,7 @@ def load_trained(run: Run, tokenizer: Any) -> Any:
     if source != run.path / "model":
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, run.path / "model")
+        model = PeftModel.from_pretrained(vocab.fit(model, run.path / "model"), run.path / "model")
     return model.eval()
 
 

@@ -133,6 +133,7 @@ class TokenizerInfo:
     special_tokens: dict[str, str]
     model_template: str | None
     files: list[Path] = field(default_factory=list)
+    added_tokens: list[str] = field(default_factory=list)  # `tokenize.add_tokens`, already in tokenizer_json
 
     @property
     def eos_token(self) -> str | None:

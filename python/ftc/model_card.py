@@ -192,8 +192,13 @@ def loading(f: Facts) -> list[str]:
                  f"BASE = {base!r}  # the base it was trained from (`{f.spec_base}`)"]
         if labels:
             lines.append(f"labels = {labels!r}")
-        lines += [f"base = {f.auto_class}.from_pretrained(BASE{head})",
-                  "model = PeftModel.from_pretrained(base, FOLDER)"]
+        lines.append(f"base = {f.auto_class}.from_pretrained(BASE{head})")
+        if f.data.get("added_tokens"):  # the adapter holds the trained rows of the tokens the run added
+            lines += ["tokenizer = AutoTokenizer.from_pretrained(FOLDER)",
+                      "base.resize_token_embeddings(len(tokenizer))  # room for the tokens this run added"]
+        lines.append("model = PeftModel.from_pretrained(base, FOLDER)")
+        if f.data.get("added_tokens"):
+            return fenced("\n".join(lines), "python")
     else:
         lines = [f"from transformers import {f.auto_class}, AutoTokenizer", "", *lines,
                  f"model = {f.auto_class}.from_pretrained(FOLDER)"]

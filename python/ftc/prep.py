@@ -17,7 +17,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ftc import __version__, _data, quality, store, tasks
+from ftc import __version__, _data, quality, store, tasks, vocab
 from ftc.errors import BuildError, SourceError
 from ftc.model import TokenizerInfo, load_tokenizer_info, resolve_model, resolve_template
 from ftc.quality import Funnel
@@ -135,9 +135,11 @@ def key_inputs(spec: Spec, files: list[list[Path]], info: TokenizerInfo, templat
         "labels": spec.model.labels,
         "seed": spec.project.seed,
         "data": spec.data.model_dump(mode="json", by_alias=True),
-        "tokenize": spec.tokenize.model_dump(mode="json"),
+        "tokenize": spec.tokenize.model_dump(mode="json", exclude={"add_tokens", "add_tokens_file"}),
         "sources": sources,
         "tokenizer": {f.name: next(it) for f in info.files},
+        # only when there are some: every other dataset keeps the key it had before the option
+        **({"added_tokens": info.added_tokens} if info.added_tokens else {}),
         "template": None if template is None else {"name": template[0], "sha256": store.key_of(template[1])},
         "synonyms": next(it) if extra else None,
         "hook": quality.hook_fingerprint(spec),
@@ -183,6 +185,8 @@ def resolve_inputs(spec: Spec, threads: int = 0) -> tuple[list[list[Path]], Toke
     and the key's inputs."""
     files = [source_files(s, spec.root) for s in spec.data.sources]
     info = load_tokenizer_info(resolve_model(spec.model.base, spec.root))
+    if added := vocab.spec_tokens(spec):
+        info = replace(info, tokenizer_json=vocab.extend(info.tokenizer_json, added)[0], added_tokens=added)
     raw_text = not tasks.get(spec.model.task).uses_template(spec, files)
     if spec.tokenize.truncation == "chunk" and not raw_text:
         raise BuildError("`tokenize.truncation = \"chunk\"` concatenates raw text into blocks; these sources "
@@ -239,7 +243,7 @@ def _build(spec: Spec, files: list[list[Path]], info: TokenizerInfo, template: t
         run.removed.close()
     _check_bad_fraction(spec, stats, tmp)
     splits, extra, columns = run.collector.finish(run, stats, tmp, threads, progress)
-    shutil.copyfile(info.dir / "tokenizer.json", tmp / "tokenizer.json")  # inspect decodes without the model
+    (tmp / "tokenizer.json").write_text(info.tokenizer_json, encoding="utf-8")  # inspect decodes without the model
     shutil.rmtree(spool_dir)
     final_train = splits["train"]["examples"]
     return {
@@ -256,6 +260,7 @@ def _build(spec: Spec, files: list[list[Path]], info: TokenizerInfo, template: t
         # `ftc-bpe: …` (the exact fast path, what it covers) or `tokenizers: …` (why not), then
         # `; ftc-wordpiece …` where QA windows and tagged words take the exact fast WordPiece.
         "encoder": run.encoder.encoder,
+        "added_tokens": info.added_tokens,
         "files": {s: f"{s}.arrow" for s in SPLITS},
         "columns": columns,
         **extra,

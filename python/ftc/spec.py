@@ -19,6 +19,8 @@ Bounded = Annotated[int, Field(gt=0, le=1 << 20)]
 
 # A project name becomes part of file names in the store: a slug, never a path.
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+# The methods that train the embedding rows of added tokens (LoRA's kinds: PEFT's trainable tokens).
+VOCAB_METHODS = ("lora", "dora", "qlora", "full")
 
 
 class Table(BaseModel):
@@ -287,6 +289,19 @@ class Tokenize(Table):
                                      "its tag (B-X continues as I-X), not only the first.")
     doc_stride: Positive = Field(128, description="Question answering: tokens shared by consecutive windows of "
                                  "a context longer than max_length.")
+    add_tokens: list[str] = Field(default_factory=list, description="Domain words to add to the vocabulary as "
+                                  "whole tokens (`ftc vocab suggest` lists candidates); the model's embeddings grow "
+                                  "to match, each new row starting as the mean of the pieces the word was split into.")
+    add_tokens_file: str | None = Field(None, description="A UTF-8 file of more tokens to add, one per line (blank "
+                                        "lines and lines starting with `#` skipped).")
+
+    @field_validator("add_tokens")
+    @classmethod
+    def _tokens_not_blank(cls, v: list[str]) -> list[str]:
+        if blank := [i for i, t in enumerate(v) if not t.strip()]:
+            raise ValueError(f"`add_tokens[{blank[0]}]` is blank: a token to add holds at least one non-space "
+                             "character")
+        return v
 
 
 class Lora(Table):
@@ -558,6 +573,9 @@ class Spec(Table):
         if wrong := [m for m in self.eval.metrics if m not in task.metrics]:
             raise ValueError(f"`eval.metrics` {wrong} do not apply to `model.task = \"{task.name}\"`, "
                              f"whose metrics are {list(task.metrics)}")
+        if (self.tokenize.add_tokens or self.tokenize.add_tokens_file) and self.train.method not in VOCAB_METHODS:
+            raise ValueError(f"`tokenize.add_tokens` gives the model new embedding rows, which `train.method = "
+                             f"\"{self.train.method}\"` leaves untrained: use one of {list(VOCAB_METHODS)}")
         if self.tune is not None:
             if self.tune.metric not in task.stop_metrics:
                 raise ValueError(f"`tune.metric = \"{self.tune.metric}\"` is not a validation metric of `model.task = "

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ftc import vocab
 from ftc.errors import BuildError, FtcWarning
 from ftc.spec import Spec
 
@@ -144,9 +145,10 @@ def load_head(auto: Any, model_dir: Path, labels: list[str] | None, pad_id: int 
     return model
 
 
-def apply_method(model: Any, spec: Spec, task: Task) -> Any:
+def apply_method(model: Any, spec: Spec, task: Task, new_ids: list[int] | None = None) -> Any:
     """The spec's method → the model to train (a PEFT model or the base with some parameters
-    frozen). Returns the model."""
+    frozen). `new_ids`: the rows of added tokens, which an adapter trains beside its own weights
+    (PEFT's trainable tokens: only those rows, in the input embeddings and a head tied to them)."""
     t = spec.train
     method = t.method
     if method == "full":
@@ -161,7 +163,8 @@ def apply_method(model: Any, spec: Spec, task: Task) -> Any:
             model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=t.gradient_checkpointing)
         config: Any = peft.LoraConfig(task_type=task_type, r=t.lora.r, lora_alpha=t.lora.alpha,
                                       lora_dropout=t.lora.dropout, target_modules=t.lora.target_modules,
-                                      use_dora=method == "dora")
+                                      use_dora=method == "dora",
+                                      trainable_token_indices=vocab.trainable_rows(model, new_ids or []))
     elif method == "ia3":
         config = peft.IA3Config(task_type=task_type)
     elif method == "prompt-tuning":
