@@ -739,8 +739,8 @@ def vocab() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the list on stdout.")
 @reported
 def vocab_suggest(spec: Path, top: int, min_count: int, out: Path | None, as_json: bool) -> None:
-    """List the words of SPEC's sources that its base tokenizer splits into the most pieces,
-    weighted by how often they occur: the tokens that adding as whole tokens saves most on.
+    """List the words of SPEC's sources that would save the most tokens added to the vocabulary
+    whole: those its base tokenizer splits into many pieces, weighted by how often they occur.
 
     \b
     Add the ones that are real domain terms to the spec:
@@ -750,13 +750,16 @@ def vocab_suggest(spec: Path, top: int, min_count: int, out: Path | None, as_jso
     from ftc import vocab as vocab_stage
     from ftc.specload import load_spec
 
-    found = vocab_stage.suggest(load_spec(spec), min_count)[:top]
+    with _bars("vocab", False):  # a .gguf base is converted on first use: its bars go to the log
+        found = vocab_stage.suggest(load_spec(spec), min_count)[:top]
     if as_json:
         click.echo(json.dumps([c.__dict__ for c in found], ensure_ascii=False, indent=2))
     if out is not None:
         out.write_text("".join(f"{c.word}\n" for c in found), encoding="utf-8")
     if not found:
-        err.print(f"no word seen {min_count}+ times costs more than one token: nothing to suggest", markup=False)
+        err.print(f"nothing to suggest: no word seen {min_count}+ times would cost fewer tokens added whole (a "
+                  "byte-level BPE keeps the space before an added word a token of its own)", markup=False,
+                  soft_wrap=True)
         return
     table = Table(box=None, pad_edge=False)
     for col in ("word", "count", "pieces", "tokens saved"):

@@ -60,11 +60,22 @@ def extend(tokenizer_json: str, tokens: list[str]) -> tuple[str, list[NewToken]]
 
     if not tokens:
         return tokenizer_json, []
-    base, grown = Tokenizer.from_str(tokenizer_json), Tokenizer.from_str(tokenizer_json)
+    base, grown = _unpadded(tokenizer_json), Tokenizer.from_str(tokenizer_json)
     grown.add_tokens(tokens)
     new = [NewToken(t, grown.token_to_id(t), base.encode(t, add_special_tokens=False).ids)
            for t in tokens if base.token_to_id(t) is None]
     return grown.to_str(), new
+
+
+def _unpadded(tokenizer_json: str) -> Any:
+    """A `tokenizers.Tokenizer` that encodes a text to its own tokens only: the padding and
+    truncation a tokenizer.json may configure (sentence encoders pad to 128) switched off."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_str(tokenizer_json)
+    tok.no_padding()
+    tok.no_truncation()
+    return tok
 
 
 def add_to(tokenizer: Any, model_dir: Path, tokens: list[str]) -> list[NewToken]:
@@ -140,7 +151,7 @@ def fit(model: Any, folder: Path) -> Any:
 
 # ── ftc vocab suggest ────────────────────────────────────────────────────────────────────────
 
-WORD = re.compile(r"\w+(?:[-'’.]\w+)*")
+WORD = re.compile(r"\w+(?:-\w+)*")  # words and hyphenated compounds; contractions are no domain terms
 
 
 @dataclass(frozen=True)
@@ -156,13 +167,14 @@ def candidates(texts: Iterable[str], tokenizer_json: str, min_count: int = 5, mi
     they occur: those whose addition saves the most tokens, best first. A word is counted as it
     usually appears, after a space; an added token still leaves that space its own token where
     the tokenizer has one (byte-level BPE, SentencePiece), which the saving accounts for."""
-    from tokenizers import Tokenizer
-
-    counts: Counter[str] = Counter()
+    raw: Counter[str] = Counter()
     for text in texts:
-        counts.update(WORD.findall(text))
+        raw.update(WORD.findall(text))
+    tok = _unpadded(tokenizer_json)
+    counts: Counter[str] = Counter()
+    for w, n in raw.items():  # a word as the tokenizer sees it: "It" and "it" are one word to a lower-casing one
+        counts[tok.normalizer.normalize_str(w) if tok.normalizer else w] += n
     words = [w for w, n in counts.items() if n >= min_count and len(w) >= min_chars and not w.isdigit()]
-    tok = Tokenizer.from_str(tokenizer_json)
     after = 1 + len(tok.encode(" ", add_special_tokens=False).ids)
     out = []
     for w, enc in zip(words, tok.encode_batch([f" {w}" for w in words], add_special_tokens=False), strict=True):
