@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ftc import __version__, _data, distributed, prep as data_stage, rows, store, tasks, train, vocab
+from ftc import __version__, _data, distill, distributed, forgetting, prep as data_stage, rows, store, tasks, train, vocab
 from ftc.errors import BuildError
 from ftc.model import check_remote_code, resolve_model
 from ftc.spec import Spec
@@ -52,7 +52,8 @@ class BuildResult:
     export: Any = None  # the export stage's `ftc.export.ExportResult`, when `[export] onnx = true`
 
 
-def train_inputs(spec: Spec, data_key: str, model_dir: Path, threads: int = 0, world_size: int = 1) -> dict[str, Any]:
+def train_inputs(spec: Spec, data_key: str, model_dir: Path, threads: int = 0, world_size: int = 1,
+                 retain_key: str | None = None, teacher: distill.Teacher | None = None) -> dict[str, Any]:
     """The train key's inputs. Several processes add how they trained: the global batch (world
     size × per-device batch × accumulation) sets the result, so a run of 2 processes of batch 4
     trains as one process of batch 8 would (README: More than one process), but each is its own
@@ -62,14 +63,19 @@ def train_inputs(spec: Spec, data_key: str, model_dir: Path, threads: int = 0, w
     t = spec.train
     several = {"distributed": {"world_size": world_size, "global_batch": world_size * t.batch_size * t.grad_accum,
                                **t.distributed.model_dump(mode="json")}} if world_size > 1 else {}
-    return several | {
+    # `[train.forgetting]` only where it has retained data: every other run keeps the key it had
+    forgetting = {"retain": retain_key} if t.forgetting.retain else {}
+    teacher_files = {"teacher": sorted(teacher.files.values())} if teacher else {}
+    return several | forgetting | teacher_files | {
         "format": RUNS,
         "recipe": TRAIN_RECIPE,
         "data": data_key,
         "base": {str(f.relative_to(model_dir)): h for f, h in zip(files, hashes, strict=True)},
         "model": spec.model.model_dump(mode="json"),
         # trackers do not change the model; one process ignores `distributed`
-        "train": spec.train.model_dump(mode="json", exclude={"report_to", "distributed"}),
+        "train": spec.train.model_dump(mode="json", exclude={"report_to", "distributed"} |
+                                       (set() if t.forgetting.retain else {"forgetting"}) |
+                                       (set() if t.distill else {"distill"})),
         "eval": spec.eval.model_dump(mode="json"),
         "seed": spec.project.seed,
     }
@@ -81,7 +87,10 @@ def plan(spec: Spec, threads: int = 0) -> list[StagePlan]:
     *_, inputs = data_stage.resolve_inputs(spec, threads)
     data_key = store.key_of(inputs)
     stages = [_stage_plan("data", store.DATASETS, data_key, inputs, spec.project.name)]
-    t_inputs = train_inputs(spec, data_key, resolve_model(spec.model.base, spec.root), threads)
+    retain = forgetting.retain_spec(spec)
+    t_inputs = train_inputs(spec, data_key, resolve_model(spec.model.base, spec.root), threads,
+                            retain_key=data_stage.dataset_key(retain, threads) if retain else None,
+                            teacher=distill.resolve_teacher(spec, threads) if spec.train.distill else None)
     stages.append(_stage_plan("train", RUNS, store.key_of(t_inputs), t_inputs, spec.project.name))
     if spec.export.onnx:
         from ftc import export
@@ -143,15 +152,22 @@ def _build_run(spec: Spec, *, threads: int = 0, progress: data_stage.Progress | 
     check_remote_code(model_dir, spec.model.trust_remote_code)
     data = distributed.main_first(w, lambda: data_stage.prep(spec, threads=threads,
                                                              progress=progress if w.main else None))
-    inputs = train_inputs(spec, data.key, model_dir, threads, w.size)
+    retain_spec = forgetting.retain_spec(spec)
+    retain = None if retain_spec is None else distributed.main_first(
+        w, lambda: data_stage.prep(retain_spec, threads=threads, progress=progress if w.main else None))
+    teacher = distill.resolve_teacher(spec, threads) if spec.train.distill else None
+    inputs = train_inputs(spec, data.key, model_dir, threads, w.size, retain.key if retain else None, teacher)
     key = store.key_of(inputs)
+    alone = None  # the student trained without the teacher: its own cached run, for the report
+    if spec.train.distill and spec.train.distill.compare:
+        alone = _build_run(distill.compare_spec(spec), threads=threads, progress=progress, force=False)
     work = store.home() / store.WORK / key
     # Several processes: rank 0 owns the store entry; the others train beside it, or stop when
     # the run is cached.
     cached = distributed.from_main(w, None if w.size == 1 else store.lookup(RUNS, key) is not None and not force)
     if not w.main:
         if not cached:
-            _train(spec, data, model_dir, inputs, key, work, None, None, w, callbacks)
+            _train(spec, data, retain, teacher, None, model_dir, inputs, key, work, None, None, w, callbacks)
         return None
 
     def make(tmp: Path) -> dict[str, Any]:
@@ -159,7 +175,8 @@ def _build_run(spec: Spec, *, threads: int = 0, progress: data_stage.Progress | 
         with store.lock(store.WORK, key), store.lock(store.DATASETS, data.key, shared=True):
             work.mkdir(parents=True, exist_ok=True)
             try:
-                manifest = _train(spec, data, model_dir, inputs, key, work, tmp, progress, w, callbacks)
+                manifest = _train(spec, data, retain, teacher, alone.manifest["metrics"] if alone else None, model_dir,
+                                  inputs, key, work, tmp, progress, w, callbacks)
             except DivergedError:
                 shutil.rmtree(work, ignore_errors=True)  # its checkpoints hold the diverged weights
                 raise
@@ -172,11 +189,14 @@ def _build_run(spec: Spec, *, threads: int = 0, progress: data_stage.Progress | 
     return BuildResult(data, key, path, hit, store.read_manifest(path), time.perf_counter() - t0)
 
 
-def _train(spec: Spec, data: data_stage.PrepResult, model_dir: Path, inputs: dict[str, Any], key: str, work: Path,
-           out: Path | None, progress: data_stage.Progress | None, w: distributed.World,
+def _train(spec: Spec, data: data_stage.PrepResult, retain: data_stage.PrepResult | None,
+           teacher: distill.Teacher | None, alone: dict[str, Any] | None, model_dir: Path, inputs: dict[str, Any],
+           key: str, work: Path, out: Path | None, progress: data_stage.Progress | None, w: distributed.World,
            callbacks: Sequence[Any] = ()) -> dict[str, Any] | None:
     """Trains, then (rank 0) evaluates and writes the run into `out`; another rank of several
-    processes only trains its shard, and returns None."""
+    processes only trains its shard, and returns None. `retain`: the dataset of
+    `[train.forgetting]`'s general data, evaluated before and after, replayed, or EWC's;
+    `teacher`: `[train.distill]`'s, `alone` the metrics of the student trained without it."""
     from transformers import AutoTokenizer
 
     m = data.manifest
@@ -202,18 +222,34 @@ def _train(spec: Spec, data: data_stage.PrepResult, model_dir: Path, inputs: dic
         return model
 
     model = load(model_dir)
-    train_ds, train_collator = task.train_data(spec, train_ds, pad_id)
-    bs = spec.train.batch_size
+    f = spec.train.forgetting
+    forgot: dict[str, Any] = {}  # what `[train.forgetting]` measured and did
+    if retain is not None:
+        if w.main:
+            forgot["base"] = forgetting.evaluate(spec, task, model, tokenizer, retain, collator, labels)
+        train_ds, forgot["replayed_examples"] = forgetting.with_replay(train_ds, retain, f.replay, spec.project.seed)
+    fisher = _fisher(spec, task, model, retain, collator, inputs, progress) if f.ewc and retain else None
     eval_ds = test_ds or valid_ds
+    distilled: dict[str, Any] = {}
+    if teacher is not None:
+        rows_key = store.key_of([data.key, retain.key, f.replay]) if retain and f.replay else data.key
+        preds, width, distilled["teacher"] = distill.prepare(spec, task, teacher, rows_key, train_ds, eval_ds,
+                                                             collator, tokenizer, labels, pad_id, progress)
+        distilled["student_alone"] = alone
+    train_ds, train_collator = task.train_data(spec, train_ds, pad_id)
+    if teacher is not None:
+        train_ds, train_collator = distill.WithTeacher(train_ds, preds, width), distill.TeacherCollator(train_collator)
+    bs = spec.train.batch_size
     base_metrics = task.evaluate(spec, model, tokenizer, eval_ds, collator, labels) \
         if spec.eval.compare_base and eval_ds and w.main else None
     model = train.apply_method(model, spec, task, [t.id for t in new_tokens])
+    penalty = forgetting.penalty(model, fisher, f.ewc.lambda_) if fisher is not None and f.ewc else None
     n_trainable, n_total = train.trainable(model)
     steps_per_epoch = -(-len(train_ds) // (bs * spec.train.grad_accum * w.size))
     args = train.training_arguments(spec, work, valid_ds is not None, steps_per_epoch, task.sampling(spec), w.size)
     valid_ds = task.validation_data(valid_ds) if valid_ds is not None else None
     trainer = train.make_trainer(spec, task, model, args, train_ds, valid_ds, train_collator, task.class_weights(m),
-                                 progress, callbacks)
+                                 progress, callbacks, penalty)
     resume = distributed.from_main(w, train.last_checkpoint(work))  # every rank resumes the same step
     t0 = time.perf_counter()
     with train.tracker_env(spec, work):
@@ -229,6 +265,8 @@ def _train(spec: Spec, data: data_stage.PrepResult, model_dir: Path, inputs: dic
     _check_finite(spec, model, trainer.state.log_history, result.training_loss, "training")
     metrics = task.evaluate(spec, model, tokenizer, eval_ds, collator, labels) if eval_ds else {}
     _check_finite(spec, None, [], metrics.get("loss"), "evaluation")
+    if retain is not None:
+        forgot["tuned"] = forgetting.evaluate(spec, task, model, tokenizer, retain, collator, labels)
     (out / "model").mkdir()
     model.save_pretrained(out / "model")  # PEFT's own format for adapters
     for tracked, kept in (("runs", "tensorboard"), ("mlruns", "mlruns"), ("wandb", "wandb")):  # trackers' files
@@ -255,7 +293,8 @@ def _train(spec: Spec, data: data_stage.PrepResult, model_dir: Path, inputs: dic
 
     report.write_report(out, spec_text=spec.text,
                         keys={"data": data.key, "train": key}, metrics=metrics, base_metrics=base_metrics,
-                        log_history=log_history, timing=timing, task=task.name, names=labels)
+                        log_history=log_history, timing=timing, task=task.name, names=labels,
+                        forgetting=forgot or None, distilled=distilled or None)
     model_card.write(out / "model", out, inputs, m, model_dir)  # README.md: the Hub's model card
     return {
         "key": key,
@@ -273,9 +312,27 @@ def _train(spec: Spec, data: data_stage.PrepResult, model_dir: Path, inputs: dic
         "parameters": n_total,
         "metrics": metrics,
         "base_metrics": base_metrics,
+        "forgetting": forgot or None,
+        "distill": distilled or None,
         "timing": timing,
         "inputs": inputs,
     }
+
+
+def _fisher(spec: Spec, task: Any, model: Any, retain: data_stage.PrepResult, collator: Any,
+            inputs: dict[str, Any], progress: data_stage.Progress | None) -> dict[str, Any]:
+    """EWC's Fisher of the base on the retained data's training part: from the store, or
+    computed once (before the method wraps the base) and stored."""
+    ewc, seed = spec.train.forgetting.ewc, spec.project.seed
+    assert ewc is not None
+    pool = rows.load_split(retain.path, retain.manifest, "train")
+    if pool is None:
+        raise BuildError("`train.forgetting.ewc`: the retained data's training part is empty, so there is no "
+                         "Fisher information to compute", hint="give `retain` more rows, or lower "
+                         "`train.forgetting.test`")
+    key = forgetting.fisher_key(retain.key, inputs["base"], ewc.fisher_rows, seed, task.name)
+    return forgetting.stored_fisher(key, lambda: forgetting.fisher(model, pool, collator, ewc.fisher_rows, seed,
+                                                                   progress), spec.project.name)
 
 
 class DivergedError(BuildError):

@@ -208,6 +208,32 @@ def results_table(metrics: dict[str, Any], base: dict[str, Any] | None) -> list[
                   [[label(n), fmt(metrics[n]), fmt(base.get(n)), fmt(diff.get(n), signed=True)] for n in names])
 
 
+def forgetting_section(kept: dict[str, Any]) -> list[str]:
+    """`[train.forgetting]`: the retained data's held-out part before and after the fine-tune."""
+    base, tuned = kept.get("base") or {}, kept.get("tuned") or {}
+    lines = ["## Forgetting", "", "The retained general data's held-out part, with the base and the tuned model "
+             "(change: tuned − base; for loss and perplexity a positive change is what the fine-tune cost).", ""]
+    diff = gain(base, tuned)
+    lines += _table(["metric", "tuned", "base", "change"], [[n, fmt(tuned[n]), fmt(base.get(n)),
+                                                              fmt(diff.get(n), signed=True)]
+                                                             for n in tuned if is_metric(tuned[n])])
+    if kept.get("replayed_examples"):
+        lines += ["", f"Replayed: {kept['replayed_examples']:,} training examples came from the retained data."]
+    return [*lines, ""]
+
+
+def distill_section(student: dict[str, Any], d: dict[str, Any]) -> list[str]:
+    """`[train.distill]`: the student, its teacher and the student trained alone, on one split."""
+    teacher, alone = d.get("teacher") or {}, d.get("student_alone")
+    header = ["metric", "student", "teacher"] + (["student alone"] if alone else [])
+    rows = [[n, fmt(student[n]), fmt(teacher.get(n))] + ([fmt(alone.get(n))] if alone else [])
+            for n in student if is_metric(student[n])]
+    note = ("The student trained alone: the same spec without `[train.distill]`, the same budget."
+            if alone else "`compare = false`: the student was not trained alone.")
+    return ["## Distillation", "", "The distilled student, its teacher and " + ("the student trained alone, "
+            if alone else "") + "on the same test split.", "", *_table(header, rows), "", note, ""]
+
+
 def per_class_table(per_class: dict[str, dict[str, Any]]) -> list[str]:
     return _table(["class", "precision", "recall", "f1", "support"],
                   [[name, fmt(m["precision"]), fmt(m["recall"]), fmt(m["f1"]), fmt(m["support"])]
@@ -235,7 +261,8 @@ def fenced(text: str, lang: str) -> list[str]:
 
 def write_report(run_dir: Path, *, spec_text: str, keys: dict[str, str], metrics: dict[str, Any],
                  base_metrics: dict[str, Any] | None, log_history: list[dict[str, Any]], timing: dict[str, Any],
-                 task: str, names: list[str] | None) -> Path:
+                 task: str, names: list[str] | None, forgetting: dict[str, Any] | None = None,
+                 distilled: dict[str, Any] | None = None) -> Path:
     """Write `metrics.json`, `report.md` and its PNGs into `run_dir`; return the report's path.
 
     `keys` are the stage keys (data, train, …); `timing` holds seconds and token counts
@@ -245,7 +272,7 @@ def write_report(run_dir: Path, *, spec_text: str, keys: dict[str, str], metrics
     timing = with_rates(timing)
     diff = gain(base_metrics, metrics) if base_metrics is not None else None
     record = {"task": task, "metrics": metrics, "base_metrics": base_metrics, "gain": diff,
-              "keys": keys, "timing": timing, "log_history": log_history}
+              "forgetting": forgetting, "distill": distilled, "keys": keys, "timing": timing, "log_history": log_history}
     (run_dir / "metrics.json").write_text(json.dumps(_plain(record), indent=2, ensure_ascii=False,
                                                      allow_nan=False) + "\n", encoding="utf-8")
 
@@ -254,6 +281,10 @@ def write_report(run_dir: Path, *, spec_text: str, keys: dict[str, str], metrics
              *results_table(metrics, base_metrics), ""]
     if base_metrics is not None:
         lines += ["Base: the base model on the same split; gain: tuned − base.", ""]
+    if forgetting:
+        lines += forgetting_section(forgetting)
+    if distilled:
+        lines += distill_section(metrics, distilled)
     if loss_curves(log_history, run_dir / LOSS_PNG) is not None:
         lines += ["## Loss", "", f"![train and eval loss]({LOSS_PNG})", ""]
     lines += tasks.get(task).report_sections(metrics, names, run_dir)

@@ -358,6 +358,52 @@ class Distributed(Table):
         return self
 
 
+class Ewc(Table):
+    lambda_: float = Field(alias="lambda", gt=0, description="Weight of the penalty λ·Σ F·(θ − θ₀)².")
+    fisher_rows: Bounded = Field(256, description="Rows of the retained data's training part the diagonal Fisher "
+                                 "information is averaged over (computed once, stored, reused).")
+
+
+class Forgetting(Table):
+    """What fine-tuning costs the base on general data, measured and limited."""
+
+    retain: list[Source] = Field(default_factory=list, description="Sources of general data, read like "
+                                 "`data.sources`: their held-out part is evaluated with the base and the tuned "
+                                 "model, so the report states what the fine-tune cost on them.")
+    test: Annotated[float, Field(gt=0.0, lt=1.0)] = Field(0.5, description="Fraction of the retained rows held "
+                                                          "out for that evaluation; replay and EWC use the rest.")
+    replay: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(0.0, description="Fraction of the training examples "
+                                                            "drawn from the retained data (0: none).")
+    ewc: Ewc | None = Field(None, description="Elastic Weight Consolidation: penalise moving the weights the "
+                            "retained data depends on (full, freeze, lora, dora; LoRA on its merged delta).")
+
+    @model_validator(mode="after")
+    def _needs_retain(self) -> Forgetting:
+        if not self.retain and (self.replay or self.ewc):
+            raise ValueError("`replay` and `ewc` draw on the retained data: give `retain` sources too")
+        return self
+
+
+EWC_METHODS = ("full", "freeze", "lora", "dora")
+
+
+class Distill(Table):
+    """Knowledge distillation: a teacher's predictions train the student (causal-lm, classification)."""
+
+    teacher: str = Field(description="The teacher: a model directory, a .gguf file, pkg://…, or an earlier ftc run "
+                         "(its directory, or its key prefix from `ftc cache ls`). A causal LM shares the student's "
+                         "tokenizer; a classifier its labels.")
+    loss: Literal["forward-kl", "reverse-kl", "jsd"] = Field("forward-kl", description="Divergence between the "
+                                                            "teacher's and the student's distributions.")
+    temperature: float = Field(2.0, gt=0, le=100, description="Both distributions are softened by it; the loss is "
+                               "scaled by its square.")
+    alpha: Fraction = Field(0.5, description="Weight of the distillation loss; 1 − alpha weighs the label loss.")
+    top_k: Annotated[int, Field(gt=0, le=65_536)] = Field(32, description="Causal-lm: the teacher log-probs kept per "
+                                                           "token (computed once, stored, reused).")
+    compare: bool = Field(True, description="Also train the student alone at the same budget, for the report's "
+                          "side-by-side (a cached build of its own).")
+
+
 class Train(Table):
     method: Literal["full", "freeze", "lora", "dora", "qlora", "ia3", "prompt-tuning", "prefix-tuning"] = "lora"
     epochs: float = Field(3.0, gt=0, le=100_000)
@@ -397,6 +443,15 @@ class Train(Table):
     lora: Lora = Field(default_factory=Lora)
     prompt: PromptTuning = Field(default_factory=PromptTuning)
     distributed: Distributed = Field(default_factory=Distributed)
+    forgetting: Forgetting = Field(default_factory=Forgetting)
+    distill: Distill | None = None
+
+    @model_validator(mode="after")
+    def _ewc_method(self) -> Train:
+        if self.forgetting.ewc and self.method not in EWC_METHODS:
+            raise ValueError(f"`forgetting.ewc` penalises changed weights, which `method = \"{self.method}\"` "
+                             f"does not have as such: use one of {list(EWC_METHODS)}")
+        return self
 
 
 
@@ -573,6 +628,9 @@ class Spec(Table):
         if wrong := [m for m in self.eval.metrics if m not in task.metrics]:
             raise ValueError(f"`eval.metrics` {wrong} do not apply to `model.task = \"{task.name}\"`, "
                              f"whose metrics are {list(task.metrics)}")
+        if self.train.distill and task.name not in ("causal-lm", "classification"):
+            raise ValueError(f"`train.distill` distils a causal LM's next-token or a classifier's class "
+                             f"distribution; `model.task = \"{task.name}\"` has neither")
         if (self.tokenize.add_tokens or self.tokenize.add_tokens_file) and self.train.method not in VOCAB_METHODS:
             raise ValueError(f"`tokenize.add_tokens` gives the model new embedding rows, which `train.method = "
                              f"\"{self.train.method}\"` leaves untrained: use one of {list(VOCAB_METHODS)}")

@@ -358,10 +358,12 @@ def tracker_env(spec: Spec, work: Path) -> Iterator[None]:
 
 def make_trainer(spec: Spec, task: Task, model: Any, args: Any, train_ds: Any, eval_ds: Any, collator: Callable,
                  class_weights: list[float] | None, progress: Callable[..., None] | None = None,
-                 callbacks: Sequence[Any] = ()) -> Any:
+                 callbacks: Sequence[Any] = (), penalty: Callable[[], Any] | None = None) -> Any:
     """`progress`: ftc's display (`(phase, advance, total, note=, restart=)`), which then
     replaces the Trainer's bars and printed log dicts (the dicts go to the `ftc.train` log);
-    `callbacks`: more Trainer callbacks."""
+    `callbacks`: more Trainer callbacks; `penalty`: a term added to every training loss (EWC's).
+    Batches that carry a teacher's predictions (`ftc.distill`) mix in the distillation loss."""
+    from ftc import distill
     import torch
     from transformers import EarlyStoppingCallback, Trainer
     from transformers.trainer_callback import ProgressCallback
@@ -370,12 +372,22 @@ def make_trainer(spec: Spec, task: Task, model: Any, args: Any, train_ds: Any, e
 
     class FtcTrainer(Trainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
-            if class_weights is None:
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            labels = inputs.pop("labels")
-            outputs = model(**inputs)
-            weight = torch.tensor(class_weights, device=outputs.logits.device, dtype=outputs.logits.dtype)
-            loss = torch.nn.functional.cross_entropy(outputs.logits, labels, weight=weight)
+            teacher = (inputs.pop("teacher_ids"), inputs.pop("teacher_logp")) if "teacher_ids" in inputs else None
+            if class_weights is None and teacher is None:
+                loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+            else:
+                labels = inputs.pop("labels")
+                outputs = model(**inputs, labels=labels if class_weights is None else None)
+                if class_weights is None:
+                    loss = outputs.loss
+                else:
+                    weight = torch.tensor(class_weights, device=outputs.logits.device, dtype=outputs.logits.dtype)
+                    loss = torch.nn.functional.cross_entropy(outputs.logits, labels, weight=weight)
+                if teacher is not None and t.distill is not None:
+                    kd = distill.kd_loss(outputs.logits, labels, *teacher, t.distill.loss, t.distill.temperature)
+                    loss = t.distill.alpha * kd + (1 - t.distill.alpha) * loss
+            if penalty is not None and model.training:  # training's objective; validation reports the task's loss
+                loss = loss + penalty().to(loss.device, loss.dtype)
             return (loss, outputs) if return_outputs else loss
 
         def create_optimizer(self, model=None):  # noqa: ANN001
