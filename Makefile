@@ -3,11 +3,12 @@
 # `make bench` the data-stage benchmark (installs TRL for its baselines)
 # `make bench-train` packed vs padded SFT batches on a tiny Llama (CPU, ~8 minutes on 2 cores)
 # `make bench-export` torch vs ONNX fp32 / int8 / int4: the quickstart classifier, SmolLM2 chat-sft and SmolLM2 on a real chat set
+# `make bench-techniques` distillation (quickstart classifier → 2-layer MiniLM) and forgetting (chat-sft with replay / EWC) (~45 minutes on 2 cores)
 # `make bench-quality` ftc against the plain Trainer / TRL script on the same rows and budget, 3 seeds (~1.5 h on 2 cores)
 PY := .venv/bin/python
 export PYO3_PYTHON := $(CURDIR)/$(PY)
 
-.PHONY: all install demo test bench bench-train bench-export bench-quality
+.PHONY: all install demo test bench bench-train bench-export bench-quality bench-techniques
 
 all: install demo
 
@@ -46,3 +47,6 @@ bench-export: install
 bench-quality: install
 	$(PY) -m pip install -q -e ".[train,export,test,demo,bench]"
 	$(PY) bench/quality.py
+
+bench-techniques: install
+	$(PY) bench/techniques.py

@@ -129,3 +129,12 @@ def test_replay_and_ewc_need_retained_data_and_a_method_with_weights(tmp_path: P
                       train={"method": "ia3", "forgetting": {"retain": [{"path": "d.jsonl"}], "ewc": {"lambda": 1.0}}})
     with pytest.raises(FtcError, match="forgetting.ewc"):
         load_spec(spec)
+
+
+def test_build_prints_the_retained_data_before_and_after():
+    from ftc.cli import _technique_lines
+
+    lines = _technique_lines({"forgetting": {"base": {"loss": 2.7, "perplexity": 15.8, "tokens": 9},
+                                             "tuned": {"loss": 3.1, "perplexity": 23.8, "tokens": 9},
+                                             "replayed_examples": 1200}})
+    assert lines == ["retained · loss 2.7 → 3.1 · perplexity 15.8 → 23.8 · 1,200 examples replayed"]

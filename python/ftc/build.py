@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ftc import __version__, _data, distill, distributed, forgetting, prep as data_stage, rows, store, tasks, train, vocab
+from ftc import __version__, _data, distill, distributed, forgetting, rows, store, tasks, train, vocab
+from ftc import prep as data_stage
 from ftc.errors import BuildError
 from ftc.model import check_remote_code, resolve_model
 from ftc.spec import Spec
@@ -228,7 +229,8 @@ def _train(spec: Spec, data: data_stage.PrepResult, retain: data_stage.PrepResul
         if w.main:
             forgot["base"] = forgetting.evaluate(spec, task, model, tokenizer, retain, collator, labels)
         train_ds, forgot["replayed_examples"] = forgetting.with_replay(train_ds, retain, f.replay, spec.project.seed)
-    fisher = _fisher(spec, task, model, retain, collator, inputs, progress) if f.ewc and retain else None
+    fisher = forgetting.base_fisher(spec, task.name, model, retain, collator, inputs["base"], progress) \
+        if f.ewc and retain else None
     eval_ds = test_ds or valid_ds
     distilled: dict[str, Any] = {}
     if teacher is not None:
@@ -256,8 +258,7 @@ def _train(spec: Spec, data: data_stage.PrepResult, retain: data_stage.PrepResul
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - t0
     if w.size > 1 and spec.train.distributed.strategy != "ddp":  # sharded: every rank gives its share
-        model = distributed.gathered(trainer, work / "final", model_dir, w,
-                                     load)
+        model = distributed.gathered(trainer, work / "final", model_dir, w, load)
     else:
         model = trainer.model
     if out is None:
@@ -317,22 +318,6 @@ def _train(spec: Spec, data: data_stage.PrepResult, retain: data_stage.PrepResul
         "timing": timing,
         "inputs": inputs,
     }
-
-
-def _fisher(spec: Spec, task: Any, model: Any, retain: data_stage.PrepResult, collator: Any,
-            inputs: dict[str, Any], progress: data_stage.Progress | None) -> dict[str, Any]:
-    """EWC's Fisher of the base on the retained data's training part: from the store, or
-    computed once (before the method wraps the base) and stored."""
-    ewc, seed = spec.train.forgetting.ewc, spec.project.seed
-    assert ewc is not None
-    pool = rows.load_split(retain.path, retain.manifest, "train")
-    if pool is None:
-        raise BuildError("`train.forgetting.ewc`: the retained data's training part is empty, so there is no "
-                         "Fisher information to compute", hint="give `retain` more rows, or lower "
-                         "`train.forgetting.test`")
-    key = forgetting.fisher_key(retain.key, inputs["base"], ewc.fisher_rows, seed, task.name)
-    return forgetting.stored_fisher(key, lambda: forgetting.fisher(model, pool, collator, ewc.fisher_rows, seed,
-                                                                   progress), spec.project.name)
 
 
 class DivergedError(BuildError):

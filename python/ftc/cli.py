@@ -399,6 +399,8 @@ def build(spec: Path, threads: int, force: bool, nproc: int, as_json: bool, verb
         err.print("test · " + " · ".join(f"{k} {v:.4g}" + (f" (base {base[k]:.4g})" if isinstance(base.get(k), int | float)
                                                             else "") for k, v in shown.items()),
                   markup=False, soft_wrap=True)
+    for line in _technique_lines(m):
+        err.print(line, markup=False, soft_wrap=True)
     err.print(f"run {result.path}", markup=False, soft_wrap=True)
     err.print(f"report {result.path / 'report.md'}", markup=False, soft_wrap=True)
     if log.exists():
@@ -411,6 +413,23 @@ def build(spec: Path, threads: int, force: bool, nproc: int, as_json: bool, verb
             "method": m["method"], "metrics": m["metrics"], "base_metrics": m.get("base_metrics"),
             "timing": m["timing"], "seconds": round(result.seconds, 3)},
             **({"export": _export_json(result.export)} if result.export is not None else {})}, indent=2))
+
+
+def _technique_lines(m: dict[str, Any]) -> list[str]:
+    """`[train.forgetting]`'s retained data before → after; `[train.distill]`'s three models."""
+    def figures(d: dict[str, Any] | None) -> dict[str, float]:
+        return {k: v for k, v in (d or {}).items() if isinstance(v, int | float) and k not in ("tokens", "support")}
+
+    lines = []
+    if f := m.get("forgetting"):
+        base, tuned = figures(f.get("base")), figures(f.get("tuned"))
+        lines.append("retained · " + " · ".join(f"{k} {base[k]:.4g} → {v:.4g}" for k, v in tuned.items() if k in base)
+                     + (f" · {f['replayed_examples']:,} examples replayed" if f.get("replayed_examples") else ""))
+    if d := m.get("distill"):
+        parts = [("teacher", d.get("teacher")), ("student alone", d.get("student_alone"))]
+        lines.append("distill · " + " · ".join(f"{name} " + ", ".join(f"{k} {v:.4g}" for k, v in figures(x).items())
+                                               for name, x in parts if x))
+    return lines
 
 
 @main.command()

@@ -28,6 +28,7 @@ from ftc.rows import IGNORE
 from ftc.spec import Spec
 
 TEACHERS = "teachers-v1"
+RUNS = "runs-v1"  # the train stage's bucket (`ftc.build.RUNS`, which imports this module)
 FILE = "teacher.arrow"
 
 
@@ -36,6 +37,7 @@ class Teacher:
     model_dir: Path  # weights, or the adapter on `base`
     base: Path | None  # the base under an adapter (an ftc run trained with LoRA)
     files: dict[str, str]  # blake3 of every file it loads from: part of the keys
+
 
 def resolve_teacher(spec: Spec, threads: int = 0) -> Teacher:
     """`train.distill.teacher` → the teacher's files: an ftc run (directory or key prefix), a
@@ -58,21 +60,21 @@ def resolve_teacher(spec: Spec, threads: int = 0) -> Teacher:
 
 
 def _run_dir(spec: Spec, name: str) -> Path | None:
+    """The ftc run `name` names: its directory, or a key prefix of the store's runs."""
     path = spec.resolve(name)
     if path.is_dir() and (path / "manifest.json").is_file() and (path / "model").is_dir():
         return path
-    if "/" not in name and not path.exists():
-        try:
-            entry = store.find(name)
-        except Exception:  # noqa: BLE001 (not a key prefix: a hub id or a path, for resolve_model)
-            return None
-        if entry.bucket == "runs-v1":
-            return entry.path
-    return None
+    if "/" in name or path.exists():
+        return None
+    runs = [e for e in store.entries() if e.bucket == RUNS and e.key.startswith(name)]
+    if len(runs) > 1:
+        raise BuildError(f"`train.distill.teacher = \"{name}\"` matches {len(runs)} runs",
+                         hint="give more characters of the key (`ftc cache ls`)")
+    return runs[0].path if runs else None
 
 
 def load_teacher(teacher: Teacher, task: Any, labels: list[str] | None, pad_id: int | None) -> Any:
-    """The teacher in fp32 on the student's device, evaluation mode; an adapter merged onto its base."""
+    """The teacher in fp32, evaluation mode; an adapter merged onto its base."""
     import torch
 
     from ftc import vocab
@@ -160,26 +162,32 @@ def stored_predictions(key: str, name: str, compute: Any) -> tuple[Any, int, dic
 
 def predict(model: Any, ds: Any, collator: Any, task: str, k: int, temperature: float, write: Any,
             progress: Any = None) -> tuple[int, int]:
-    """Runs the teacher over `ds` one row at a time (bounded memory) and `write`s each row's
-    top-k ids and log-probs at `temperature` (a classifier: every class). Returns the rows and
+    """Runs the teacher over `ds` and `write`s each row's top-k ids and log-probs at
+    `temperature` (a classifier: every class). A causal LM's rows go one at a time, so memory
+    stays one row's logits for any vocabulary; a classifier's 32 at a time. Returns the rows and
     the values per position."""
     import torch
 
     device = next(model.parameters()).device
+    step = 32 if task == "classification" else 1
     width = 0
     with torch.no_grad():
-        for i in range(len(ds)):
-            batch = {key: v.to(device) for key, v in collator([ds[i]]).items() if key != "labels"}
-            logits = model(**batch).logits.float()[0]
-            if task != "classification":
-                logits = logits[: len(ds[i]["input_ids"])]
-            logp = torch.log_softmax(logits / temperature, dim=-1).reshape(-1, logits.shape[-1])
-            top = logp.topk(min(k, logp.shape[-1]), dim=-1) if task != "classification" else None
-            ids = top.indices if top is not None else torch.arange(logp.shape[-1]).expand_as(logp)
-            width = ids.shape[-1]
-            write(ids.to(torch.int32).cpu().numpy(), (top.values if top is not None else logp).half().cpu().numpy())
+        for start in range(0, len(ds), step):
+            items = [ds[i] for i in range(start, min(len(ds), start + step))]
+            batch = {key: v.to(device) for key, v in collator(items).items() if key != "labels"}
+            logits = model(**batch).logits.float()
+            for row, item in zip(logits, items, strict=True):
+                if task != "classification":
+                    row = row[: len(item["input_ids"])]
+                logp = torch.log_softmax(row / temperature, dim=-1).reshape(-1, row.shape[-1])
+                if task == "classification":
+                    ids, values = torch.arange(logp.shape[-1]).expand_as(logp), logp
+                else:
+                    values, ids = logp.topk(min(k, logp.shape[-1]), dim=-1)
+                width = ids.shape[-1]
+                write(ids.to(torch.int32).cpu().numpy(), values.half().cpu().numpy())
             if progress:
-                progress("teacher", 1, len(ds))
+                progress("teacher", len(items), len(ds))
     return len(ds), width
 
 

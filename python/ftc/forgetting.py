@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ftc import rows, store
+from ftc.errors import BuildError
 from ftc.spec import Spec, SplitSpec
 
 FISHER = "fisher-v1"
@@ -119,6 +120,21 @@ def fisher(model: Any, ds: Any, collator: Callable[..., Any], n_rows: int, seed:
     model.zero_grad(set_to_none=True)
     model.train(was_training)
     return {n: t / max(len(picked), 1) for n, t in total.items()}
+
+
+def base_fisher(spec: Spec, task: str, model: Any, retain: Any, collator: Callable[..., Any],
+                base_hashes: dict[str, str], progress: Callable[..., None] | None = None) -> dict[str, Any]:
+    """EWC's Fisher of the base `model` (before a method wraps it) on the retained data's
+    training part: from the store, or computed once and stored."""
+    ewc, seed = spec.train.forgetting.ewc, spec.project.seed
+    assert ewc is not None
+    pool = rows.load_split(retain.path, retain.manifest, "train")
+    if pool is None:
+        raise BuildError("`train.forgetting.ewc`: the retained data's training part is empty, so there is no "
+                         "Fisher information to compute", hint="give `retain` more rows, or lower "
+                         "`train.forgetting.test`")
+    key = fisher_key(retain.key, base_hashes, ewc.fisher_rows, seed, task)
+    return stored_fisher(key, lambda: fisher(model, pool, collator, ewc.fisher_rows, seed, progress), spec.project.name)
 
 
 def stored_fisher(key: str, compute: Callable[[], dict[str, Any]], name: str) -> dict[str, Any]:

@@ -186,6 +186,7 @@ def loading(f: Facts) -> list[str]:
     head = (", num_labels=len(labels), id2label=dict(enumerate(labels)), "
             "label2id={n: i for i, n in enumerate(labels)}") if labels else ""
     lines = ['FOLDER = "."  # this folder, or its hub id once pushed']
+    tokenizer = "tokenizer = AutoTokenizer.from_pretrained(FOLDER)"
     if f.adapter:
         base = f.base_id if f.base_exact and f.base_id else f.base_dir
         lines = ["from peft import PeftModel", f"from transformers import {f.auto_class}, AutoTokenizer", "", *lines,
@@ -193,16 +194,15 @@ def loading(f: Facts) -> list[str]:
         if labels:
             lines.append(f"labels = {labels!r}")
         lines.append(f"base = {f.auto_class}.from_pretrained(BASE{head})")
-        if f.data.get("added_tokens"):  # the adapter holds the trained rows of the tokens the run added
-            lines += ["tokenizer = AutoTokenizer.from_pretrained(FOLDER)",
-                      "base.resize_token_embeddings(len(tokenizer))  # room for the tokens this run added"]
+        if f.data.get("added_tokens"):  # the base needs the rows of the tokens the run added first
+            lines += [tokenizer, "base.resize_token_embeddings(len(tokenizer))  # the adapter holds their rows"]
         lines.append("model = PeftModel.from_pretrained(base, FOLDER)")
-        if f.data.get("added_tokens"):
-            return fenced("\n".join(lines), "python")
     else:
         lines = [f"from transformers import {f.auto_class}, AutoTokenizer", "", *lines,
                  f"model = {f.auto_class}.from_pretrained(FOLDER)"]
-    return fenced("\n".join([*lines, "tokenizer = AutoTokenizer.from_pretrained(FOLDER)"]), "python")
+    if tokenizer not in lines:
+        lines.append(tokenizer)
+    return fenced("\n".join(lines), "python")
 
 
 def evaluation(f: Facts) -> list[str]:

@@ -148,7 +148,7 @@ def load_head(auto: Any, model_dir: Path, labels: list[str] | None, pad_id: int 
 def apply_method(model: Any, spec: Spec, task: Task, new_ids: list[int] | None = None) -> Any:
     """The spec's method → the model to train (a PEFT model or the base with some parameters
     frozen). `new_ids`: the rows of added tokens, which an adapter trains beside its own weights
-    (PEFT's trainable tokens: only those rows, in the input embeddings and a head tied to them)."""
+    (PEFT's trainable tokens: only those rows, of the input embeddings and the output head)."""
     t = spec.train
     method = t.method
     if method == "full":
