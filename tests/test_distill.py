@@ -4,13 +4,13 @@ classifier students, an earlier run as the teacher, and the refusals."""
 
 from __future__ import annotations
 
-import json
 import random
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from test_train import chat_rows, write_jsonl
 from tiny import bpe_model_dir, llama_model_dir, write_spec
 
 from ftc import build as stages
@@ -18,18 +18,6 @@ from ftc import distill, store
 from ftc.errors import FtcError
 from ftc.rows import IGNORE
 from ftc.specload import load_spec
-
-
-def chat(n: int, seed: int = 0) -> list[dict]:
-    rng = random.Random(seed)
-    words = "the model learns to answer short questions about numbers and code".split()
-    return [{"prompt": " ".join(rng.choice(words) for _ in range(rng.randint(2, 10))),
-             "response": " ".join(rng.choice(words) for _ in range(rng.randint(2, 12)))} for _ in range(n)]
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +57,7 @@ def test_kd_loss_with_k_covering_the_vocabulary_is_the_exact_divergence(kind: st
 
 def causal_spec(folder: Path, student: Path, teacher: Path | str, **distill_table: object) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    write_jsonl(folder / "d.jsonl", chat(80))
+    write_jsonl(folder / "d.jsonl", chat_rows(80))
     table = {"teacher": str(teacher), "top_k": 8, "temperature": 2.0, "alpha": 0.5, **distill_table}
     return write_spec(folder / "spec.toml", student, [{"path": "d.jsonl"}], tokenize={"max_length": 128},
                       data_split={"valid": 0.0, "test": 0.1},
@@ -128,12 +116,13 @@ def test_a_classifier_distils_an_earlier_run(tmp_path: Path, bert_dir: Path):
     train = {"method": "lora", "max_steps": 30, "batch_size": 8, "learning_rate": 1e-2,
              "lora": {"target_modules": ["query", "value"]}}
     tables = {"model": {"task": "classification", "labels": ["neg", "pos"]}, "tokenize": {"max_length": 32},
-              "data_split": {"valid": 0.0, "test": 0.2}}
+              "data_split": {"valid": 0.1, "test": 0.2}}
     teacher = stages.build(load_spec(write_spec(tmp_path / "teacher.toml", bert_dir, [{"path": "d.jsonl"}],
                                                 train=train, **tables)))
     student = stages.build(load_spec(write_spec(
         tmp_path / "student.toml", bert_dir, [{"path": "d.jsonl"}], **tables,
-        train={**train, "max_steps": 10, "distill": {"teacher": teacher.key[:12], "temperature": 1.0}})))
+        train={**train, "max_steps": 10, "eval_steps": 5,  # validation batches carry no teacher
+               "distill": {"teacher": teacher.key[:12], "temperature": 1.0}})))
     d = student.manifest["distill"]
     assert d["teacher"]["accuracy"] == teacher.manifest["metrics"]["accuracy"]  # the run, merged, as it scored
     assert 0 <= d["student_alone"]["accuracy"] <= 1 and "## Distillation" in (student.path / "report.md").read_text()

@@ -4,12 +4,12 @@ measurably keeps what the base knew)."""
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
 import pytest
 import torch
+from test_train import write_jsonl
 from tiny import write_spec
 
 from ftc import build as stages
@@ -29,11 +29,6 @@ def rows(words: list[str], n: int, seed: int) -> list[dict]:
         seq = [words[(start + k) % len(words)] for k in range(rng.randint(4, 12))]  # a sequence to learn
         out.append({"prompt": " ".join(seq[:2]), "response": " ".join(seq[2:])})
     return out
-
-
-def write_jsonl(path: Path, data: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in data), encoding="utf-8")
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -226,6 +226,8 @@ class TeacherCollator:
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
 
+        if "teacher_ids" not in items[0]:  # validation batches: the task's loss alone
+            return self.inner(items)
         ids = [np.asarray(it.pop("teacher_ids")) for it in items]
         logp = [np.asarray(it.pop("teacher_logp"), dtype=np.float32) for it in items]
         batch = self.inner(items)
