@@ -88,10 +88,10 @@ def load_teacher(teacher: Teacher, task: Any, labels: list[str] | None, pad_id: 
     return model.eval()
 
 
-def check_teacher(task: str, teacher: Teacher, student_tokenizer: Any, model: Any, labels: list[str] | None) -> None:
+def check_teacher(task: Any, teacher: Teacher, student_tokenizer: Any, model: Any, labels: list[str] | None) -> None:
     """A causal-LM teacher must read the same tokens (its ids are the student's); a classifier's
     classes must be the student's, in order."""
-    if task == "classification":
+    if task.distills == "classes":
         theirs = [model.config.id2label[i] for i in range(len(model.config.id2label))]
         if labels is not None and theirs != list(labels):
             raise BuildError(f"`train.distill.teacher`: its classes {theirs} are not the student's {list(labels)}",
@@ -130,8 +130,8 @@ def prepare(spec: Spec, task: Any, teacher: Teacher, rows_key: str, train_ds: An
         model = load_teacher(teacher, task, labels, pad_id)
         if torch.cuda.is_available():
             model = model.to("cuda")
-        check_teacher(task.name, teacher, tokenizer, model, labels)
-        rows, width = predict(model, train_ds, collator, task.name, d.top_k, d.temperature, write, progress)
+        check_teacher(task, teacher, tokenizer, model, labels)
+        rows, width = predict(model, train_ds, collator, task.distills, d.top_k, d.temperature, write, progress)
         metrics = task.evaluate(spec, model, tokenizer, eval_ds, collator, labels) if eval_ds is not None else {}
         return rows, width, metrics
 
@@ -160,16 +160,16 @@ def stored_predictions(key: str, name: str, compute: Any) -> tuple[Any, int, dic
     return datasets.Dataset.from_file(str(path / FILE)).with_format("numpy"), m["width"], m["metrics"]
 
 
-def predict(model: Any, ds: Any, collator: Any, task: str, k: int, temperature: float, write: Any,
+def predict(model: Any, ds: Any, collator: Any, unit: str, k: int, temperature: float, write: Any,
             progress: Any = None) -> tuple[int, int]:
     """Runs the teacher over `ds` and `write`s each row's top-k ids and log-probs at
     `temperature` (a classifier: every class). A causal LM's rows go one at a time, so memory
-    stays one row's logits for any vocabulary; a classifier's 32 at a time. Returns the rows and
-    the values per position."""
+    stays one row's logits for any vocabulary; a classifier's 32 at a time (`unit`: the task's
+    `distills`). Returns the rows and the values per position."""
     import torch
 
     device = next(model.parameters()).device
-    step = 32 if task == "classification" else 1
+    step = 32 if unit == "classes" else 1
     width = 0
     with torch.no_grad():
         for start in range(0, len(ds), step):
@@ -177,10 +177,10 @@ def predict(model: Any, ds: Any, collator: Any, task: str, k: int, temperature: 
             batch = {key: v.to(device) for key, v in collator(items).items() if key != "labels"}
             logits = model(**batch).logits.float()
             for row, item in zip(logits, items, strict=True):
-                if task != "classification":
+                if unit == "tokens":
                     row = row[: len(item["input_ids"])]
                 logp = torch.log_softmax(row / temperature, dim=-1).reshape(-1, row.shape[-1])
-                if task == "classification":
+                if unit == "classes":
                     ids, values = torch.arange(logp.shape[-1]).expand_as(logp), logp
                 else:
                     values, ids = logp.topk(min(k, logp.shape[-1]), dim=-1)

@@ -70,21 +70,25 @@ def with_replay(train_ds: Any, retain: Any, fraction: float, seed: int) -> tuple
         if n >= want:
             break
         taken.append(int(i))
-        n += counts[i]
+        n += int(counts[i])
     # the picked rows copied out, in memory (readers of the rows' Arrow table see them; the
     # store's entry gains no cache file)
     picked = pool.select(sorted(taken)).flatten_indices(keep_in_memory=True)
     return datasets.concatenate_datasets([train_ds, picked]), n
 
 
-def _example_counts(ds: Any) -> list[int]:
-    if "seq_lengths" in ds.column_names:
-        return [len(s) or 1 for s in ds["seq_lengths"]]
-    return [1] * len(ds)
+def _example_counts(ds: Any) -> Any:
+    """Examples per row (a packed row holds several), read from Arrow, not row by row."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    if "seq_lengths" not in ds.column_names:
+        return np.ones(len(ds), dtype=np.int64)
+    return np.maximum(np.asarray(pc.list_value_length(ds.data.column("seq_lengths")), dtype=np.int64), 1)
 
 
 def _examples(ds: Any) -> int:
-    return sum(_example_counts(ds))
+    return int(_example_counts(ds).sum())
 
 
 # ── EWC ──────────────────────────────────────────────────────────────────────────────────────

@@ -628,7 +628,7 @@ class Spec(Table):
         if wrong := [m for m in self.eval.metrics if m not in task.metrics]:
             raise ValueError(f"`eval.metrics` {wrong} do not apply to `model.task = \"{task.name}\"`, "
                              f"whose metrics are {list(task.metrics)}")
-        if self.train.distill and task.name not in ("causal-lm", "classification"):
+        if self.train.distill and task.distills is None:
             raise ValueError(f"`train.distill` distils a causal LM's next-token or a classifier's class "
                              f"distribution; `model.task = \"{task.name}\"` has neither")
         if (self.tokenize.add_tokens or self.tokenize.add_tokens_file) and self.train.method not in VOCAB_METHODS:

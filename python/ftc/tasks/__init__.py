@@ -50,6 +50,9 @@ class Task:
     endpoint: ClassVar[str]  # the `ftc serve` route
     pipeline_tag: ClassVar[str]  # the Hugging Face Hub's pipeline tag, for the model card
     generates: ClassVar[bool] = False  # the artifact generates text (`ftc serve`'s OpenAI routes)
+    # What `[train.distill]` distils: a causal LM's next-token distribution at every position
+    # ("tokens"), one class distribution per row ("classes"), or nothing (None).
+    distills: ClassVar[str | None] = None
     # `[train]` defaults of this task where they differ from the schema's, each from a measurement
     # (README: Results); a key the spec writes wins
     train_defaults: ClassVar[dict[str, Any]] = {}

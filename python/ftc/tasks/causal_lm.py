@@ -44,6 +44,7 @@ def _raw(det: Any) -> bool:
 
 class CausalLM(Task):
     name = "causal-lm"
+    distills = "tokens"
     metrics = ("perplexity", "bleu", "rouge")
     peft_task_type = "CAUSAL_LM"
     parity_metric = "perplexity"

@@ -166,6 +166,7 @@ class Collected:
 
 class Classification(Task):
     name = "classification"
+    distills = "classes"
     metrics = ("accuracy", "precision", "recall", "f1")
     stop_metrics = ("loss", "accuracy", "f1")
     peft_task_type = "SEQ_CLS"
