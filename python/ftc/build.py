@@ -76,7 +76,8 @@ def train_inputs(spec: Spec, data_key: str, model_dir: Path, threads: int = 0, w
         # trackers do not change the model; one process ignores `distributed`
         "train": spec.train.model_dump(mode="json", exclude={"report_to", "distributed"} |
                                        (set() if t.forgetting.retain else {"forgetting"}) |
-                                       (set() if t.distill else {"distill"})),
+                                       (set() if t.distill else {"distill"}) |
+                                       (set() if t.preference else {"preference"})),
         "eval": spec.eval.model_dump(mode="json"),
         "seed": spec.project.seed,
     }
@@ -238,6 +239,10 @@ def _train(spec: Spec, data: data_stage.PrepResult, retain: data_stage.PrepResul
         preds, width, distilled["teacher"] = distill.prepare(spec, task, teacher, rows_key, train_ds, eval_ds,
                                                              collator, tokenizer, labels, pad_id, progress)
         distilled["student_alone"] = alone
+    splits = task.before_training(spec, model, {"train": train_ds, "valid": valid_ds, "test": test_ds}, data.key,
+                                  inputs["base"], pad_id, progress)
+    train_ds, valid_ds, test_ds = splits["train"], splits["valid"], splits["test"]
+    eval_ds = test_ds or valid_ds
     train_ds, train_collator = task.train_data(spec, train_ds, pad_id)
     if teacher is not None:
         train_ds, train_collator = distill.WithTeacher(train_ds, preds, width), distill.TeacherCollator(train_collator)

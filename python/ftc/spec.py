@@ -48,10 +48,12 @@ class ModelSpec(Table):
         description="Local HF model directory, a .gguf file, pkg://<package>/<path> (a file shipped in an "
         "installed Python package), or a hub id when online."
     )
-    task: Literal["causal-lm", "classification", "token-classification", "question-answering"] = Field(
+    task: Literal["causal-lm", "classification", "token-classification", "question-answering", "reward-model",
+                  "preference"] = Field(
         "causal-lm", description="What the model learns: text generation (`causal-lm`), a label per text "
-        "(`classification`), a tag per word (`token-classification`: NER, POS) or an answer span in a context "
-        "(`question-answering`: extractive, SQuAD v1/v2).")
+        "(`classification`), a tag per word (`token-classification`: NER, POS), an answer span in a context "
+        "(`question-answering`: extractive, SQuAD v1/v2), a score of a response from preference pairs "
+        "(`reward-model`) or a policy tuned on them (`preference`: DPO, IPO, SimPO, ORPO).")
     labels: list[str] | None = Field(None, description="Class names (classification) or tags (token-classification, "
                                      "e.g. [\"O\", \"B-PER\", \"I-PER\"]); inferred from the data if unset.")
     trust_remote_code: bool = Field(False, description="Allow a model whose config names its own Python classes "
@@ -83,6 +85,9 @@ class Columns(Table):
                                 "(SQuAD), a list of `{text, answer_start}`, or one answer string; empty for "
                                 "a question without an answer (SQuAD v2).")
     id: str | None = Field(None, description="Question answering: the question's id (default: its row).")
+    chosen: str | None = Field(None, description="Preference pairs: the preferred response (a string or messages; "
+                               "without `prompt`, a whole conversation sharing its prompt with `rejected`).")
+    rejected: str | None = Field(None, description="Preference pairs: the other response.")
     role: str | None = Field(None, description="Key of a message's role (default: `role`, else ShareGPT's `from`).")
     content: str | None = Field(None, description="Key of a message's content (default: `content`, else `value`).")
     roles: dict[Literal["user", "assistant", "system", "tool"], list[str]] = Field(
@@ -404,6 +409,25 @@ class Distill(Table):
                           "side-by-side (a cached build of its own).")
 
 
+class PreferenceTrain(Table):
+    """Preference pairs: the loss of `model.task = "preference"` and `"reward-model"`'s margin."""
+
+    loss: Literal["dpo", "ipo", "simpo", "orpo"] = Field("dpo", description="dpo (sigmoid; with label smoothing, "
+                                                         "conservative DPO), ipo, simpo (no reference), orpo (no "
+                                                         "reference, an SFT term of its own).")
+    beta: float = Field(0.1, gt=0, le=100, description="Strength of the preference term (DPO's β; SimPO's often 2).")
+    label_smoothing: Annotated[float, Field(ge=0.0, lt=0.5)] = Field(
+        0.0, description="dpo, simpo: the assumed fraction of pairs whose preference is flipped.")
+    gamma: float = Field(0.5, ge=0, le=100, description="simpo: the target reward margin γ.")
+    sft_weight: Annotated[float, Field(ge=0.0, le=100.0)] = Field(
+        0.0, description="dpo, ipo: weight of an SFT term (the chosen tokens' mean NLL).")
+    precompute_reference: bool = Field(False, description="With an adapter, store the base's log-probs of every "
+                                       "pair once (reused by later runs on the same data and base) instead of a "
+                                       "second forward with the adapter disabled; always so for full / freeze.")
+    margin: Annotated[float, Field(ge=0.0, le=100.0)] = Field(
+        0.0, description="reward-model: the Bradley–Terry margin m of −log σ(s_chosen − s_rejected − m).")
+
+
 class Train(Table):
     method: Literal["full", "freeze", "lora", "dora", "qlora", "ia3", "prompt-tuning", "prefix-tuning"] = "lora"
     epochs: float = Field(3.0, gt=0, le=100_000)
@@ -445,6 +469,8 @@ class Train(Table):
     distributed: Distributed = Field(default_factory=Distributed)
     forgetting: Forgetting = Field(default_factory=Forgetting)
     distill: Distill | None = None
+    preference: PreferenceTrain | None = Field(None, description="Preference tasks' loss (`reward-model`, "
+                                               "`preference`); their defaults when absent.")
 
     @model_validator(mode="after")
     def _ewc_method(self) -> Train:
@@ -628,6 +654,9 @@ class Spec(Table):
         if wrong := [m for m in self.eval.metrics if m not in task.metrics]:
             raise ValueError(f"`eval.metrics` {wrong} do not apply to `model.task = \"{task.name}\"`, "
                              f"whose metrics are {list(task.metrics)}")
+        if self.train.preference is not None and not task.reads_pairs:
+            raise ValueError(f"`train.preference` sets the loss of preference pairs; `model.task = \"{task.name}\"` "
+                             "trains on none (`reward-model` and `preference` do)")
         if self.train.distill and task.distills is None:
             raise ValueError(f"`train.distill` distils a causal LM's next-token or a classifier's class "
                              f"distribution; `model.task = \"{task.name}\"` has neither")

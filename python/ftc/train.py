@@ -373,7 +373,9 @@ def make_trainer(spec: Spec, task: Task, model: Any, args: Any, train_ds: Any, e
     class FtcTrainer(Trainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
             teacher = (inputs.pop("teacher_ids"), inputs.pop("teacher_logp")) if "teacher_ids" in inputs else None
-            if class_weights is None and teacher is None:
+            if task.own_loss:
+                loss, outputs = task.loss(spec, model, inputs)
+            elif class_weights is None and teacher is None:
                 loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
             else:
                 labels = inputs.pop("labels")
@@ -407,6 +409,8 @@ def make_trainer(spec: Spec, task: Task, model: Any, args: Any, train_ds: Any, e
         callbacks.append(EarlyStoppingCallback(t.early_stopping.patience, t.early_stopping.threshold))
     if progress is not None:
         callbacks.append(_reporter(progress))
+    if task.own_loss:
+        args.prediction_loss_only = True  # the task's loss is the validation figure; it gives no logits
     trainer = FtcTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, data_collator=collator,
                          callbacks=callbacks,
                          compute_metrics=task.trainer_metrics(spec, [model.config.id2label[i] for i in

@@ -35,7 +35,7 @@ Spec = Any
 # name → module: the order is the order `--help` and errors list them in.
 REGISTRY = {"causal-lm": "causal_lm", "classification": "classification",
             "token-classification": "token_classification",
-            "question-answering": "question_answering"}
+            "question-answering": "question_answering", "reward-model": "reward_model", "preference": "preference"}
 
 Progress = Callable[..., None]  # (phase, advance, total, note=, restart=), as in ftc.prep
 
@@ -53,6 +53,10 @@ class Task:
     # What `[train.distill]` distils: a causal LM's next-token distribution at every position
     # ("tokens"), one class distribution per row ("classes"), or nothing (None).
     distills: ClassVar[str | None] = None
+    reads_pairs: ClassVar[bool] = False  # rows are preference pairs (`ftc.tasks.pairs`): `[train.preference]` applies
+    # The task computes its own training loss (`loss`), so the Trainer's validation passes
+    # report that loss alone (no logits gathered).
+    own_loss: ClassVar[bool] = False
     # `[train]` defaults of this task where they differ from the schema's, each from a measurement
     # (README: Results); a key the spec writes wins
     train_defaults: ClassVar[dict[str, Any]] = {}
@@ -166,6 +170,17 @@ class Task:
         """The Trainer's `compute_metrics` on the validation split (None: loss only); `labels`:
         the head's, by id."""
         return None
+
+    def before_training(self, spec: Spec, model: Any, splits: dict[str, Any], data_key: str, base: Any,
+                        pad_id: int, progress: Progress | None) -> dict[str, Any]:
+        """The splits (`train`, `valid`, `test`: datasets or None) as training and evaluation take
+        them, given the base model before its method is applied: what a task computes with the
+        base once (a reference model's log-probs) and stores. `base`: the base's file hashes."""
+        return splits
+
+    def loss(self, spec: Spec, model: Any, inputs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """`own_loss` tasks: (the loss of a training batch, what it measured)."""
+        raise NotImplementedError
 
     def evaluate(self, spec: Spec, model: Any, tokenizer: Any, ds: Any, collator: Callable[..., Any],
                  labels: list[str] | None) -> dict[str, Any]:

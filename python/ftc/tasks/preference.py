@@ -1,0 +1,213 @@
+"""`preference`: policy optimisation on preference pairs, the DPO family (docs/architecture.md:
+Tasks).
+
+Data: pairs (`ftc.tasks.pairs`). Train: a causal LM on packed pair batches (`PairCollator`),
+the loss `[train.preference]` names (`pair_losses`). The reference model is the base: with an
+adapter, the same model with the adapter disabled (no second copy in memory); when the whole
+model trains (`full`, `freeze`), or with `precompute_reference`, the base's log-probs of every
+pair are computed once before training and stored (`references-v1/`, keyed by the data and the
+base model's files), so later runs on the same data and base read them. Metrics on the test
+split: reward accuracy, margin, the chosen and rejected rewards and log-probs. Export and
+runtime: a causal LM's (merged, ONNX decoders, parity on the chosen answers' tokens).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ftc.rows import IGNORE
+from ftc.tasks.causal_lm import CausalLM
+from ftc.tasks.pairs import PairTask
+from ftc.tasks.pair_losses import REFERENCE_FREE, PairCollator, pair_figures, preference_loss, sequence_logps
+
+REFERENCES = "references-v1"
+FILE = "reference.arrow"
+WHOLE_MODEL = ("full", "freeze")  # methods without an adapter to disable: the reference is stored
+
+
+class Preference(PairTask, CausalLM):
+    name = "preference"
+    distills = None
+    metrics = ("accuracy",)
+    stop_metrics = ("loss", "accuracy")
+    own_loss = True
+    init_metrics = ["accuracy"]
+    init_train = {"method": "lora", "epochs": 1, "batch_size": 4, "learning_rate": 5e-5}
+
+    def check_spec(self, spec: Any) -> None:
+        PairTask.check_spec(self, spec)
+        if spec.train.method in ("prompt-tuning", "prefix-tuning"):
+            raise ValueError(f"`train.method = \"{spec.train.method}\"` prepends virtual tokens to each sequence; "
+                             "preference batches pack several sequences per row")
+
+    def check_method(self, spec: Any) -> None:
+        """Nothing beyond `check_spec`: packing is how pairs always train."""
+
+    def totals(self, splits: dict[str, dict[str, Any]], max_length: int) -> dict[str, Any]:
+        return PairTask.totals(self, splits, max_length)
+
+    # ── train
+    def collator(self, pad_id: int) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+        return PairCollator(pad_id)
+
+    def train_data(self, spec: Any, ds: Any, pad_id: int) -> tuple[Any, Callable[..., Any]]:
+        return ds, PairCollator(pad_id)
+
+    def stores_reference(self, spec: Any) -> bool:
+        p = spec.train.preference
+        return p.loss not in REFERENCE_FREE and (spec.train.method in WHOLE_MODEL or p.precompute_reference)
+
+    def before_training(self, spec: Any, model: Any, splits: dict[str, Any], data_key: str, base: Any,
+                        pad_id: int, progress: Any) -> dict[str, Any]:
+        """The splits with the base's log-probs of each pair (`ref_chosen`, `ref_rejected`) when
+        the reference is stored; as they are otherwise."""
+        if not self.stores_reference(spec):
+            return splits
+        from ftc import store
+
+        key = store.key_of({"data": data_key, "base": base, "format": REFERENCES})
+        path, _ = store.build_once(REFERENCES, key, lambda tmp: _write_reference(
+            tmp, key, model, splits, pad_id, spec.train.batch_size, progress))
+        return attach_reference(splits, path)
+
+    def loss(self, spec: Any, model: Any, inputs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        p = spec.train.preference
+        logps, counts, ref = pair_logps(model, inputs, p.loss not in REFERENCE_FREE)
+        loss, figures = preference_loss(p.loss, logps, counts, ref, p.beta, p.label_smoothing, p.gamma, p.sft_weight)
+        return loss, figures
+
+    def evaluate(self, spec: Any, model: Any, tokenizer: Any, ds: Any, collator: Callable[..., Any],
+                 labels: list[str] | None) -> dict[str, Any]:
+        import torch
+
+        model.eval()
+        p = spec.train.preference
+        device = next(model.parameters()).device
+        parts: dict[str, list[np.ndarray]] = {"chosen": [], "rejected": [], "logps_chosen": [], "logps_rejected": []}
+        total, n = 0.0, 0
+        with torch.no_grad():
+            for start in range(0, len(ds), spec.train.batch_size):
+                rows = [ds[i] for i in range(start, min(len(ds), start + spec.train.batch_size))]
+                batch = {k: v.to(device) for k, v in collator(rows).items()}
+                logps, counts, ref = pair_logps(model, batch, p.loss not in REFERENCE_FREE)
+                loss, figures = preference_loss(p.loss, logps, counts, ref, p.beta, p.label_smoothing, p.gamma,
+                                                p.sft_weight)
+                total += float(loss) * len(rows)
+                n += len(rows)
+                for k in parts:
+                    parts[k].append(figures[k].double().cpu().numpy())
+        got = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
+        fig = pair_figures(got["chosen"], got["rejected"])
+        return {"loss": total / n if n else None, "accuracy": fig["accuracy"], "margin": fig["margin"],
+                "reward_chosen": fig["chosen"], "reward_rejected": fig["rejected"],
+                "logps_chosen": float(got["logps_chosen"].mean()) if n else None,
+                "logps_rejected": float(got["logps_rejected"].mean()) if n else None, "pairs": n}
+
+    def report_sections(self, metrics: dict[str, Any], names: list[str] | None, run_dir: Path) -> list[str]:
+        if not metrics:
+            return []
+        rows = [("reward accuracy", "accuracy"), ("mean margin", "margin"), ("reward chosen", "reward_chosen"),
+                ("reward rejected", "reward_rejected"), ("log-prob chosen", "logps_chosen"),
+                ("log-prob rejected", "logps_rejected")]
+        return ["## Preference", "", f"{metrics.get('pairs', 0):,} test pairs; a reward is β·(log π − log π_ref) "
+                "of the response (reference-free losses: β × its mean token log-prob).", "",
+                "| figure | value |", "|---|---|",
+                *(f"| {label} | {metrics[k]:.4f} |" for label, k in rows if metrics.get(k) is not None), ""]
+
+    # ── export: the policy is a causal LM; its held-out examples are the chosen answers
+    def held_out(self, ds: Any, n: int, seed: int, labels: list[str] | None) -> tuple[list[dict[str, Any]],
+                                                                                    dict[str, Any]]:
+        picked = np.sort(np.random.default_rng(seed).permutation(len(ds))[:n])
+        drawn = "seeded random sample of the chosen answers" if len(picked) < len(ds) else "the whole split"
+        return [chosen_example(ds[int(i)]) for i in picked], {"of": len(ds), "seed": seed, "drawn": drawn}
+
+    def make_variant(self, name: str, model: Any, merged_dir: Path, art: Path, settings: Any, eos: list[int],
+                     train_split: Callable[[], Any], progress: Any) -> Path:
+        return CausalLM.make_variant(self, name, model, merged_dir, art, settings, eos,
+                                     lambda: [chosen_example(r) for r in train_split()], progress)
+
+
+def chosen_example(row: dict[str, Any]) -> dict[str, Any]:
+    """A pair row's prompt + chosen answer as a causal-LM example (`input_ids`, `labels`)."""
+    prompt = np.asarray(row["prompt_ids"], dtype=np.int64)
+    return {"input_ids": np.concatenate([prompt, np.asarray(row["chosen_ids"], dtype=np.int64)]),
+            "labels": np.concatenate([np.full(len(prompt), IGNORE), np.asarray(row["chosen_labels"])])}
+
+
+def pair_logps(model: Any, batch: dict[str, Any], needs_reference: bool) -> tuple[Any, Any, Any]:
+    """A packed pair batch → (policy log-prob sums, token counts, reference sums or None). The
+    reference is the batch's stored one, else the model with its adapter disabled."""
+    import torch
+
+    inputs = {k: batch[k] for k in ("input_ids", "position_ids")}
+    logps, counts = sequence_logps(model(**inputs).logits, batch["labels"], batch["seq_lengths"])
+    ref = batch.get("ref_logps")
+    if ref is None and needs_reference:
+        if not hasattr(model, "disable_adapter"):  # the base itself (evaluated before training): its own reference
+            return logps, counts, logps.detach()
+        with torch.no_grad(), model.disable_adapter():
+            ref, _ = sequence_logps(model(**inputs).logits, batch["labels"], batch["seq_lengths"])
+    return logps, counts, ref
+
+
+def _write_reference(tmp: Path, key: str, model: Any, splits: dict[str, Any], pad_id: int, batch_size: int,
+                     progress: Any) -> dict[str, Any]:
+    """The base's log-probs of every pair of every split, one Arrow file (split, chosen, rejected)."""
+    import pyarrow as pa
+    import torch
+
+    model.eval()
+    device = next(model.parameters()).device
+    collate = PairCollator(pad_id)
+    names, chosen, rejected = [], [], []
+    total = sum(len(ds) for ds in splits.values() if ds is not None)
+    if progress:
+        progress("reference log-probs", 0, total)
+    with torch.no_grad():
+        for name, ds in splits.items():
+            for start in range(0, len(ds) if ds is not None else 0, batch_size):
+                rows = [ds[i] for i in range(start, min(len(ds), start + batch_size))]
+                batch = {k: v.to(device) for k, v in collate(rows).items()}
+                logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
+                logps, _ = sequence_logps(logits, batch["labels"], batch["seq_lengths"])
+                logps = logps.double().cpu().numpy()
+                names += [name] * len(rows)
+                chosen.append(logps[0::2])
+                rejected.append(logps[1::2])
+                if progress:
+                    progress("reference log-probs", len(rows), total)
+    table = pa.table({"split": pa.array(names, pa.string()),
+                      "chosen": pa.array(np.concatenate(chosen) if chosen else np.zeros(0)),
+                      "rejected": pa.array(np.concatenate(rejected) if rejected else np.zeros(0))})
+    with pa.OSFile(str(tmp / FILE), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return {"key": key, "format": REFERENCES, "created": time.time(), "pairs": len(names)}
+
+
+def attach_reference(splits: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Each split with its stored reference log-probs as two more columns (in memory: nothing is
+    written into the dataset's store entry)."""
+    import pyarrow as pa
+
+    with pa.memory_map(str(path / FILE)) as source:
+        table = pa.ipc.open_stream(source).read_all()
+    split = np.asarray(table.column("split").to_pylist())
+    out = {}
+    for name, ds in splits.items():
+        if ds is None:
+            out[name] = None
+            continue
+        at = split == name
+        if int(at.sum()) != len(ds):
+            raise AssertionError(f"stored reference has {int(at.sum())} {name} pairs, the split {len(ds)}")
+        ds = ds.add_column("ref_chosen", np.asarray(table.column("chosen"))[at].tolist())
+        out[name] = ds.add_column("ref_rejected", np.asarray(table.column("rejected"))[at].tolist())
+    return out
+
+
+TASK = Preference()

@@ -1,0 +1,280 @@
+"""Preference pairs (`reward-model`, `preference`): reading every shape, ids against
+`apply_chat_template`, the split by prompt, packed log-probs against each sequence alone, the
+DPO family against TRL's trainers on the same batch, the stored reference, a reward model
+exported and scored without torch."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from tiny import llama_model_dir, write_spec
+
+from ftc import build as stages
+from ftc import prep, store
+from ftc.errors import FtcError
+from ftc.rows import IGNORE, load_split
+from ftc.specload import load_spec
+from ftc.tasks import pair_losses
+from ftc.tasks import preference as preference_task
+
+WORDS = "the model learns to answer short questions about numbers and code well badly".split()
+
+
+def pair_rows(n: int, seed: int = 0, prompts: int | None = None) -> list[dict]:
+    """Pairs whose chosen answer says "well" and rejected "badly": a preference a tiny model learns."""
+    rng = random.Random(seed)
+    heads = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 12))) for _ in range(prompts or n)]
+    rows = []
+    for i in range(n):
+        body = " ".join(rng.choice(WORDS[:-2]) for _ in range(rng.randint(1, 10)))
+        rows.append({"prompt": heads[i % len(heads)], "chosen": f"{body} well", "rejected": f"{body} badly"})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def pair_spec(folder: Path, base: Path, task: str, rows: list[dict] | None = None, max_length: int = 96,
+              **train: object) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    write_jsonl(folder / "pairs.jsonl", rows if rows is not None else pair_rows(48))
+    table = {"method": "lora", "max_steps": 6, "batch_size": 4, "learning_rate": 5e-3, **train}
+    return write_spec(folder / "spec.toml", base, [{"path": "pairs.jsonl"}], model={"task": task},
+                      tokenize={"max_length": max_length}, data_split={"valid": 0.0, "test": 0.25}, train=table)
+
+
+# ── data
+
+def test_every_pair_shape_reads_to_the_ids_apply_chat_template_gives(tmp_path: Path, llama_dir: Path):
+    from transformers import AutoTokenizer
+
+    conv = [{"role": "user", "content": "add two numbers"}, {"role": "assistant", "content": "use code"},
+            {"role": "user", "content": "and then?"}]
+    rows = [
+        {"prompt": "what is the model", "chosen": "it learns", "rejected": "it answers"},
+        {"prompt": conv, "chosen": [{"role": "assistant", "content": "then return"}],
+         "rejected": [{"role": "assistant", "content": "then stop"}]},
+        {"chosen": [*conv, {"from": "gpt", "value": "numbers"}], "rejected": [*conv, {"role": "assistant",
+                                                                                   "content": "code"}]},
+        {"chosen": "\n\nHuman: short questions\n\nAssistant: good answers",
+         "rejected": "\n\nHuman: short questions\n\nAssistant: bad answers"},
+        {"prompt": "same", "chosen": "x", "rejected": "x"},  # identical: quarantined
+        {"prompt": "empty", "chosen": " ", "rejected": "x"},  # empty: quarantined
+        {"chosen": [conv[0], {"role": "assistant", "content": "a"}],
+         "rejected": [conv[2], {"role": "assistant", "content": "b"}]},
+    ]
+    spec = load_spec(pair_spec(tmp_path, llama_dir, "preference", rows, 512, max_steps=1))
+    spec.data.split.__dict__.update(test=0.0)
+    spec.data.__dict__["max_bad_fraction"] = 0.9
+    result = prep.prep(spec)
+    reasons = [json.loads(line)["reason"] for line in (result.path / "quarantine.jsonl").read_text().splitlines()]
+    assert sorted(reasons) == sorted(["identical chosen and rejected", "empty response",
+                                      "chosen and rejected conversations differ before their last message: no "
+                                      "shared prompt"])
+    ds = load_split(result.path, result.manifest, "train")
+    assert len(ds) == 4
+    tok = AutoTokenizer.from_pretrained(llama_dir)
+    wanted = [
+        ([{"role": "user", "content": "what is the model"}], "it learns", "it answers"),
+        (conv, "then return", "then stop"),
+        (conv, "numbers", "code"),
+        ([{"role": "user", "content": "short questions"}], "good answers", "bad answers"),
+    ]
+    got = {tok.decode(r["prompt_ids"] + r["chosen_ids"]): r for r in ds}
+    for head, chosen, rejected in wanted:
+        for side, answer in (("chosen", chosen), ("rejected", rejected)):
+            ids = tok.apply_chat_template(head + [{"role": "assistant", "content": answer}], tokenize=True,
+                                          return_dict=False)
+            row = got[tok.decode(tok.apply_chat_template(head + [{"role": "assistant", "content": chosen}],
+                                                         tokenize=True, return_dict=False))]
+            assert row["prompt_ids"] + row[f"{side}_ids"] == list(ids)
+            labels = np.asarray(row[f"{side}_labels"])
+            labelled = [i for i, lab in zip(row[f"{side}_ids"], labels, strict=True) if lab != IGNORE]
+            assert tok.decode(labelled).startswith(answer)  # only the last answer (and its end of turn) learns
+            assert tok.decode(row["prompt_ids"]).endswith("<|im_start|>assistant\n")  # the prompt ends at the header
+
+
+def test_pairs_split_by_prompt_and_truncate_the_prompt_first(tmp_path: Path, llama_dir: Path):
+    rows = pair_rows(200, prompts=40)
+    rows[0]["prompt"] = " ".join(["numbers"] * 150)  # longer than max_length alone
+    spec = load_spec(pair_spec(tmp_path, llama_dir, "preference", rows, 256))
+    result = prep.prep(spec)
+    prompts: dict[str, set[str]] = {}
+    for split in ("train", "test"):
+        ds = load_split(result.path, result.manifest, split)
+        for r in ds:
+            prompts.setdefault(str(r["prompt_ids"][-20:]), set()).add(split)
+            assert len(r["prompt_ids"]) + max(len(r["chosen_ids"]), len(r["rejected_ids"])) <= 256
+    assert all(len(s) == 1 for s in prompts.values())  # no prompt in two splits
+    assert {s for v in prompts.values() for s in v} == {"train", "test"}
+    p = result.manifest["preference"]
+    assert p["truncated_prompts"] == 1 and p["pairs"] == 200
+    assert p["prompts"] == 41  # the long one is a prompt of its own
+
+
+# ── training maths
+
+def test_packed_pair_logps_equal_each_sequence_alone(llama_dir: Path):
+    from transformers import AutoModelForCausalLM
+
+    model = preference_task.TASK.load_model(llama_dir, None, 0).eval()
+    alone_model = AutoModelForCausalLM.from_pretrained(llama_dir, attn_implementation="eager").eval()
+    rng = np.random.default_rng(0)
+    rows = [{"prompt_ids": rng.integers(5, 700, rng.integers(2, 9)).tolist(),
+             "chosen_ids": rng.integers(5, 700, rng.integers(1, 8)).tolist(),
+             "rejected_ids": rng.integers(5, 700, rng.integers(1, 8)).tolist()} for _ in range(5)]
+    for r in rows:
+        r["chosen_labels"], r["rejected_labels"] = list(r["chosen_ids"]), list(r["rejected_ids"])
+        r["rejected_labels"][0] = IGNORE  # a masked response token stays out of the sum
+    batch = pair_losses.PairCollator(0)(rows)
+    assert batch["input_ids"].shape[0] == 1 and int(batch["seq_lengths"].sum()) == batch["input_ids"].shape[1]
+    with torch.no_grad():
+        sums, counts = pair_losses.sequence_logps(model(input_ids=batch["input_ids"],
+                                                        position_ids=batch["position_ids"]).logits,
+                                                  batch["labels"], batch["seq_lengths"])
+        for k, r in enumerate(rows):
+            for j, side in enumerate(("chosen", "rejected")):
+                ids = torch.as_tensor([r["prompt_ids"] + r[f"{side}_ids"]])
+                logp = torch.log_softmax(alone_model(ids).logits[0, :-1].double(), -1)
+                lab = np.r_[[IGNORE] * len(r["prompt_ids"]), r[f"{side}_labels"]][1:]
+                want = sum(float(logp[t, lab[t]]) for t in range(len(lab)) if lab[t] != IGNORE)
+                assert abs(float(sums[2 * k + j]) - want) < 1e-5 * max(1.0, abs(want))
+                assert int(counts[2 * k + j]) == int((lab != IGNORE).sum())
+
+
+@pytest.fixture(scope="module")
+def ref_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return llama_model_dir(tmp_path_factory.mktemp("ref"), seed=7)
+
+
+def _trl_rows(n: int = 4) -> list[dict]:
+    rng = np.random.default_rng(1)
+    return [{"prompt_ids": rng.integers(5, 700, rng.integers(2, 9)).tolist(),
+             "chosen_ids": rng.integers(5, 700, rng.integers(1, 8)).tolist(),
+             "rejected_ids": rng.integers(5, 700, rng.integers(1, 8)).tolist()} for _ in range(n)]
+
+
+@pytest.mark.parametrize(("ours", "theirs"), [("dpo", "sigmoid"), ("ipo", "ipo")])
+def test_dpo_and_ipo_equal_trl_dpo_trainer_on_the_same_batch(tmp_path: Path, llama_dir: Path, ref_dir: Path,
+                                                             ours: str, theirs: str):
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    policy, ref = (AutoModelForCausalLM.from_pretrained(d) for d in (llama_dir, ref_dir))
+    args = DPOConfig(output_dir=str(tmp_path), loss_type=[theirs], beta=0.3, report_to=[], use_cpu=True,
+                     bf16=False)  # fp32 on both sides
+    text = Dataset.from_list([{"prompt": "the model", "chosen": " learns", "rejected": " code"}] * 2)
+    trainer = DPOTrainer(model=policy, ref_model=ref, args=args, train_dataset=text,
+                         processing_class=AutoTokenizer.from_pretrained(llama_dir))
+    rows = _trl_rows()
+    with torch.no_grad():
+        want = float(trainer.compute_loss(policy, trainer.data_collator(rows)))
+    for r in rows:
+        r["chosen_labels"], r["rejected_labels"] = r["chosen_ids"], r["rejected_ids"]
+    packed = preference_task.TASK.load_model(llama_dir, None, 0).eval()
+    ref_packed = preference_task.TASK.load_model(ref_dir, None, 0).eval()
+    batch = pair_losses.PairCollator(0)(rows)
+    with torch.no_grad():
+        logps, counts, _ = preference_task.pair_logps(packed, batch, False)
+        batch["ref_logps"], _, _ = preference_task.pair_logps(ref_packed, batch, False)
+        got, _ = pair_losses.preference_loss(ours, logps, counts, batch["ref_logps"], 0.3)
+    assert abs(float(got) - want) < 1e-5 * max(1.0, abs(want))
+    assert want > 0.01
+
+
+def test_simpo_and_orpo_equal_trl_cpo_and_orpo(llama_dir: Path):
+    from trl.experimental.cpo import CPOTrainer
+    from trl.experimental.orpo import ORPOTrainer
+
+    g = torch.Generator().manual_seed(0)
+    counts = torch.randint(1, 9, (8,), generator=g).double()
+    logps = -torch.rand(8, generator=g, dtype=torch.float64) * 3 * counts
+    avg_c, avg_r = logps[0::2] / counts[0::2], logps[1::2] / counts[1::2]
+    cpo = SimpleNamespace(alpha=0.0, loss_type="simpo", simpo_gamma=0.7, beta=2.0, label_smoothing=0.1,
+                          accelerator=SimpleNamespace(device="cpu"))
+    want, *_ = CPOTrainer.cpo_loss(cpo, avg_c, avg_r)
+    got, _ = pair_losses.preference_loss("simpo", logps, counts, None, 2.0, 0.1, gamma=0.7)
+    torch.testing.assert_close(got, want.mean(), rtol=1e-6, atol=1e-8)
+    orpo = SimpleNamespace(beta=0.25, accelerator=SimpleNamespace(device="cpu"))
+    ratio, *_ = ORPOTrainer.odds_ratio_loss(orpo, avg_c, avg_r)
+    nll = -logps[0::2].sum() / counts[0::2].sum()  # TRL's NLL: the mean over the chosen tokens
+    got, _ = pair_losses.preference_loss("orpo", logps, counts, None, 0.25)
+    torch.testing.assert_close(got, nll - ratio.mean(), rtol=1e-6, atol=1e-8)
+
+
+# ── builds
+
+def test_dpo_with_an_adapter_learns_the_preference(tmp_path: Path, llama_dir: Path):
+    spec = load_spec(pair_spec(tmp_path, llama_dir, "preference", max_steps=12, learning_rate=2e-2,
+                               preference={"loss": "dpo", "beta": 0.5}))
+    run = stages.build(spec)
+    m = run.manifest["metrics"]
+    assert m["pairs"] == run.data.manifest["stats"]["splits"]["test"]["pairs"] > 0
+    assert m["accuracy"] > 0.8 and m["margin"] > 0  # "well" over "badly", on test prompts never trained on
+    assert "## Preference" in (run.path / "report.md").read_text(encoding="utf-8")
+    assert not [e for e in store.entries() if e.bucket == preference_task.REFERENCES]  # the adapter is switched off
+
+
+def test_full_tuning_stores_the_reference_once_and_reuses_it(tmp_path: Path, llama_dir: Path,
+                                                            monkeypatch: pytest.MonkeyPatch):
+    first = stages.build(load_spec(pair_spec(tmp_path / "a", llama_dir, "preference", method="full",
+                                             learning_rate=1e-3, preference={"loss": "ipo", "beta": 0.5})))
+    entries = [e for e in store.entries() if e.bucket == preference_task.REFERENCES]
+    assert len(entries) == 1 and store.read_manifest(entries[0].path)["pairs"] == 48
+    assert first.manifest["metrics"]["accuracy"] >= 0.0
+
+    def no_reference(*_a: object, **_k: object) -> None:
+        raise AssertionError("the reference was computed again")
+
+    monkeypatch.setattr(preference_task, "_write_reference", no_reference)
+    other = stages.build(load_spec(pair_spec(tmp_path / "b", llama_dir, "preference", method="full",
+                                             learning_rate=1e-3, preference={"loss": "dpo", "beta": 0.1})))
+    assert not other.cache_hit
+
+
+def test_reference_free_losses_train_and_pair_options_are_checked(tmp_path: Path, llama_dir: Path):
+    run = stages.build(load_spec(pair_spec(tmp_path / "s", llama_dir, "preference",
+                                           preference={"loss": "orpo", "beta": 0.2})))
+    assert run.manifest["metrics"]["loss"] > 0
+    with pytest.raises(FtcError, match="train.preference"):
+        load_spec(write_spec(tmp_path / "c.toml", llama_dir, [{"path": "pairs.jsonl"}],
+                             train={"preference": {"loss": "dpo"}}))
+    with pytest.raises(FtcError, match="prepends virtual tokens"):
+        load_spec(pair_spec(tmp_path / "p", llama_dir, "preference", method="prompt-tuning"))
+
+
+def test_a_reward_model_ranks_pairs_and_its_onnx_scorer_matches_torch(tmp_path: Path, llama_dir: Path):
+    from ftc import export
+    from ftc.runtime.artifact import read
+    from ftc.runtime.score import Scorer
+
+    spec_path = pair_spec(tmp_path, llama_dir, "reward-model", max_steps=16, learning_rate=2e-2)
+    run = stages.build(load_spec(spec_path))
+    m = run.manifest["metrics"]
+    assert m["accuracy"] > 0.8 and m["margin"] > 0
+    assert "## Reward model" in (run.path / "report.md").read_text(encoding="utf-8")
+    found = export.find_run(run.path)
+    art = export.export(found, export.override(found.export, quantize=("int8",)))
+    assert art.manifest["parity"]["int8"]["accuracy"] == 1.0  # each held-out pair in the same order as torch's
+    scorer = Scorer(read(art.artifact, variant="fp32"))
+    prompts = ["what is the model", "the code"]
+    good = scorer.score(prompts, ["it learns well", "numbers well"])
+    bad = scorer.score(prompts, ["it learns badly", "numbers badly"])
+    assert all(g > b for g, b in zip(good, bad, strict=True))
+    # the same pairs through the merged PyTorch weights
+    from transformers import AutoModelForSequenceClassification
+
+    merged = AutoModelForSequenceClassification.from_pretrained(art.path / "merged").eval()
+    ids = scorer.encode(prompts, ["it learns well", "numbers well"])
+    with torch.no_grad():
+        want = [float(merged(torch.as_tensor(i)[None]).logits[0, 0]) for i in ids]
+    assert np.allclose(good, want, atol=1e-4)
