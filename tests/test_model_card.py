@@ -205,7 +205,9 @@ def test_pipeline_tags_are_the_hubs_and_match_the_model_class():
         assert hasattr(hub_tasks, task.pipeline_tag.replace("-", "_")), task.pipeline_tag
         if task.pipeline_tag in SUPPORTED_TASKS:  # transformers 5 no longer ships every pipeline
             assert task.auto_class() in SUPPORTED_TASKS[task.pipeline_tag]["pt"]
-    assert len({tasks.get(n).pipeline_tag for n in tasks.REGISTRY}) == len(tasks.REGISTRY)
+    # tasks share a tag only where they share the model class (a reward model is a one-output classifier)
+    kinds = {(tasks.get(n).pipeline_tag, tasks.get(n).auto_class()) for n in tasks.REGISTRY}
+    assert len({tag for tag, _ in kinds}) == len(kinds) >= 4
 
 
 def test_base_model_id(tmp_path: Path):

@@ -278,3 +278,30 @@ def test_a_reward_model_ranks_pairs_and_its_onnx_scorer_matches_torch(tmp_path: 
     with torch.no_grad():
         want = [float(merged(torch.as_tensor(i)[None]).logits[0, 0]) for i in ids]
     assert np.allclose(good, want, atol=1e-4)
+    # `ftc infer` and `POST /v1/score` on the same artifact
+    import threading
+    import urllib.request
+
+    from click.testing import CliRunner
+
+    from ftc.cli import main
+    from ftc.runtime.serve import make_server
+
+    out = CliRunner().invoke(main, ["infer", str(art.artifact), "--variant", "fp32", "--json", "--input",
+                                    json.dumps({"prompt": prompts[0], "response": "it learns well"})])
+    assert out.exit_code == 0, out.output
+    assert abs(json.loads(out.output.splitlines()[0])["score"] - good[0]) < 1e-5
+    bad_input = CliRunner().invoke(main, ["infer", str(art.artifact), "--text", "no response"])
+    assert bad_input.exit_code != 0 and "response" in bad_input.output and "Traceback" not in bad_input.output
+    server = make_server(scorer, port=0, quiet=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        req = urllib.request.Request(server.url + "/v1/score", headers={"Content-Type": "application/json"},
+                                     data=json.dumps({"pairs": [{"prompt": p, "response": "numbers well"}
+                                                                for p in prompts]}).encode())
+        with urllib.request.urlopen(req, timeout=30) as r:
+            scores = json.loads(r.read())["scores"]
+        assert len(scores) == 2 and abs(scores[1] - good[1]) < 1e-5
+    finally:
+        server.shutdown()
+        server.server_close()

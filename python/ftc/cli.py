@@ -136,6 +136,7 @@ def init(data_file: Path, yes: bool, base: str | None, task: str | None, fmt: st
       text + label                                 → classification (labels from the sample)
       tokens + tags, CoNLL, text + entity spans    → token-classification
       SQuAD JSON, context/question/answers rows    → question-answering
+      prompt/chosen/rejected pairs                 → preference (DPO), or --task reward-model
 
     The spec says what each table does and its main alternatives; it validates and `ftc prep`
     runs on it as written. Without --yes, shows what was found and asks for the base model.
@@ -649,7 +650,7 @@ def infer(artifact: Path, texts: tuple[str, ...], file: Path | None, objects: tu
     A classifier prints each text's label and the probability of every label; a causal LM
     prints its answer to each text, sent as a user message through the chat template; a
     question-answering model prints each question's answer span (--input '{"question": ...,
-    "context": ...}'). The
+    "context": ...}'); a reward model the score of each --input '{"prompt": ..., "response": ...}'. The
     artifact's hashes are checked first: a changed file is refused.
     """
     from ftc import runtime

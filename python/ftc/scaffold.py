@@ -156,6 +156,11 @@ def _shapes(file: Path, fmt: str, found: list[str], rows: list[dict[str, Any]]) 
         out.append(Detected(file, fmt, False, shape, task, columns, found, 0, False))
 
     keys, first = set(found), rows[0]
+    if {"chosen", "rejected"} <= keys:  # preference pairs: a policy tuned on them first, or a reward model
+        cols = {"prompt": "prompt"} if "prompt" in keys else {}
+        for task, what in (("preference", "policy optimisation (DPO)"), ("reward-model", "a reward model")):
+            add(f"preference pairs (`{'`, `'.join([*cols, 'chosen', 'rejected'])}`): {what}", task,
+                cols | {"chosen": "chosen", "rejected": "rejected"})
     if found == ["data"] and "context" in first:  # `_sample`'s reading of SQuAD's nested JSON
         add("SQuAD questions on paragraphs (data → paragraphs → qas)", "question-answering", {})
     elif {"context", "question"} <= keys and keys & {"answers", "answer"}:

@@ -105,7 +105,11 @@ class Columns(Table):
                            ("id", "context")):
             if getattr(self, key) is not None and getattr(self, needs) is None:
                 raise ValueError(f"`{key}` goes with `{needs}`")
-        if (self.prompt is None) != (self.response is None):
+        if (self.chosen is None) != (self.rejected is None):
+            raise ValueError("`chosen` and `rejected` go together (preference pairs)")
+        if self.chosen is not None and (self.response is not None or self.text is not None or self.messages is not None):
+            raise ValueError("preference pairs map `prompt` (optional), `chosen` and `rejected`")
+        if self.chosen is None and (self.prompt is None) != (self.response is None):
             raise ValueError("`prompt` and `response` go together")
         if self.system is not None and self.prompt is None:
             raise ValueError("`system` needs `prompt`/`response`")

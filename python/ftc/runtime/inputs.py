@@ -1,8 +1,9 @@
 """Inputs of `ftc infer --file`: one text per line, or JSON Lines of objects.
 
 A `.jsonl` / `.json` file, or any file whose first line opens an object, is read as JSON Lines:
-each object has `text` (+ `text_pair`), `messages` (a conversation), `prompt` (raw text) or
-`question` + `context` (question answering); `--input` gives one such object.
+each object has `text` (+ `text_pair`), `messages` (a conversation), `prompt` (raw text),
+`question` + `context` (question answering) or `prompt` / `messages` + `response` (a reward
+model); `--input` gives one such object.
 Otherwise every line is one text. Blank lines are not inputs, as in the data stage.
 
     read_inputs(Path("in.jsonl"))   # [{"text": "great film"}, {"messages": [...]}]
@@ -16,7 +17,8 @@ from typing import Any
 
 from ftc.errors import InferenceError
 
-KINDS = {"text": str, "text_pair": str, "messages": list, "prompt": str, "question": str, "context": str}
+KINDS = {"text": str, "text_pair": str, "messages": list, "prompt": str, "question": str, "context": str,
+         "response": str}  # a reward model scores `prompt` (or `messages`) + `response`
 
 
 def read_inputs(file: Path) -> list[dict[str, Any]]:

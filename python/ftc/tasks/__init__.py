@@ -311,4 +311,7 @@ def names() -> tuple[str, ...]:
 
 def endpoints() -> dict[str, str]:
     """Route → the task serving it: every task's, so a server can say which one a route needs."""
-    return {get(n).endpoint: n for n in REGISTRY}
+    out: dict[str, str] = {}
+    for n in REGISTRY:  # a route several tasks serve (generation) names the first
+        out.setdefault(get(n).endpoint, n)
+    return out

@@ -28,13 +28,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from ftc.rows import IGNORE
 from ftc.tasks import Progress, Task
+
+if TYPE_CHECKING:  # polars loads on use: the torch-free runtime imports every task module
+    import polars as pl
 
 SPLITS = ("train", "valid", "test")
 COLUMNS = ["prompt_ids", "chosen_ids", "chosen_labels", "rejected_ids", "rejected_labels", "length"]
@@ -47,6 +51,8 @@ _HH_ROLES = {"Human": "user", "Assistant": "assistant"}
 
 def read_file(file: Path, fmt: str, cols: Any, split: str | None, decoding: Any,
               limit: int | None) -> Iterator[Any]:
+    import polars as pl
+
     from ftc import encodings, records
     from ftc.sources import SourceBatch, role_table
 
@@ -134,6 +140,8 @@ def _normal(msgs: Any, roles: dict[str, str], keys: tuple[str | None, str | None
 
 
 def _frame(rows: list[dict[str, Any]], with_split: bool) -> pl.DataFrame:
+    import polars as pl
+
     from ftc.sources import MESSAGE
 
     schema: dict[str, Any] = {"line": pl.UInt64, "messages": pl.List(MESSAGE)}
@@ -141,12 +149,16 @@ def _frame(rows: list[dict[str, Any]], with_split: bool) -> pl.DataFrame:
 
 
 def _bad(items: list[tuple[int, str]]) -> pl.DataFrame:
+    import polars as pl
+
     return pl.DataFrame({"line": [n for n, _ in items], "reason": [r for _, r in items]},
                         schema={"line": pl.UInt64, "reason": pl.String})
 
 
 def check_rows(rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """A pair whose two answers are the same, or either empty, teaches nothing: quarantined."""
+    import polars as pl
+
     if "messages" not in rows.columns:
         from ftc.errors import BuildError
 
@@ -166,6 +178,8 @@ def check_rows(rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
 def encode(run: Any, rows: pl.DataFrame) -> tuple[Any, ...]:
     """Rows → (per row [prompt, chosen, rejected] ids, per row [chosen, rejected] labels, status,
     errors, prompt hashes, tokens before truncation)."""
+    import polars as pl
+
     from ftc import quality
 
     tok = run.spec.tokenize
@@ -350,6 +364,21 @@ class PairTask(Task):
     init_rewrites = True
     init_split_note = "by the prompt's hash: no prompt is in two splits"
 
+    def init_sample(self, det: Any, rows: list[dict[str, Any]]) -> None:
+        """Nothing beyond the columns."""
+
+    def init_length(self, det: Any) -> int | None:
+        return None
+
+    def init_eval_note(self, det: Any) -> str:
+        return ""
+
+    def init_lines(self, det: Any, section: str, p: Any, max_length: int) -> None:
+        if section == "tokenize":
+            p.kv("max_length", max_length, "prompt + the longer answer; a longer pair loses its prompt's start first")
+            p.kv("template", "auto", "the model's chat template, else chatml; or a .jinja file")
+            p.kv("truncation", "right", "or drop: leave out pairs that do not fit")
+
     def check_spec(self, spec: Any) -> None:
         from ftc.spec import PreferenceTrain
 
@@ -386,7 +415,9 @@ class PairTask(Task):
         p = manifest["preference"]
         cut = f" · truncated: {p['truncated_prompts']} prompts, {p['truncated_responses']} responses" \
             if p["truncated_prompts"] or p["truncated_responses"] else ""
-        return f"{Task.describe(self, manifest)} pairs · {p['prompts']:,} prompts{cut}"
+        st = manifest["stats"]
+        rows = ", ".join(f"{name} {split['pairs']:,}" for name, split in st["splits"].items())
+        return f"tokens {st['tokens']:,} · pairs {p['pairs']:,} ({rows}) · {p['prompts']:,} prompts{cut}"
 
     def split_table(self, splits: dict[str, dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
         cols = ["split", "pairs", "tokens", "prompt tokens", "response tokens"]

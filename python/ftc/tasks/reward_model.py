@@ -144,10 +144,10 @@ class RewardModel(PairTask, Classification):
     def infer(self, model: Any, inputs: list[dict[str, Any]], options: dict[str, Any]) -> list[dict[str, Any]]:
         from ftc.errors import InferenceError
 
-        if bad := next((i for i in inputs if not {"prompt", "response"} <= set(i)), None):
-            raise InferenceError(f"a reward model scores {{prompt, response}} objects; this input has "
-                                 f"{', '.join(bad) or 'nothing'}")
-        scores = model.score([i["prompt"] for i in inputs], [i["response"] for i in inputs],
+        if bad := next((i for i in inputs if "response" not in i or not {"prompt", "messages"} & set(i)), None):
+            raise InferenceError(f"a reward model scores {{\"prompt\" (or \"messages\"), \"response\"}} objects "
+                                 f"(--input or --file); this input has {', '.join(bad) or 'nothing'}")
+        scores = model.score([i.get("prompt", i.get("messages")) for i in inputs], [i["response"] for i in inputs],
                              batch_size=options["batch_size"])
         return [{"score": s} for s in scores]
 
