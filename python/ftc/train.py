@@ -417,6 +417,8 @@ def make_trainer(spec: Spec, task: Task, model: Any, args: Any, train_ds: Any, e
                                                                      range(len(model.config.id2label))]))
     if progress is not None:
         trainer.remove_callback(ProgressCallback)
+    if task.own_loss:  # a batch mean: the Trainer divides it over accumulation steps (else their sum trains)
+        trainer.model_accepts_loss_kwargs = False
     return trainer
 
 
