@@ -305,3 +305,47 @@ def test_a_reward_model_ranks_pairs_and_its_onnx_scorer_matches_torch(tmp_path: 
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_win_rate_interval_is_wilsons():
+    from scipy.stats import binomtest
+
+    from ftc.tasks.judge import win_rate
+
+    tuned, base = np.r_[np.ones(13), np.zeros(7)], np.full(20, 0.5)
+    got = win_rate(tuned, base)
+    ci = binomtest(13, 20).proportion_ci(method="wilson")
+    assert got["win_rate"] == 0.65 and (got["wins"], got["ties"], got["losses"]) == (13, 0, 7)
+    assert abs(got["win_rate_low"] - ci.low) < 1e-6 and abs(got["win_rate_high"] - ci.high) < 1e-6
+    assert win_rate(np.zeros(4), np.zeros(4))["win_rate"] == 0.5  # ties count half
+
+
+def test_a_reward_model_judges_a_policy_the_same_from_its_run_and_its_artifact(tmp_path: Path, llama_dir: Path):
+    from ftc import export
+
+    rm = stages.build(load_spec(pair_spec(tmp_path / "rm", llama_dir, "reward-model", max_steps=16,
+                                          learning_rate=2e-2)))
+    found = export.find_run(rm.path)
+    art = export.export(found, export.override(found.export, onnx=True))
+    results = []
+    for i, judge in enumerate((str(rm.path), str(art.artifact))):
+        spec = pair_spec(tmp_path / f"dpo{i}", llama_dir, "preference", max_steps=8, learning_rate=2e-2,
+                         preference={"loss": "dpo", "beta": 0.5})
+        with spec.open("a", encoding="utf-8") as f:
+            f.write(f'\n[eval]\njudge = "{judge}"\nsamples = 6\nmax_new_tokens = 8\n')
+        results.append(stages.build(load_spec(spec)))
+    a, b = (r.manifest["metrics"] for r in results)
+    assert a["judged"] == 6 and a["wins"] + a["ties"] + a["losses"] == 6
+    assert a["win_rate_low"] <= a["win_rate"] <= a["win_rate_high"]
+    assert a["accuracy"] == b["accuracy"] and a["loss"] == b["loss"]  # a judge does not change the training
+    # the same answers (same training, greedy), judged in PyTorch and by onnxruntime: the same verdicts
+    assert (a["wins"], a["ties"], a["losses"]) == (b["wins"], b["ties"], b["losses"])
+    assert abs(a["judge_mean_tuned"] - b["judge_mean_tuned"]) < 1e-3
+    assert len(a["judge_examples"]) == 3
+    assert "### Win rate" in (results[0].path / "report.md").read_text(encoding="utf-8")
+    with pytest.raises(FtcError, match="eval.judge"):
+        load_spec(pair_spec(tmp_path / "rm2", llama_dir, "reward-model").parent / "spec.toml")  # fine alone
+        bad = pair_spec(tmp_path / "bad", llama_dir, "reward-model")
+        with bad.open("a", encoding="utf-8") as f:
+            f.write('\n[eval]\njudge = "x"\n')
+        load_spec(bad)

@@ -78,7 +78,7 @@ def train_inputs(spec: Spec, data_key: str, model_dir: Path, threads: int = 0, w
                                        (set() if t.forgetting.retain else {"forgetting"}) |
                                        (set() if t.distill else {"distill"}) |
                                        (set() if t.preference else {"preference"})),
-        "eval": spec.eval.model_dump(mode="json"),
+        "eval": spec.eval.model_dump(mode="json", exclude=set() if spec.eval.judge else {"judge"}),
         "seed": spec.project.seed,
     }
 
@@ -239,16 +239,16 @@ def _train(spec: Spec, data: data_stage.PrepResult, retain: data_stage.PrepResul
         preds, width, distilled["teacher"] = distill.prepare(spec, task, teacher, rows_key, train_ds, eval_ds,
                                                              collator, tokenizer, labels, pad_id, progress)
         distilled["student_alone"] = alone
-    splits = task.before_training(spec, model, {"train": train_ds, "valid": valid_ds, "test": test_ds}, data.key,
-                                  inputs["base"], pad_id, progress)
+    base_metrics = task.evaluate(spec, model, tokenizer, eval_ds, collator, labels) \
+        if spec.eval.compare_base and eval_ds and w.main else None
+    splits = task.before_training(spec, model, tokenizer, {"train": train_ds, "valid": valid_ds, "test": test_ds},
+                                  data.key, inputs["base"], pad_id, progress)
     train_ds, valid_ds, test_ds = splits["train"], splits["valid"], splits["test"]
     eval_ds = test_ds or valid_ds
     train_ds, train_collator = task.train_data(spec, train_ds, pad_id)
     if teacher is not None:
         train_ds, train_collator = distill.WithTeacher(train_ds, preds, width), distill.TeacherCollator(train_collator)
     bs = spec.train.batch_size
-    base_metrics = task.evaluate(spec, model, tokenizer, eval_ds, collator, labels) \
-        if spec.eval.compare_base and eval_ds and w.main else None
     model = train.apply_method(model, spec, task, [t.id for t in new_tokens])
     penalty = forgetting.penalty(model, fisher, f.ewc.lambda_) if fisher is not None and f.ewc else None
     n_trainable, n_total = train.trainable(model)

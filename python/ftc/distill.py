@@ -47,7 +47,7 @@ def resolve_teacher(spec: Spec, threads: int = 0) -> Teacher:
 
     assert spec.train.distill is not None
     name = spec.train.distill.teacher
-    run_dir = _run_dir(spec, name)
+    run_dir = find_run(spec, name, "train.distill.teacher")
     if run_dir is not None:
         model_dir = run_dir / "model"
         manifest = store.read_manifest(run_dir)
@@ -59,8 +59,9 @@ def resolve_teacher(spec: Spec, threads: int = 0) -> Teacher:
                                                                                        threads), strict=True)))
 
 
-def _run_dir(spec: Spec, name: str) -> Path | None:
-    """The ftc run `name` names: its directory, or a key prefix of the store's runs."""
+def find_run(spec: Spec, name: str, key: str) -> Path | None:
+    """The ftc run `name` (the value of spec key `key`) names: its directory, or a key prefix of
+    the store's runs; None when it names none."""
     path = spec.resolve(name)
     if path.is_dir() and (path / "manifest.json").is_file() and (path / "model").is_dir():
         return path
@@ -68,7 +69,7 @@ def _run_dir(spec: Spec, name: str) -> Path | None:
         return None
     runs = [e for e in store.entries() if e.bucket == RUNS and e.key.startswith(name)]
     if len(runs) > 1:
-        raise BuildError(f"`train.distill.teacher = \"{name}\"` matches {len(runs)} runs",
+        raise BuildError(f"`{key} = \"{name}\"` matches {len(runs)} runs",
                          hint="give more characters of the key (`ftc cache ls`)")
     return runs[0].path if runs else None
 

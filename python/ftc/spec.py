@@ -501,6 +501,9 @@ class Eval(Table):
         "(`strict`: only sequences the tag scheme allows form entities).")
     max_answer_length: Annotated[int, Field(gt=0, le=4096)] = Field(
         30, description="Question answering: the longest answer, in tokens.")
+    judge: str | None = Field(None, description="Preference: a reward model (an ftc `reward-model` run, its "
+                              "directory or key prefix, or its exported artifact) that scores the tuned and the base "
+                              "model's greedy answers to `samples` test prompts: the win rate.")
 
 
 class Export(Table):
@@ -658,6 +661,9 @@ class Spec(Table):
         if wrong := [m for m in self.eval.metrics if m not in task.metrics]:
             raise ValueError(f"`eval.metrics` {wrong} do not apply to `model.task = \"{task.name}\"`, "
                              f"whose metrics are {list(task.metrics)}")
+        if self.eval.judge and not task.judged:
+            raise ValueError(f"`eval.judge` scores a policy's answers against the base's; `model.task = "
+                             f"\"{task.name}\"` generates none to judge (`preference` does)")
         if self.train.preference is not None and not task.reads_pairs:
             raise ValueError(f"`train.preference` sets the loss of preference pairs; `model.task = \"{task.name}\"` "
                              "trains on none (`reward-model` and `preference` do)")

@@ -28,6 +28,27 @@ MESSAGES = pa.large_list(pa.struct([("role", pa.large_string()), ("content", pa.
                                     ("extra", pa.large_string())]))
 
 
+def render_pairs(encoder: Any, prompts: Sequence[Any], responses: Sequence[str], max_length: int) -> list[np.ndarray]:
+    """Token ids of each (prompt, response) through `encoder`'s chat template (`_data.DataEncoder`),
+    truncated from the left to `max_length`. A prompt is a string (a user message) or messages."""
+    if len(prompts) != len(responses):
+        raise InferenceError(f"{len(prompts)} prompts but {len(responses)} responses")
+    rows = []
+    for i, (p, r) in enumerate(zip(prompts, responses, strict=True)):
+        head = [{"role": "user", "content": p}] if isinstance(p, str) else p
+        if not isinstance(r, str) or not isinstance(head, list) or not all(
+                isinstance(m, dict) and isinstance(m.get("content"), str) for m in head):
+            raise InferenceError(f"pair {i}: the prompt is a string or a list of {{role, content}} messages, "
+                                 "the response a string")
+        rows.append([{"role": m.get("role", "user"), "content": m["content"], "extra": None} for m in head]
+                    + [{"role": "assistant", "content": r, "extra": None}])
+    ids, _, status, errors, _, _ = encoder.encode_chat(pa.array(rows, MESSAGES), UNBOUNDED, "right", False)
+    ids, errors = pa.array(ids), pa.array(errors)
+    if (bad := next((i for i, s in enumerate(np.asarray(status)) if s == 3), None)) is not None:
+        raise InferenceError(f"pair {bad}: the chat template refused it: {errors[bad].as_py()}")
+    return [np.asarray(ids[i].values, dtype=np.int64)[-max_length:] for i in range(len(rows))]
+
+
 class Scorer:
     """An artifact of task `reward-model`, ready to score."""
 
@@ -49,24 +70,7 @@ class Scorer:
         self.pad_id = artifact.pad_token_id if artifact.pad_token_id is not None else 0
 
     def encode(self, prompts: Sequence[Any], responses: Sequence[str]) -> list[np.ndarray]:
-        """Token ids of each (prompt, response), truncated from the left to `max_length`."""
-        if len(prompts) != len(responses):
-            raise InferenceError(f"{len(prompts)} prompts but {len(responses)} responses")
-        rows = []
-        for i, (p, r) in enumerate(zip(prompts, responses, strict=True)):
-            head = [{"role": "user", "content": p}] if isinstance(p, str) else p
-            if not isinstance(r, str) or not isinstance(head, list) or not all(
-                    isinstance(m, dict) and isinstance(m.get("content"), str) for m in head):
-                raise InferenceError(f"pair {i}: the prompt is a string or a list of {{role, content}} messages, "
-                                     "the response a string")
-            rows.append([{"role": m.get("role", "user"), "content": m["content"], "extra": None} for m in head]
-                        + [{"role": "assistant", "content": r, "extra": None}])
-        ids, _, status, errors, _, _ = self.encoder.encode_chat(pa.array(rows, MESSAGES), UNBOUNDED, "right", False)
-        ids, errors = pa.array(ids), pa.array(errors)
-        if (bad := next((i for i, s in enumerate(np.asarray(status)) if s == 3), None)) is not None:
-            raise InferenceError(f"pair {bad}: the chat template refused it: {errors[bad].as_py()}")
-        limit = self.artifact.max_length
-        return [np.asarray(ids[i].values, dtype=np.int64)[-limit:] for i in range(len(rows))]
+        return render_pairs(self.encoder, prompts, responses, self.artifact.max_length)
 
     def scores(self, encoded: Sequence[np.ndarray]) -> np.ndarray:
         """One padded batch through the graph: a float per sequence."""

@@ -54,6 +54,7 @@ class Task:
     # ("tokens"), one class distribution per row ("classes"), or nothing (None).
     distills: ClassVar[str | None] = None
     reads_pairs: ClassVar[bool] = False  # rows are preference pairs (`ftc.tasks.pairs`): `[train.preference]` applies
+    judged: ClassVar[bool] = False  # `[eval] judge` applies: a reward model scores its answers against the base's
     # The task computes its own training loss (`loss`), so the Trainer's validation passes
     # report that loss alone (no logits gathered).
     own_loss: ClassVar[bool] = False
@@ -171,11 +172,12 @@ class Task:
         the head's, by id."""
         return None
 
-    def before_training(self, spec: Spec, model: Any, splits: dict[str, Any], data_key: str, base: Any,
-                        pad_id: int, progress: Progress | None) -> dict[str, Any]:
+    def before_training(self, spec: Spec, model: Any, tokenizer: Any, splits: dict[str, Any], data_key: str,
+                        base: Any, pad_id: int, progress: Progress | None) -> dict[str, Any]:
         """The splits (`train`, `valid`, `test`: datasets or None) as training and evaluation take
         them, given the base model before its method is applied: what a task computes with the
-        base once (a reference model's log-probs) and stores. `base`: the base's file hashes."""
+        base once (a reference model's log-probs, the base's answers a judge compares) and stores.
+        `base`: the base's file hashes."""
         return splits
 
     def loss(self, spec: Spec, model: Any, inputs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:

@@ -41,7 +41,7 @@ if TYPE_CHECKING:  # polars loads on use: the torch-free runtime imports every t
     import polars as pl
 
 SPLITS = ("train", "valid", "test")
-COLUMNS = ["prompt_ids", "chosen_ids", "chosen_labels", "rejected_ids", "rejected_labels", "length"]
+COLUMNS = ["prompt_ids", "chosen_ids", "chosen_labels", "rejected_ids", "rejected_labels", "length", "prompt"]
 UNBOUNDED = 1 << 30  # the encoder's max_length when the pair's own truncation follows
 _HH = re.compile(r"\n\n(Human|Assistant): ")
 _HH_ROLES = {"Human": "user", "Assistant": "assistant"}
@@ -270,6 +270,7 @@ def _nested(rows: list[list[np.ndarray]]) -> pa.Array:
 @dataclass
 class Collected:
     ids: list[pa.Array] = field(default_factory=list)
+    prompts: list[Any] = field(default_factory=list)  # each row's prompt messages: held-out splits keep them
     labels: list[pa.Array] = field(default_factory=list)
     hashes: list[np.ndarray] = field(default_factory=list)
     splits: list[np.ndarray] = field(default_factory=list)
@@ -277,6 +278,10 @@ class Collected:
 
     def add(self, run: Any, rows: pl.DataFrame, codes: np.ndarray, ids: pa.Array, second: pa.Array,
             hashes: np.ndarray, idx: int, weight: float, st: Any) -> None:
+        import polars as pl
+
+        msgs = pl.col("messages").list
+        self.prompts.append(rows.select(msgs.head(msgs.len() - 2)).to_series().to_arrow())
         self.ids.append(ids)
         self.labels.append(second)
         self.hashes.append(hashes)
@@ -293,6 +298,8 @@ class Collected:
         if not self.ids:
             raise SourceError("no preference pair survived the data stage: nothing to train on")
         ids, labels = pa.concat_arrays(self.ids), pa.concat_arrays(self.labels)
+        prompts = pa.concat_arrays([p.combine_chunks() if isinstance(p, pa.ChunkedArray) else p
+                                    for p in self.prompts])
         hashes, codes, source = (np.concatenate(x) for x in (self.hashes, self.splits, self.source))
         # by the prompt, whatever `data.split.by` says: a prompt's pairs stay together
         by_hash = spec.data.split.by == "hash"
@@ -321,7 +328,9 @@ class Collected:
             table = pa.table({"prompt_ids": _every(seqs, 3, 0), "chosen_ids": _every(seqs, 3, 1),
                               "chosen_labels": _every(labs, 3, 0), "rejected_ids": _every(seqs, 3, 2),
                               "rejected_labels": _every(labs, 3, 1),
-                              "length": pa.array(lengths[sel].astype(np.int32))})
+                              "length": pa.array(lengths[sel].astype(np.int32)),
+                              # what a judge renders with its own template (`[eval] judge`)
+                              **({"prompt": prompts.take(take)} if name != "train" else {})})
             with pa.OSFile(str(tmp / f"{name}.arrow"), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as w:
                 w.write_table(table, max_chunksize=8192)
             for i, st in enumerate(stats):

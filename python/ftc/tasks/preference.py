@@ -36,6 +36,7 @@ class Preference(PairTask, CausalLM):
     metrics = ("accuracy",)
     stop_metrics = ("loss", "accuracy")
     own_loss = True
+    judged = True
     init_metrics = ["accuracy"]
     init_train = {"method": "lora", "epochs": 1, "batch_size": 4, "learning_rate": 5e-5}
 
@@ -62,18 +63,33 @@ class Preference(PairTask, CausalLM):
         p = spec.train.preference
         return p.loss not in REFERENCE_FREE and (spec.train.method in WHOLE_MODEL or p.precompute_reference)
 
-    def before_training(self, spec: Any, model: Any, splits: dict[str, Any], data_key: str, base: Any,
-                        pad_id: int, progress: Any) -> dict[str, Any]:
+    def before_training(self, spec: Any, model: Any, tokenizer: Any, splits: dict[str, Any], data_key: str,
+                        base: Any, pad_id: int, progress: Any) -> dict[str, Any]:
         """The splits with the base's log-probs of each pair (`ref_chosen`, `ref_rejected`) when
-        the reference is stored; as they are otherwise."""
-        if not self.stores_reference(spec):
-            return splits
-        from ftc import store
+        the reference is stored, and with `[eval] judge` the base's answers to the first test
+        prompts (`base_answer`)."""
+        if self.stores_reference(spec):
+            from ftc import store
 
-        key = store.key_of({"data": data_key, "base": base, "format": REFERENCES})
-        path, _ = store.build_once(REFERENCES, key, lambda tmp: _write_reference(
-            tmp, key, model, splits, pad_id, spec.train.batch_size, progress))
-        return attach_reference(splits, path)
+            key = store.key_of({"data": data_key, "base": base, "format": REFERENCES})
+            path, _ = store.build_once(REFERENCES, key, lambda tmp: _write_reference(
+                tmp, key, model, splits, pad_id, spec.train.batch_size, progress))
+            splits = attach_reference(splits, path)
+        held = "test" if splits.get("test") is not None else "valid"
+        if spec.eval.judge and splits.get(held) is not None:
+            import torch
+
+            from ftc.tasks import judge
+
+            ds = splits[held]
+            if progress:
+                progress("base answers", 0, 1)
+            with torch.random.fork_rng():  # loading a judge draws a head: training stays as without one
+                judge.load_judge(spec)  # a judge that names no reward model fails before training, not after
+                said = judge.answers(model, tokenizer, judge.prompts_of(ds, spec.eval.samples),
+                                     spec.eval.max_new_tokens, spec.train.batch_size)
+            splits = splits | {held: ds.add_column("base_answer", said + [""] * (len(ds) - len(said)))}
+        return splits
 
     def loss(self, spec: Any, model: Any, inputs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         p = spec.train.preference
@@ -103,10 +119,15 @@ class Preference(PairTask, CausalLM):
                     parts[k].append(figures[k].double().cpu().numpy())
         got = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
         fig = pair_figures(got["chosen"], got["rejected"])
-        return {"loss": total / n if n else None, "accuracy": fig["accuracy"], "margin": fig["margin"],
-                "reward_chosen": fig["chosen"], "reward_rejected": fig["rejected"],
-                "logps_chosen": float(got["logps_chosen"].mean()) if n else None,
-                "logps_rejected": float(got["logps_rejected"].mean()) if n else None, "pairs": n}
+        result = {"loss": total / n if n else None, "accuracy": fig["accuracy"], "margin": fig["margin"],
+                  "reward_chosen": fig["chosen"], "reward_rejected": fig["rejected"],
+                  "logps_chosen": float(got["logps_chosen"].mean()) if n else None,
+                  "logps_rejected": float(got["logps_rejected"].mean()) if n else None, "pairs": n}
+        if spec.eval.judge and "base_answer" in ds.column_names:  # the tuned model (the base has none yet)
+            from ftc.tasks import judge
+
+            result |= judge.judged(spec, model, tokenizer, ds)
+        return result
 
     def report_sections(self, metrics: dict[str, Any], names: list[str] | None, run_dir: Path) -> list[str]:
         if not metrics:
@@ -114,10 +135,22 @@ class Preference(PairTask, CausalLM):
         rows = [("reward accuracy", "accuracy"), ("mean margin", "margin"), ("reward chosen", "reward_chosen"),
                 ("reward rejected", "reward_rejected"), ("log-prob chosen", "logps_chosen"),
                 ("log-prob rejected", "logps_rejected")]
-        return ["## Preference", "", f"{metrics.get('pairs', 0):,} test pairs; a reward is β·(log π − log π_ref) "
-                "of the response (reference-free losses: β × its mean token log-prob).", "",
-                "| figure | value |", "|---|---|",
-                *(f"| {label} | {metrics[k]:.4f} |" for label, k in rows if metrics.get(k) is not None), ""]
+        lines = ["## Preference", "", f"{metrics.get('pairs', 0):,} test pairs; a reward is β·(log π − log π_ref) "
+                 "of the response (reference-free losses: β × its mean token log-prob).", "",
+                 "| figure | value |", "|---|---|",
+                 *(f"| {label} | {metrics[k]:.4f} |" for label, k in rows if metrics.get(k) is not None), ""]
+        if "win_rate" in metrics:
+            m = metrics
+            lines += ["### Win rate", "", f"The judge `{m['judge']}` scored the tuned and the base model's greedy "
+                      f"answers to {m['judged']} test prompts: the tuned answer wins **{m['win_rate']:.1%}** "
+                      f"(95% interval {m['win_rate_low']:.1%}–{m['win_rate_high']:.1%}; {m['wins']} wins, "
+                      f"{m['ties']} ties, {m['losses']} losses; mean score {m['judge_mean_tuned']:.3f} vs "
+                      f"{m['judge_mean_base']:.3f}).", "", "Where the judge's scores differ most:", ""]
+            for e in m["judge_examples"]:
+                lines += [f"- prompt: {_quote(e['prompt'])}", f"  - base ({e['base_score']:.3f}): {_quote(e['base'])}",
+                          f"  - tuned ({e['tuned_score']:.3f}): {_quote(e['tuned'])}"]
+            lines.append("")
+        return lines
 
     # ── export: the policy is a causal LM; its held-out examples are the chosen answers
     def held_out(self, ds: Any, n: int, seed: int, labels: list[str] | None) -> tuple[list[dict[str, Any]],
@@ -130,6 +163,10 @@ class Preference(PairTask, CausalLM):
                      train_split: Callable[[], Any], progress: Any) -> Path:
         return CausalLM.make_variant(self, name, model, merged_dir, art, settings, eos,
                                      lambda: [chosen_example(r) for r in train_split()], progress)
+
+
+def _quote(text: str) -> str:
+    return "`" + " ".join(text.split())[:200].replace("`", "'") + "`"
 
 
 def chosen_example(row: dict[str, Any]) -> dict[str, Any]:
