@@ -502,8 +502,9 @@ class Eval(Table):
     max_answer_length: Annotated[int, Field(gt=0, le=4096)] = Field(
         30, description="Question answering: the longest answer, in tokens.")
     judge: str | None = Field(None, description="Preference: a reward model (an ftc `reward-model` run, its "
-                              "directory or key prefix, or its exported artifact) that scores the tuned and the base "
-                              "model's greedy answers to `samples` test prompts: the win rate.")
+                              "directory or key prefix; its exported artifact; or its spec, e.g. \"reward.toml\") "
+                              "that scores the tuned and the base model's greedy answers to `samples` test prompts: "
+                              "the win rate.")
 
 
 class Export(Table):

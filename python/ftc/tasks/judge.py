@@ -2,8 +2,9 @@
 test prompts; the win rate says how often the tuned answer scores higher (docs/architecture.md:
 Tasks).
 
-The judge is an exported reward-model artifact (run by onnxruntime, as `ftc serve` runs it) or
-an ftc `reward-model` run (its directory or key prefix: merged onto its base, in PyTorch). Either
+The judge is an exported reward-model artifact (run by onnxruntime, as `ftc serve` runs it), an
+ftc `reward-model` run (its directory or key prefix: merged onto its base, in PyTorch), or the
+spec of one (`judge = "reward.toml"`: its run, built first when the store lacks it). Either
 way each (prompt, answer) is rendered with the judge's own chat template from the prompt's
 messages, which the held-out splits keep, so a judge with another tokenizer reads its own tokens.
 The base's answers are generated before training (`before_training`), the tuned model's at
@@ -51,6 +52,11 @@ def load_judge(spec: Any) -> Judge:
             return Judge(name, lambda prompts, answers: scorer.score(prompts, answers))
     from ftc import distill
 
+    if path.suffix == ".toml" and path.is_file():  # a spec: the run it builds (a cache hit once built)
+        from ftc import build
+        from ftc.specload import load_spec
+
+        return Judge(name, _torch_scorer(build.build(load_spec(path)).path, name, spec.tokenize.max_length))
     run = distill.find_run(spec, name, "eval.judge")
     if run is None:
         raise BuildError(f"`eval.judge = \"{name}\"`: neither an artifact nor an ftc run",
