@@ -349,3 +349,39 @@ def test_a_reward_model_judges_a_policy_the_same_from_its_run_and_its_artifact(t
         with bad.open("a", encoding="utf-8") as f:
             f.write('\n[eval]\njudge = "x"\n')
         load_spec(bad)
+
+
+def test_ranked_lists_become_pairs_best_vs_rest_or_all(tmp_path: Path, llama_dir: Path):
+    rows = [{"question": f"rank these {i}", "answers": ["a fine answer", "a poor answer", "the best answer", "tie"],
+             "ratings": [2, 1, 3, 1]} for i in range(8)]
+    counts = {}
+    for mode in ("best-vs-rest", "all"):
+        folder = tmp_path / mode
+        folder.mkdir()
+        write_jsonl(folder / "ranked.jsonl", rows)
+        spec = write_spec(folder / "spec.toml", llama_dir, [{"path": "ranked.jsonl", "columns": {
+            "prompt": "question", "responses": "answers", "scores": "ratings", "pairs": mode}}],
+            model={"task": "reward-model"}, tokenize={"max_length": 256}, data_split={"valid": 0.0, "test": 0.0},
+            data_clean={"dedup": "none"})
+        result = prep.prep(load_spec(spec))
+        ds = load_split(result.path, result.manifest, "train")
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(llama_dir)
+        got = {tuple(tok.decode(r[f"{side}_ids"]).split("<|im_end|>")[0] for side in ("chosen", "rejected"))
+               for r in ds}
+        counts[mode] = len(ds) // 8
+        best = {("the best answer", x) for x in ("a fine answer", "a poor answer", "tie")}
+        assert got == (best if mode == "best-vs-rest" else best | {("a fine answer", "a poor answer"),
+                                                                   ("a fine answer", "tie")})
+    assert counts == {"best-vs-rest": 3, "all": 5}  # the two equal scores (1, 1) state no preference
+
+
+def test_datasets_without_pair_columns_keep_their_keys():
+    from ftc import store
+
+    spec = load_spec(Path(__file__).parent.parent / "specs" / "quickstart.toml")
+    dumped = spec.data.model_dump(mode="json", by_alias=True, exclude=prep._unset_later_keys(spec))
+    assert not set(dumped["sources"][0]["columns"]) & set(prep.LATER_COLUMN_KEYS)
+    # the quickstart's dataset key as it was before preference pairs existed
+    assert store.key_of(dumped) == "e51ca633ede2c4ddcae6e9c6acadc209278d7ffad33194bc3ccfbbed87a25357"

@@ -134,7 +134,7 @@ def key_inputs(spec: Spec, files: list[list[Path]], info: TokenizerInfo, templat
         "task": spec.model.task,
         "labels": spec.model.labels,
         "seed": spec.project.seed,
-        "data": spec.data.model_dump(mode="json", by_alias=True),
+        "data": spec.data.model_dump(mode="json", by_alias=True, exclude=_unset_later_keys(spec)),
         "tokenize": spec.tokenize.model_dump(mode="json", exclude={"add_tokens", "add_tokens_file"}),
         "sources": sources,
         "tokenizer": {f.name: next(it) for f in info.files},
@@ -145,6 +145,19 @@ def key_inputs(spec: Spec, files: list[list[Path]], info: TokenizerInfo, templat
         "hook": quality.hook_fingerprint(spec),
         **tasks.get(spec.model.task).key_inputs(spec),
     }
+
+
+# Column keys added after datasets were first keyed: left out while unset, so every dataset that
+# does not use them keeps the key it had.
+LATER_COLUMN_KEYS = ("chosen", "rejected", "responses", "scores", "pairs")
+
+
+def _unset_later_keys(spec: Spec) -> dict[str, Any]:
+    out: dict[int, Any] = {}
+    for i, s in enumerate(spec.data.sources):
+        if cols := {k: True for k in LATER_COLUMN_KEYS if getattr(s.columns, k) is None}:
+            out[i] = {"columns": cols}
+    return {"sources": out}
 
 
 def _rel(path: Path, root: Path) -> str:

@@ -88,6 +88,12 @@ class Columns(Table):
     chosen: str | None = Field(None, description="Preference pairs: the preferred response (a string or messages; "
                                "without `prompt`, a whole conversation sharing its prompt with `rejected`).")
     rejected: str | None = Field(None, description="Preference pairs: the other response.")
+    responses: str | None = Field(None, description="Preference pairs from a ranked list: several responses to "
+                                  "`prompt`, with `scores` (higher is better); the source's `pairs` says which pairs.")
+    scores: str | None = Field(None, description="Preference pairs: one number per entry of `responses`.")
+    pairs: Literal["best-vs-rest", "all"] | None = Field(
+        None, description="Ranked lists (`responses` + `scores`): the best response against each lower-scored one "
+        "(`best-vs-rest`, the default), or every higher-scored one against every lower (`all`).")
     role: str | None = Field(None, description="Key of a message's role (default: `role`, else ShareGPT's `from`).")
     content: str | None = Field(None, description="Key of a message's content (default: `content`, else `value`).")
     roles: dict[Literal["user", "assistant", "system", "tool"], list[str]] = Field(
@@ -107,9 +113,13 @@ class Columns(Table):
                 raise ValueError(f"`{key}` goes with `{needs}`")
         if (self.chosen is None) != (self.rejected is None):
             raise ValueError("`chosen` and `rejected` go together (preference pairs)")
-        if self.chosen is not None and (self.response is not None or self.text is not None or self.messages is not None):
+        if (self.responses is None) != (self.scores is None) or (self.responses is not None and self.chosen):
+            raise ValueError("a ranked list maps `responses` and `scores` (with `prompt`), not `chosen`/`rejected`")
+        if self.pairs is not None and self.responses is None:
+            raise ValueError("`pairs` says how a ranked list (`responses` + `scores`) becomes pairs")
+        if self.chosen is not None and any(v is not None for v in (self.response, self.text, self.messages)):
             raise ValueError("preference pairs map `prompt` (optional), `chosen` and `rejected`")
-        if self.chosen is None and (self.prompt is None) != (self.response is None):
+        if self.chosen is None and self.responses is None and (self.prompt is None) != (self.response is None):
             raise ValueError("`prompt` and `response` go together")
         if self.system is not None and self.prompt is None:
             raise ValueError("`system` needs `prompt`/`response`")

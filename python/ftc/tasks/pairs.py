@@ -56,7 +56,7 @@ def read_file(file: Path, fmt: str, cols: Any, split: str | None, decoding: Any,
     from ftc import encodings, records
     from ftc.sources import SourceBatch, role_table
 
-    names = {k: getattr(cols, k) or k for k in ("prompt", "chosen", "rejected", "system")}
+    names = {k: getattr(cols, k) or k for k in ("prompt", "chosen", "rejected", "system", "responses", "scores")}
     roles = role_table(cols)
     keys = (cols.role, cols.content)
     if fmt in ("csv", "tsv"):
@@ -69,13 +69,41 @@ def read_file(file: Path, fmt: str, cols: Any, split: str | None, decoding: Any,
     for rec in batches:
         rows, bad = [], list(rec.bad)
         for n, item in zip(rec.lines, rec.items, strict=True):
-            msgs = to_messages(item, names, roles, keys) if isinstance(item, dict) else "a record must be an object"
-            if isinstance(msgs, str):
-                bad.append((n, msgs))
-            else:
+            pairs = to_pairs(item, names, roles, keys, cols.pairs or "best-vs-rest") if isinstance(item, dict) \
+                else "a record must be an object"
+            if isinstance(pairs, str):
+                bad.append((n, pairs))
+                continue
+            for msgs in pairs:  # a ranked list's pairs share its line
                 rows.append({"line": n, "messages": msgs,
                              **({"split": None if item.get(split) is None else str(item[split])} if split else {})})
         yield SourceBatch(file, _frame(rows, split is not None), _bad(bad), rec.nbytes)
+
+
+def to_pairs(item: dict[str, Any], names: dict[str, str], roles: dict[str, str], keys: tuple[str | None, str | None],
+             mode: str) -> list[list[dict[str, Any]]] | str:
+    """A record → its pairs' messages: one pair, or a ranked list's (`responses` + `scores`) as
+    `mode` picks them; or why not."""
+    responses, scores = item.get(names["responses"]), item.get(names["scores"])
+    if responses is None and scores is None:
+        one = to_messages(item, names, roles, keys)
+        return one if isinstance(one, str) else [one]
+    if not isinstance(responses, list) or not isinstance(scores, list) or len(responses) != len(scores):
+        return f"`{names['responses']}` and `{names['scores']}` must be lists of the same length"
+    if not all(isinstance(s, int | float) and not isinstance(s, bool) for s in scores):
+        return f"`{names['scores']}` must hold numbers"
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])  # stable: the first of equal scores leads
+    won = [(order[0], j) for j in order[1:]] if mode == "best-vs-rest" else \
+        [(i, j) for a, i in enumerate(order) for j in order[a + 1:]]
+    out = []
+    for i, j in won:
+        if scores[i] > scores[j]:  # equal scores state no preference
+            one = to_messages(item | {names["chosen"]: responses[i], names["rejected"]: responses[j]}, names, roles,
+                              keys)
+            if isinstance(one, str):
+                return one
+            out.append(one)
+    return out or "no two responses with different scores: no preference to learn"
 
 
 def to_messages(item: dict[str, Any], names: dict[str, str], roles: dict[str, str],
