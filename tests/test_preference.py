@@ -385,3 +385,52 @@ def test_datasets_without_pair_columns_keep_their_keys():
     assert not set(dumped["sources"][0]["columns"]) & set(prep.LATER_COLUMN_KEYS)
     # the quickstart's dataset key as it was before preference pairs existed
     assert store.key_of(dumped) == "e51ca633ede2c4ddcae6e9c6acadc209278d7ffad33194bc3ccfbbed87a25357"
+
+
+def test_kto_equals_trl_kto_trainer_on_the_same_batch(tmp_path: Path, llama_dir: Path, ref_dir: Path):
+    """Each pair's chosen answer desirable, its rejected one undesirable; the KL estimate on
+    pair i's prompt with pair i+1's chosen answer: TRL's batch is built from the same sequences."""
+    from datasets import Dataset
+    from torch.nn.utils.rnn import pad_sequence
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import KTOConfig, KTOTrainer
+
+    policy, ref = (AutoModelForCausalLM.from_pretrained(d) for d in (llama_dir, ref_dir))
+    args = KTOConfig(output_dir=str(tmp_path), beta=0.3, desirable_weight=1.0, undesirable_weight=0.7, report_to=[],
+                     use_cpu=True, bf16=False, per_device_train_batch_size=2)
+    text = Dataset.from_list([{"prompt": "the model", "completion": " learns", "label": True},
+                              {"prompt": "the code", "completion": " numbers", "label": False}])
+    trainer = KTOTrainer(model=policy, ref_model=ref, args=args, train_dataset=text,
+                         processing_class=AutoTokenizer.from_pretrained(llama_dir))
+    rows = _trl_rows()
+
+    def padded(seqs: list[tuple[list[int], list[int]]]) -> dict:
+        ids = [torch.as_tensor(p + c) for p, c in seqs]
+        comp = [torch.as_tensor([0] * len(p) + [1] * len(c)) for p, c in seqs]
+        return {"input_ids": pad_sequence(ids, batch_first=True), "completion_mask": pad_sequence(comp, batch_first=True),
+                "attention_mask": pad_sequence([torch.ones_like(i) for i in ids], batch_first=True)}
+
+    main = padded([(r["prompt_ids"], r[f"{side}_ids"]) for side in ("chosen", "rejected") for r in rows])
+    kl = padded([(r["prompt_ids"], o["chosen_ids"]) for r, o in zip(rows, rows[1:] + rows[:1], strict=True)])
+    batch = main | {f"KL_{k}": v for k, v in kl.items()} | {"label": torch.tensor([True] * 4 + [False] * 4)}
+    with torch.no_grad():
+        want = float(trainer.compute_loss(policy, batch))
+    for r in rows:
+        r["chosen_labels"], r["rejected_labels"] = r["chosen_ids"], r["rejected_ids"]
+    packed = pair_losses.PairCollator(0, mismatched=True)(rows)
+    p = SimpleNamespace(loss="kto", beta=0.3, label_smoothing=0.0, gamma=0.5, sft_weight=0.0, desirable_weight=1.0,
+                        undesirable_weight=0.7)
+    with torch.no_grad():
+        packed["ref_logps"], _, _ = preference_task.pair_logps(preference_task.TASK.load_model(ref_dir, None, 0).eval(),
+                                                                packed, False)
+        got, _ = preference_task._loss(p, preference_task.TASK.load_model(llama_dir, None, 0).eval(), packed)
+    assert abs(float(got) - want) < 1e-5 * max(1.0, abs(want))
+    assert 0.05 < want < 1
+
+
+def test_kto_trains_with_an_adapter_and_refuses_a_stored_reference(tmp_path: Path, llama_dir: Path):
+    run = stages.build(load_spec(pair_spec(tmp_path / "k", llama_dir, "preference", max_steps=4,
+                                           preference={"loss": "kto", "beta": 0.5})))
+    assert run.manifest["metrics"]["loss"] > 0 and 0 <= run.manifest["metrics"]["accuracy"] <= 1
+    with pytest.raises(FtcError, match="adapter switched off"):
+        load_spec(pair_spec(tmp_path / "f", llama_dir, "preference", method="full", preference={"loss": "kto"}))

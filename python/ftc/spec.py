@@ -426,9 +426,9 @@ class Distill(Table):
 class PreferenceTrain(Table):
     """Preference pairs: the loss of `model.task = "preference"` and `"reward-model"`'s margin."""
 
-    loss: Literal["dpo", "ipo", "simpo", "orpo"] = Field("dpo", description="dpo (sigmoid; with label smoothing, "
-                                                         "conservative DPO), ipo, simpo (no reference), orpo (no "
-                                                         "reference, an SFT term of its own).")
+    loss: Literal["dpo", "ipo", "simpo", "orpo", "kto"] = Field(
+        "dpo", description="dpo (sigmoid; with label smoothing, conservative DPO), ipo, simpo (no reference), orpo "
+        "(no reference, an SFT term of its own), kto (chosen answers desirable, rejected undesirable; an adapter).")
     beta: float = Field(0.1, gt=0, le=100, description="Strength of the preference term (DPO's β; SimPO's often 2).")
     label_smoothing: Annotated[float, Field(ge=0.0, lt=0.5)] = Field(
         0.0, description="dpo, simpo: the assumed fraction of pairs whose preference is flipped.")
@@ -438,6 +438,10 @@ class PreferenceTrain(Table):
     precompute_reference: bool = Field(False, description="With an adapter, store the base's log-probs of every "
                                        "pair once (reused by later runs on the same data and base) instead of a "
                                        "second forward with the adapter disabled; always so for full / freeze.")
+    desirable_weight: Annotated[float, Field(gt=0.0, le=100.0)] = Field(1.0, description="kto: weight of the "
+                                                                        "chosen (desirable) answers' loss.")
+    undesirable_weight: Annotated[float, Field(gt=0.0, le=100.0)] = Field(1.0, description="kto: weight of the "
+                                                                          "rejected (undesirable) answers' loss.")
     margin: Annotated[float, Field(ge=0.0, le=100.0)] = Field(
         0.0, description="reward-model: the Bradley–Terry margin m of −log σ(s_chosen − s_rejected − m).")
 

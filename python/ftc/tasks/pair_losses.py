@@ -11,6 +11,10 @@ ran alone and no token is padding. Each sequence's log-probability is the sum ov
 - `simpo`: −log σ(β(π̄_c − π̄_r) − γ), per-token averages, no reference (TRL CPO `simpo`);
 - `orpo`: NLL of the chosen tokens − β·log σ(log-odds(π̄_c) − log-odds(π̄_r)), no reference
   (TRL ORPO);
+- `kto`: each pair's chosen answer desirable, its rejected one undesirable:
+  w_d·(1 − σ(β(Δ_c − z))) and w_u·(1 − σ(β(z − Δ_r))), z the batch's KL estimate
+  max(0, mean(π − ref)) over mismatched sequences (pair i's prompt with pair i+1's chosen
+  answer, packed after the pairs), detached (TRL `KTOTrainer`);
 - an optional SFT term (`sft_weight` × the chosen tokens' mean NLL) adds to DPO and IPO.
 """
 
@@ -29,10 +33,13 @@ AVERAGED = ("ipo", "simpo", "orpo")  # losses on per-token averages
 
 @dataclass
 class PairCollator:
-    """Pair rows → one padding-free row: chosen₀, rejected₀, chosen₁, … (`seq_lengths`). A row
-    that carries the reference's log-probs (`ref_chosen`, `ref_rejected`) passes them on."""
+    """Pair rows → one padding-free row: chosen₀, rejected₀, chosen₁, … (`seq_lengths`), then
+    with `mismatched` (KTO's KL estimate) prompt₀ + chosen₁, prompt₁ + chosen₂, …, prompt_B−1 +
+    chosen₀. A row that carries the reference's log-probs (`ref_chosen`, `ref_rejected`) passes
+    them on."""
 
     pad_id: int
+    mismatched: bool = False
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
@@ -45,6 +52,12 @@ class PairCollator:
             for side in ("chosen", "rejected"):
                 ids = np.concatenate([prompt, np.asarray(r[f"{side}_ids"], dtype=np.int64)])
                 labels = np.concatenate([np.full(len(prompt), IGNORE), np.asarray(r[f"{side}_labels"])])
+                seqs.append({"input_ids": ids, "labels": labels, "position_ids": np.arange(len(ids))})
+        if self.mismatched:
+            for r, other in zip(rows, rows[1:] + rows[:1], strict=True):
+                prompt = np.asarray(r["prompt_ids"], dtype=np.int64)
+                ids = np.concatenate([prompt, np.asarray(other["chosen_ids"], dtype=np.int64)])
+                labels = np.concatenate([np.full(len(prompt), IGNORE), np.asarray(other["chosen_labels"])])
                 seqs.append({"input_ids": ids, "labels": labels, "position_ids": np.arange(len(ids))})
         batch = FlatCollator(self.pad_id)(seqs)
         batch["seq_lengths"] = torch.as_tensor([len(s["input_ids"]) for s in seqs])
@@ -73,9 +86,13 @@ def sequence_logps(logits: Any, labels: Any, seq_lengths: Any) -> tuple[Any, Any
 
 
 def preference_loss(kind: str, logps: Any, counts: Any, ref: Any | None, beta: float, label_smoothing: float = 0.0,
-                    gamma: float = 0.5, sft_weight: float = 0.0) -> tuple[Any, dict[str, Any]]:
+                    gamma: float = 0.5, sft_weight: float = 0.0, kl: tuple[Any, Any] | None = None,
+                    weights: tuple[float, float] = (1.0, 1.0)) -> tuple[Any, dict[str, Any]]:
     """(mean loss, per-pair figures: rewards of chosen and rejected) from per-sequence sums
-    `logps` [2B] (chosen, rejected alternating), token `counts` [2B] and the reference's sums."""
+    `logps` [2B] (chosen, rejected alternating), token `counts` [2B] and the reference's sums;
+    `kl`: KTO's mismatched sequences (policy sums, reference sums), `weights` its (desirable,
+    undesirable)."""
+    import torch
     import torch.nn.functional as F
 
     pc, pr = logps[0::2], logps[1::2]
@@ -98,6 +115,11 @@ def preference_loss(kind: str, logps: Any, counts: Any, ref: Any | None, beta: f
             losses = -(1 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)
         elif kind == "ipo":
             losses = ((pc - rc) / nc - (pr - rr) / nr - 1 / (2 * beta)) ** 2
+        elif kind == "kto":
+            assert kl is not None, "kto estimates the KL on mismatched sequences"
+            z = (kl[0] - kl[1].to(kl[0].dtype)).mean().detach().clamp(min=0)
+            losses = torch.cat([weights[0] * (1 - torch.sigmoid(beta * ((pc - rc) - z))),
+                                weights[1] * (1 - torch.sigmoid(beta * (z - (pr - rr))))])
         else:
             raise ValueError(f"unknown preference loss {kind!r}")
         losses = losses + sft_weight * nll

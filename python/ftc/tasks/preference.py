@@ -42,6 +42,11 @@ class Preference(PairTask, CausalLM):
 
     def check_spec(self, spec: Any) -> None:
         PairTask.check_spec(self, spec)
+        p = spec.train.preference
+        if p.loss == "kto" and self.stores_reference(spec):
+            raise ValueError("`train.preference.loss = \"kto\"` estimates the KL on each batch's mismatched pairs, "
+                             "so its reference is the adapter switched off: use lora, dora, qlora, ia3 (not "
+                             f"\"{spec.train.method}\", nor `precompute_reference`)")
         if spec.train.method in ("prompt-tuning", "prefix-tuning"):
             raise ValueError(f"`train.method = \"{spec.train.method}\"` prepends virtual tokens to each sequence; "
                              "preference batches pack several sequences per row")
@@ -57,7 +62,10 @@ class Preference(PairTask, CausalLM):
         return PairCollator(pad_id)
 
     def train_data(self, spec: Any, ds: Any, pad_id: int) -> tuple[Any, Callable[..., Any]]:
-        return ds, PairCollator(pad_id)
+        return ds, PairCollator(pad_id, mismatched=spec.train.preference.loss == "kto")
+
+    def validation_data(self, ds: Any) -> Any:
+        return ds
 
     def stores_reference(self, spec: Any) -> bool:
         p = spec.train.preference
@@ -92,10 +100,7 @@ class Preference(PairTask, CausalLM):
         return splits
 
     def loss(self, spec: Any, model: Any, inputs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-        p = spec.train.preference
-        logps, counts, ref = pair_logps(model, inputs, p.loss not in REFERENCE_FREE)
-        loss, figures = preference_loss(p.loss, logps, counts, ref, p.beta, p.label_smoothing, p.gamma, p.sft_weight)
-        return loss, figures
+        return _loss(spec.train.preference, model, inputs)
 
     def evaluate(self, spec: Any, model: Any, tokenizer: Any, ds: Any, collator: Callable[..., Any],
                  labels: list[str] | None) -> dict[str, Any]:
@@ -109,10 +114,9 @@ class Preference(PairTask, CausalLM):
         with torch.no_grad():
             for start in range(0, len(ds), spec.train.batch_size):
                 rows = [ds[i] for i in range(start, min(len(ds), start + spec.train.batch_size))]
-                batch = {k: v.to(device) for k, v in collator(rows).items()}
-                logps, counts, ref = pair_logps(model, batch, p.loss not in REFERENCE_FREE)
-                loss, figures = preference_loss(p.loss, logps, counts, ref, p.beta, p.label_smoothing, p.gamma,
-                                                p.sft_weight)
+                kto = PairCollator(0, mismatched=True) if p.loss == "kto" else None  # its KL's mismatched pairs
+                batch = {k: v.to(device) for k, v in (kto or collator)(rows).items()}
+                loss, figures = _loss(p, model, batch)
                 total += float(loss) * len(rows)
                 n += len(rows)
                 for k in parts:
@@ -163,6 +167,17 @@ class Preference(PairTask, CausalLM):
                      train_split: Callable[[], Any], progress: Any) -> Path:
         return CausalLM.make_variant(self, name, model, merged_dir, art, settings, eos,
                                      lambda: [chosen_example(r) for r in train_split()], progress)
+
+
+def _loss(p: Any, model: Any, batch: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """`[train.preference]`'s loss of a packed pair batch (`p`: its table)."""
+    logps, counts, ref = pair_logps(model, batch, p.loss not in REFERENCE_FREE)
+    kl = None
+    if p.loss == "kto":  # the batch's last third: mismatched sequences
+        n = 2 * len(logps) // 3
+        kl, logps, counts, ref = (logps[n:], ref[n:]), logps[:n], counts[:n], ref[:n]
+    return preference_loss(p.loss, logps, counts, ref, p.beta, p.label_smoothing, p.gamma, p.sft_weight, kl,
+                           (p.desirable_weight, p.undesirable_weight))
 
 
 def _quote(text: str) -> str:
