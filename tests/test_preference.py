@@ -407,7 +407,8 @@ def test_kto_equals_trl_kto_trainer_on_the_same_batch(tmp_path: Path, llama_dir:
     def padded(seqs: list[tuple[list[int], list[int]]]) -> dict:
         ids = [torch.as_tensor(p + c) for p, c in seqs]
         comp = [torch.as_tensor([0] * len(p) + [1] * len(c)) for p, c in seqs]
-        return {"input_ids": pad_sequence(ids, batch_first=True), "completion_mask": pad_sequence(comp, batch_first=True),
+        return {"input_ids": pad_sequence(ids, batch_first=True),
+                "completion_mask": pad_sequence(comp, batch_first=True),
                 "attention_mask": pad_sequence([torch.ones_like(i) for i in ids], batch_first=True)}
 
     main = padded([(r["prompt_ids"], r[f"{side}_ids"]) for side in ("chosen", "rejected") for r in rows])
