@@ -4,11 +4,12 @@
 # `make bench-train` packed vs padded SFT batches on a tiny Llama (CPU, ~8 minutes on 2 cores)
 # `make bench-export` torch vs ONNX fp32 / int8 / int4: the quickstart classifier, SmolLM2 chat-sft and SmolLM2 on a real chat set
 # `make bench-techniques` distillation (quickstart classifier → 2-layer MiniLM) and forgetting (chat-sft with replay / EWC) (~45 minutes on 2 cores)
+# `make bench-preference` DPO with ftc's packed pairs against TRL's DPOTrainer (padded), same pairs and tiny model; prep against TRL's tokenization
 # `make bench-quality` ftc against the plain Trainer / TRL script on the same rows and budget, 3 seeds (~1.5 h on 2 cores)
 PY := .venv/bin/python
 export PYO3_PYTHON := $(CURDIR)/$(PY)
 
-.PHONY: all install demo test bench bench-train bench-export bench-quality bench-techniques
+.PHONY: all install demo test bench bench-train bench-export bench-quality bench-techniques bench-preference
 
 all: install demo
 
@@ -50,3 +51,6 @@ bench-quality: install
 
 bench-techniques: install
 	$(PY) bench/techniques.py
+
+bench-preference: install
+	$(PY) bench/preference.py
