@@ -124,8 +124,7 @@ def run_trl(model_dir: Path, rows: list[dict], steps: int, batch: int,
     from trl import DPOConfig, DPOTrainer
 
     args = DPOConfig(output_dir=str(WORK / "trl-run"), report_to=[], use_cpu=True, bf16=False, max_steps=steps,
-                     per_device_train_batch_size=batch, learning_rate=5e-4, lr_scheduler_type="constant",
-                     warmup_ratio=0.0, beta=0.1, logging_steps=1, save_strategy="no", seed=seed,
+                     per_device_train_batch_size=batch, learning_rate=5e-4, lr_scheduler_type="constant", beta=0.1, logging_steps=1, save_strategy="no", seed=seed,
                      max_length=None)
     text = Dataset.from_list([{"prompt": "a", "chosen": " b", "rejected": " c"}])
     lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
