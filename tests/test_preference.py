@@ -435,3 +435,14 @@ def test_kto_trains_with_an_adapter_and_refuses_a_stored_reference(tmp_path: Pat
     assert run.manifest["metrics"]["loss"] > 0 and 0 <= run.manifest["metrics"]["accuracy"] <= 1
     with pytest.raises(FtcError, match="adapter switched off"):
         load_spec(pair_spec(tmp_path / "f", llama_dir, "preference", method="full", preference={"loss": "kto"}))
+
+
+def test_a_dpo_policy_exports_as_a_decoder_with_parity_on_chosen_answers(tmp_path: Path, llama16_dir: Path):
+    from ftc import export
+
+    run = stages.build(load_spec(pair_spec(tmp_path, llama16_dir, "preference", max_steps=3)))
+    found = export.find_run(run.path)
+    art = export.export(found, export.override(found.export, quantize=("int8",), rows=6))
+    p = art.manifest["parity"]
+    assert p["rows"] == 6 and p["int8"]["passed"] and p["fp32"]["passed"]
+    assert (art.artifact / "fp32" / "genai_config.json").is_file()
