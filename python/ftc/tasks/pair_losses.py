@@ -28,7 +28,6 @@ import numpy as np
 from ftc.rows import IGNORE
 
 REFERENCE_FREE = ("simpo", "orpo")  # losses that never read a reference model
-AVERAGED = ("ipo", "simpo", "orpo")  # losses on per-token averages
 
 
 @dataclass
