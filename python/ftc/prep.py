@@ -109,6 +109,22 @@ def _free_bytes() -> int:
     return shutil.disk_usage(at).free
 
 
+def weighted_order(run: Run, train: np.ndarray, hashes: np.ndarray, source: np.ndarray,
+                   tokens: np.ndarray) -> np.ndarray:
+    """The training rows `train` repeated by their source's mixing weight (`quality.repeats`),
+    after checking the disk holds them (`tokens`: each row's); counted in the funnel. For the
+    tasks that keep their rows until the split is known (`source`: each row's source index)."""
+    weights = np.array([s.weight for s in run.spec.data.sources])
+    reps = quality.repeats(hashes[train], weights[source[train]], run.spec.project.seed)
+    if len(train):
+        worst = int(np.argmax(reps * tokens[train]))
+        check_output_size(run, int((reps * tokens[train]).sum()), run.names[source[train][worst]],
+                          float(weights[source[train][worst]]))
+    order = np.repeat(train, reps)
+    run.funnel.train_weighted = len(order)
+    return order
+
+
 def check_output_size(run: Run, tokens: int, src: str, weight: float) -> None:
     """Refuses, before it is written, a training split the store's disk cannot hold: a large
     mixing weight multiplies a source, and the build would otherwise fill the disk."""

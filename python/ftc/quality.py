@@ -335,6 +335,12 @@ def assign_split(hashes: np.ndarray, lines: np.ndarray, source_idx: int, spec: S
         u = unit(mix(hashes))
     else:
         u = seeded(lines.astype(np.uint64) * np.uint64(1_000_003) + np.uint64(source_idx), spec.project.seed, 1)
+    return cut_split(u, spec)
+
+
+def cut_split(u: np.ndarray, spec: Spec) -> np.ndarray:
+    """Uniform draws in [0, 1) → 0 train, 1 valid, 2 test, by `data.split`'s fractions."""
+    sp = spec.data.split
     return np.where(u < sp.test, 2, np.where(u < sp.test + sp.valid, 1, 0)).astype(np.int8)
 
 

@@ -62,7 +62,7 @@ class Collected:
 
         from ftc import quality
         from ftc.errors import SourceError
-        from ftc.prep import check_output_size, encode_rows
+        from ftc.prep import encode_rows, weighted_order
 
         """Labels to indices, the split, weights, augmentation and balancing over all rows, then
         one Arrow file per split: `input_ids`, `label`, `length` (+ `token_type_ids` for pairs)."""
@@ -93,14 +93,7 @@ class Collected:
             funnel.splits[s_name] = int((split == s_i).sum())
         # training rows: weights, then augmented copies, then balancing
         train = np.flatnonzero(split == 0)
-        weights = np.array([s.weight for s in spec.data.sources])
-        reps = quality.repeats(hashes[train], weights[source[train]], spec.project.seed)
-        if len(train):
-            worst = int(np.argmax(reps * lengths[train]))
-            check_output_size(run, int((reps * lengths[train]).sum()), run.names[source[train][worst]],
-                               float(weights[source[train][worst]]))
-        order = np.repeat(train, reps)
-        funnel.train_weighted = len(order)
+        order = weighted_order(run, train, hashes, source, lengths)
         parts_ids, parts_types, parts_len = [ids.take(pa.array(order))], [type_ids.take(pa.array(order))], [lengths[order]]
         parts_y, parts_h, parts_src = [y[order]], [hashes[order]], [source[order]]
         if run.augment is not None and len(train):

@@ -320,7 +320,7 @@ class Collected:
                progress: Progress | None) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
         from ftc import quality
         from ftc.errors import SourceError
-        from ftc.prep import check_output_size
+        from ftc.prep import weighted_order
 
         spec, funnel = run.spec, run.funnel
         if not self.ids:
@@ -332,22 +332,13 @@ class Collected:
         # by the prompt, whatever `data.split.by` says: a prompt's pairs stay together
         by_hash = spec.data.split.by == "hash"
         u = quality.unit(quality.mix(hashes)) if by_hash else quality.seeded(hashes, spec.project.seed)
-        sp = spec.data.split
-        split = np.where(codes >= 0, codes, np.where(u < sp.test, 2, np.where(u < sp.test + sp.valid, 1, 0)))
+        split = np.where(codes >= 0, codes, quality.cut_split(u, spec))
         for s_i, s_name in enumerate(SPLITS):
             funnel.splits[s_name] = int((split == s_i).sum())
         flat = ids.flatten()
         per = np.asarray(pc.list_value_length(flat), dtype=np.int64).reshape(-1, 3)
         lengths = per.sum(1)
-        train = np.flatnonzero(split == 0)
-        weights = np.array([s.weight for s in spec.data.sources])
-        reps = quality.repeats(hashes[train], weights[source[train]], spec.project.seed)
-        if len(train):
-            worst = int(np.argmax(reps * lengths[train]))
-            check_output_size(run, int((reps * lengths[train]).sum()), run.names[source[train][worst]],
-                              float(weights[source[train][worst]]))
-        order = np.repeat(train, reps)
-        funnel.train_weighted = len(order)
+        order = weighted_order(run, np.flatnonzero(split == 0), hashes, source, lengths)
         splits: dict[str, dict[str, Any]] = {}
         held = {"valid": np.flatnonzero(split == 1), "test": np.flatnonzero(split == 2)}
         for name, sel in (("train", order), *held.items()):

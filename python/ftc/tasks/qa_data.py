@@ -316,7 +316,7 @@ class Collected:
                progress: Progress | None) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
         from ftc import quality
         from ftc.errors import SourceError
-        from ftc.prep import check_output_size
+        from ftc.prep import weighted_order
 
         spec, funnel = run.spec, run.funnel
         if not self.rows:
@@ -333,17 +333,10 @@ class Collected:
         for s_i, s_name in enumerate(SPLITS):
             funnel.splits[s_name] = int((split == s_i).sum())
         train = np.flatnonzero(split == 0)
-        weights = np.array([s.weight for s in spec.data.sources])
-        reps = quality.repeats(hashes[train], weights[source[train]], spec.project.seed)
         tokens = np.asarray(pc.list_value_length(windows["input_ids"]), dtype=np.int64)
         per_row = np.add.reduceat(tokens, np.r_[0, np.cumsum(n_windows)[:-1]]) if len(tokens) else n_windows * 0
         per_row = np.where(n_windows > 0, per_row, 0)
-        if len(train):
-            worst = int(np.argmax(reps * per_row[train]))
-            check_output_size(run, int((reps * per_row[train]).sum()), run.names[source[train][worst]],
-                              float(weights[source[train][worst]]))
-        order = np.repeat(train, reps)
-        funnel.train_weighted = len(order)
+        order = weighted_order(run, train, hashes, source, per_row)
         answerable = rows["answers"].struct.field("text").list.len().to_numpy() > 0
         splits: dict[str, dict[str, Any]] = {}
         for name, sel in (("train", order), ("valid", np.flatnonzero(split == 1)),
