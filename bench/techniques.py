@@ -84,7 +84,7 @@ def bench_forgetting(n_cases: int = 3) -> dict[str, Any]:
     src = ROOT / "specs" / "chat-sft.toml"
     retain = (f'[train.forgetting]\nretain = [{{ path = "{REVIEWS}", columns = {{ text = "text" }}, '
               'max_rows = 240 }]\n')
-    cases = {"as written": "", "ewc λ=1e4": "ewc = { lambda = 1e4, fisher_rows = 64 }\n",
+    cases = {"as written": "", "ewc λ=1e4": "ewc = { lambda = 1e4, fisher_rows = 32 }\n",
              "replay 0.25": "replay = 0.25\n"}
     out = {}
     for name, extra in list(cases.items())[:n_cases]:

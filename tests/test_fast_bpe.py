@@ -97,6 +97,44 @@ def test_chat_ids_and_labels_match_tokenizers_crate(fast_pair, convs):
         assert pa.array(g).to_pylist() == pa.array(w).to_pylist()
 
 
+def pair_convs(prompts: list[tuple[str, str, str, str]]) -> tuple[pa.Array, pa.Array]:
+    """(system, user, answer a, answer b) → the two conversations of each pair."""
+    def conv(system: str, user: str, answer: str) -> list[dict]:
+        return [{"role": "system", "content": system}, {"role": "user", "content": user},
+                {"role": "assistant", "content": answer}]
+
+    return (messages_array([conv(s, u, a) for s, u, a, _ in prompts]),
+            messages_array([conv(s, u, b) for s, u, _, b in prompts]))
+
+
+@settings(max_examples=100, deadline=None)
+@given(prompts=st.lists(st.tuples(texts, texts, texts, texts), min_size=1, max_size=6))
+def test_chat_pairs_equal_each_conversation_alone(fast_pair, prompts):
+    """Preference pairs tokenize their shared prompt once: the ids and labels are still those of
+    each whole conversation, on the fast path and in the `tokenizers` crate."""
+    _, _, tj = fast_pair
+    first, second = pair_convs(prompts)
+    for enc in (_data.DataEncoder(tj, SMOL_TEMPLATE, fast=f) for f in (True, False)):
+        got = enc.encode_chat_pairs(first, second, 1 << 20)
+        for part, convs in zip(got, (first, second), strict=True):
+            want = enc.encode_chat(convs, 1 << 20, "right")
+            assert [pa.array(g).to_pylist() for g in part] == [pa.array(w).to_pylist() for w in want]
+
+
+@pytest.mark.parametrize("strip", ["lstrip", "rstrip"])
+def test_chat_pairs_equal_each_conversation_alone_when_special_tokens_strip(bpe_dir, strip):
+    data = json.loads((bpe_dir / "tokenizer.json").read_text())
+    for t in data["added_tokens"]:
+        t[strip] = True
+    prompts = [(" x ", "  <|im_end|> q ", " a  ", "\n b"), ("", " ", "<|im_start|> ", "<|im_start|>  ")]
+    first, second = pair_convs(prompts)
+    enc = _data.DataEncoder(json.dumps(data), SMOL_TEMPLATE)
+    got = enc.encode_chat_pairs(first, second, 1 << 20)
+    for part, convs in zip(got, (first, second), strict=True):
+        want = enc.encode_chat(convs, 1 << 20, "right")
+        assert [pa.array(g).to_pylist() for g in part] == [pa.array(w).to_pylist() for w in want]
+
+
 def test_wordpiece_takes_the_fallback(wordpiece_dir):
     enc = _data.DataEncoder((wordpiece_dir / "tokenizer.json").read_text())
     assert enc.encoder.startswith("tokenizers: model \"WordPiece\" is not BPE"), enc.encoder

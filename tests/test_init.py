@@ -260,3 +260,15 @@ def test_help_teaches_the_shapes_and_the_default_out():
     assert result.exit_code == 0
     assert "ShareGPT `conversations` → causal-lm" in text and "rows → question-answering" in text
     assert "<DATA_FILE's stem>.toml in the current directory" in text and "--force" in text
+
+
+# ── preference ───────────────────────────────────────────────────────────────────────────────
+
+def test_unpaired_rows_are_kto(tmp_path: Path, bpe_dir: Path):
+    rows = [{"prompt": f"question {s}", "completion": f"answer {s}", "label": i % 2 == 0}
+            for i, s in enumerate(sentences())]
+    spec, result = made(jsonl(tmp_path / "kto.jsonl", rows), bpe_dir)
+    assert spec["model"]["task"] == "preference" and spec["train"]["preference"]["loss"] == "kto"
+    assert spec["data"]["sources"][0]["columns"] == {"prompt": "prompt", "completion": "completion", "label": "label"}
+    p = result.manifest["preference"]
+    assert (p["unpaired_desirable"], p["unpaired_undesirable"]) == (N // 2, N // 2)

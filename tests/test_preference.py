@@ -446,3 +446,129 @@ def test_a_dpo_policy_exports_as_a_decoder_with_parity_on_chosen_answers(tmp_pat
     p = art.manifest["parity"]
     assert p["rows"] == 6 and p["int8"]["passed"] and p["fp32"]["passed"]
     assert (art.artifact / "fp32" / "genai_config.json").is_file()
+
+
+# ── unpaired rows (KTO) and per-pair margins
+
+def unpaired_rows(n: int, seed: int = 0) -> list[dict]:
+    """KTO's shape: one completion per row, desirable ("well") or not ("badly")."""
+    rows = []
+    for i, r in enumerate(pair_rows(n, seed)):
+        good = i % 3 != 0  # twice as many desirable as not: the two sides are not paired up
+        rows.append({"prompt": r["prompt"], "completion": r["chosen" if good else "rejected"], "label": good})
+    return rows
+
+
+def test_unpaired_rows_read_one_sided_and_train_only_with_kto(tmp_path: Path, llama_dir: Path):
+    from transformers import AutoTokenizer
+
+    rows = unpaired_rows(60) + [{"prompt": "p", "completion": "c", "label": "maybe"},  # not a boolean
+                                {"prompt": "p", "completion": " ", "label": True},  # empty
+                                {"completion": "c", "label": False},  # no prompt
+                                {"prompt": "csv-style", "completion": "strings", "label": "False"}]
+    folder = tmp_path / "kto"
+    spec = load_spec(pair_spec(folder, llama_dir, "preference", rows, 512, max_steps=3,
+                               preference={"loss": "kto", "beta": 0.5}))
+    spec.data.__dict__["max_bad_fraction"] = 0.5
+    result = prep.prep(spec)
+    reasons = sorted(json.loads(line)["reason"] for line in (result.path / "quarantine.jsonl").read_text().splitlines())
+    assert [r.split(" (")[0].split(":")[0] for r in reasons] == ["`label` must be true or false", "an unpaired "
+                                                                 "`completion` answers a `prompt`", "empty response"]
+    p = result.manifest["preference"]
+    assert (p["unpaired_desirable"], p["unpaired_undesirable"]) == (40, 21)
+    tok = AutoTokenizer.from_pretrained(llama_dir)
+    seen = 0
+    for split in ("train", "test"):
+        for r in load_split(result.path, result.manifest, split):
+            side = "chosen" if r["chosen_ids"] else "rejected"
+            assert not r["rejected_ids" if side == "chosen" else "chosen_ids"]  # one side only
+            text = tok.decode(r[f"{side}_ids"])
+            assert ("well" in text) == (side == "chosen")
+            head = tok.decode(r["prompt_ids"]).split("<|im_start|>user\n")[1].split("<|im_end|>")[0]
+            answer = text.split("<|im_end|>")[0]
+            conv = [{"role": "user", "content": head}, {"role": "assistant", "content": answer}]
+            want = tok.apply_chat_template(conv, tokenize=True, return_dict=False)
+            assert r["prompt_ids"] + r[f"{side}_ids"] == list(want)
+            seen += 1
+    assert seen == 61
+    run = stages.build(spec)  # the same data trains with kto ...
+    m = run.manifest["metrics"]
+    assert m["loss"] > 0 and m["accuracy"] is None and np.isfinite(m["margin"])
+    for task, loss in (("preference", "dpo"), ("reward-model", "dpo")):  # ... and nothing else
+        other = load_spec(pair_spec(tmp_path / f"{task}-{loss}", llama_dir, task, rows, preference={"loss": loss}))
+        other.data.__dict__["max_bad_fraction"] = 0.5
+        with pytest.raises(FtcError, match=r"unpaired rows \(40 desirable, 21 undesirable"):
+            stages.build(other)
+
+
+def test_kto_on_unpaired_rows_equals_trl_kto_trainer(tmp_path: Path, llama_dir: Path, ref_dir: Path):
+    """Three desirable and two undesirable answers, each row's KL sequence its prompt with the
+    next row's answer: TRL's batch is built from the same sequences, labelled per row."""
+    from datasets import Dataset
+    from torch.nn.utils.rnn import pad_sequence
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import KTOConfig, KTOTrainer
+
+    policy, ref = (AutoModelForCausalLM.from_pretrained(d) for d in (llama_dir, ref_dir))
+    args = KTOConfig(output_dir=str(tmp_path), beta=0.2, desirable_weight=1.3, undesirable_weight=0.8, report_to=[],
+                     use_cpu=True, bf16=False, per_device_train_batch_size=2)
+    text = Dataset.from_list([{"prompt": "the model", "completion": " learns", "label": True},
+                              {"prompt": "the code", "completion": " numbers", "label": False}])
+    trainer = KTOTrainer(model=policy, ref_model=ref, args=args, train_dataset=text,
+                         processing_class=AutoTokenizer.from_pretrained(llama_dir))
+    labels = [True, False, True, True, False]
+    rows = []
+    for r, good in zip(_trl_rows(5), labels, strict=True):
+        answer = r["chosen_ids"]
+        rows.append({"prompt_ids": r["prompt_ids"], "chosen_ids": answer if good else [],
+                     "chosen_labels": answer if good else [], "rejected_ids": [] if good else answer,
+                     "rejected_labels": [] if good else answer, "answer": answer})
+
+    def padded(seqs: list[tuple[list[int], list[int]]]) -> dict:
+        ids = [torch.as_tensor(p + c) for p, c in seqs]
+        comp = [torch.as_tensor([0] * len(p) + [1] * len(c)) for p, c in seqs]
+        return {"input_ids": pad_sequence(ids, batch_first=True),
+                "completion_mask": pad_sequence(comp, batch_first=True),
+                "attention_mask": pad_sequence([torch.ones_like(i) for i in ids], batch_first=True)}
+
+    main = padded([(r["prompt_ids"], r["answer"]) for r in rows])
+    kl = padded([(r["prompt_ids"], o["answer"]) for r, o in zip(rows, rows[1:] + rows[:1], strict=True)])
+    batch = main | {f"KL_{k}": v for k, v in kl.items()} | {"label": torch.tensor(labels)}
+    with torch.no_grad():
+        want = float(trainer.compute_loss(policy, batch))
+    packed = pair_losses.PairCollator(0, mismatched=True)([{k: v for k, v in r.items() if k != "answer"}
+                                                           for r in rows])
+    assert packed["sides"].tolist() == [0, 1, 0, 0, 1]
+    p = SimpleNamespace(loss="kto", beta=0.2, label_smoothing=0.0, gamma=0.5, sft_weight=0.0, desirable_weight=1.3,
+                        undesirable_weight=0.8)
+    with torch.no_grad():
+        packed["ref_logps"], _, _ = preference_task.pair_logps(preference_task.TASK.load_model(ref_dir, None, 0).eval(),
+                                                                packed, False)
+        got, _ = preference_task._loss(p, preference_task.TASK.load_model(llama_dir, None, 0).eval(), packed)
+    assert abs(float(got) - want) < 1e-5 * max(1.0, abs(want))
+    assert 0.05 < want < 2
+    with pytest.raises(ValueError, match="unpaired answers train with kto only"):
+        preference_task._loss(SimpleNamespace(**{**p.__dict__, "loss": "dpo"}),
+                              preference_task.TASK.load_model(llama_dir, None, 0).eval(), packed)
+
+
+def test_a_reward_model_takes_each_pairs_margin_from_the_data(tmp_path: Path, llama_dir: Path):
+    from ftc.tasks import reward_model
+
+    rows = [r | {"margin": float(i % 4)} for i, r in enumerate(pair_rows(48))]
+    spec = load_spec(pair_spec(tmp_path / "m", llama_dir, "reward-model", rows, max_steps=2,
+                               preference={"margin": 9.0}))
+    result = prep.prep(spec)
+    ds = load_split(result.path, result.manifest, "train")
+    assert sorted(set(ds["margin"])) == [0.0, 1.0, 2.0, 3.0]
+    batch = reward_model.PairPaddedCollator(0)([ds[i] for i in range(4)])
+    model = reward_model.TASK.load_model(llama_dir, None, 0).eval()
+    with torch.no_grad():
+        loss, out = reward_model.TASK.loss(spec, model, batch)
+    s = out["scores"].double()
+    want = -torch.nn.functional.logsigmoid(s[0::2] - s[1::2] - torch.as_tensor(ds["margin"][:4])).mean()
+    assert abs(float(loss) - float(want)) < 1e-6  # the data's margins, not the spec's 9
+    assert stages.build(spec).manifest["metrics"]["pairs"] > 0
+    rows[0].pop("margin")
+    with pytest.raises(FtcError, match="47 pairs give a `margin` and 1 do"):
+        prep.prep(load_spec(pair_spec(tmp_path / "mixed", llama_dir, "reward-model", rows)))

@@ -40,6 +40,10 @@ class DataEncoder:
     # length: u32 before truncation); status 0 ok, 1 too long (drop), 2 no labelled token, 3 failed.
     def encode_chat(self, messages: ArrowArray, max_length: int, truncation: str = "right",
                     train_on_all: bool = False) -> Encoded: ...
+    def encode_chat_pairs(self, first: ArrowArray, second: ArrowArray, max_length: int, truncation: str = "right",
+                          train_on_all: bool = False) -> tuple[Encoded, Encoded]:
+        """Conversation pairs that share their start: each as `encode_chat` gives it, the shared
+        start tokenized once."""
     def encode_text(self, texts: ArrowArray, max_length: int, truncation: str = "right") -> Encoded: ...
     def encode_pairs(self, texts: ArrowArray, pairs: ArrowArray | None = None, max_length: int = 512,
                      truncation: str = "right") -> Encoded: ...

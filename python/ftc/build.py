@@ -154,6 +154,7 @@ def _build_run(spec: Spec, *, threads: int = 0, progress: data_stage.Progress | 
     check_remote_code(model_dir, spec.model.trust_remote_code)
     data = distributed.main_first(w, lambda: data_stage.prep(spec, threads=threads,
                                                              progress=progress if w.main else None))
+    tasks.get(spec.model.task).check_data(spec, data.manifest)
     retain_spec = forgetting.retain_spec(spec)
     retain = None if retain_spec is None else distributed.main_first(
         w, lambda: data_stage.prep(retain_spec, threads=threads, progress=progress if w.main else None))

@@ -165,7 +165,7 @@ def key_inputs(spec: Spec, files: list[list[Path]], info: TokenizerInfo, templat
 
 # Column keys added after datasets were first keyed: left out while unset, so every dataset that
 # does not use them keeps the key it had.
-LATER_COLUMN_KEYS = ("chosen", "rejected", "responses", "scores", "pairs")
+LATER_COLUMN_KEYS = ("chosen", "rejected", "responses", "scores", "pairs", "completion", "margin")
 
 
 def _unset_later_keys(spec: Spec) -> dict[str, Any]:

@@ -161,6 +161,9 @@ def _shapes(file: Path, fmt: str, found: list[str], rows: list[dict[str, Any]]) 
         for task, what in (("preference", "policy optimisation (DPO)"), ("reward-model", "a reward model")):
             add(f"preference pairs (`{'`, `'.join([*cols, 'chosen', 'rejected'])}`): {what}", task,
                 cols | {"chosen": "chosen", "rejected": "rejected"})
+    elif {"prompt", "completion", "label"} <= keys:  # KTO's unpaired rows: one answer, desirable or not
+        add("unpaired preference rows (`prompt`, `completion`, boolean `label`): policy optimisation (KTO)",
+            "preference", {"prompt": "prompt", "completion": "completion", "label": "label"})
     if found == ["data"] and "context" in first:  # `_sample`'s reading of SQuAD's nested JSON
         add("SQuAD questions on paragraphs (data → paragraphs → qas)", "question-answering", {})
     elif {"context", "question"} <= keys and keys & {"answers", "answer"}:

@@ -152,6 +152,7 @@ def render(det: Detected, base: str, out: Path) -> str:
         p.kv(k, v)
     if task.init_train["method"] == "lora":
         p.kv("lora", {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"})
+    task.init_lines(det, "train", p, max_length)
     p.kv("max_steps", 200, "try the spec quickly", off=True)
     p.kv("early_stopping", {"patience": 3, "metric": "loss"}, "stop when validation stops improving", off=True)
 

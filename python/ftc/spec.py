@@ -91,6 +91,10 @@ class Columns(Table):
     responses: str | None = Field(None, description="Preference pairs from a ranked list: several responses to "
                                   "`prompt`, with `scores` (higher is better); the source's `pairs` says which pairs.")
     scores: str | None = Field(None, description="Preference pairs: one number per entry of `responses`.")
+    completion: str | None = Field(None, description="Unpaired preference rows (KTO): one response to `prompt`, "
+                                   "judged by the row's boolean `label` (true: desirable).")
+    margin: str | None = Field(None, description="Preference pairs: a number per pair, how much better `chosen` "
+                               "is (a reward model's Bradley–Terry margin, replacing `train.preference.margin`).")
     pairs: Literal["best-vs-rest", "all"] | None = Field(
         None, description="Ranked lists (`responses` + `scores`): the best response against each lower-scored one "
         "(`best-vs-rest`, the default), or every higher-scored one against every lower (`all`).")
@@ -119,7 +123,13 @@ class Columns(Table):
             raise ValueError("`pairs` says how a ranked list (`responses` + `scores`) becomes pairs")
         if self.chosen is not None and any(v is not None for v in (self.response, self.text, self.messages)):
             raise ValueError("preference pairs map `prompt` (optional), `chosen` and `rejected`")
-        if self.chosen is None and self.responses is None and (self.prompt is None) != (self.response is None):
+        if self.completion is not None and (self.prompt is None or self.chosen or self.responses or self.response):
+            raise ValueError("`completion` is an unpaired response (KTO): it goes with `prompt` and `label`, not with "
+                             "`chosen`/`rejected`, `responses` or `response`")
+        if self.margin is not None and self.chosen is None:
+            raise ValueError("`margin` is a pair's: it goes with `chosen` and `rejected`")
+        if self.chosen is None and self.responses is None and self.completion is None \
+                and (self.prompt is None) != (self.response is None):
             raise ValueError("`prompt` and `response` go together")
         if self.system is not None and self.prompt is None:
             raise ValueError("`system` needs `prompt`/`response`")

@@ -162,25 +162,63 @@ impl Encoder {
         train_on_all: bool,
     ) -> Vec<Example> {
         self.par_map(conversations, |tk, msgs| {
-            // A message's other keys count only when present: hashes of plain chats are unchanged.
-            let fields = msgs.iter().flat_map(|m| [m.role, m.content.unwrap_or("")].into_iter().chain(m.extra));
-            let hash = content_hash(fields);
-            let encoded = template
-                .render_with_spans(msgs)
-                .and_then(|(text, spans)| {
-                    let (ids, offsets) = self.encode_plain(tk, &text)?;
-                    let labels = if train_on_all {
-                        ids.iter().map(|&i| i as i32).collect()
-                    } else {
-                        completion_labels(&ids, &offsets, &spans, &self.special_ids)
-                    };
-                    Ok((ids, labels))
-                });
-            match encoded {
-                Ok((ids, labels)) => finish(ids, labels, max_length, truncation, hash),
-                Err(e) => failed(e, hash),
-            }
+            let chat = self.chat_tokens(tk, template, msgs, train_on_all, None);
+            chat_example(chat, msgs, max_length, truncation)
         })
+    }
+
+    /// Pairs of conversations that share their start (a preference pair: one prompt, two
+    /// answers) → both examples, each exactly as `encode_chat` gives it. The second's text up to
+    /// the last special token inside the shared start is not tokenized again: the first's
+    /// tokens stand for it. That is exact because a tokenizer splits out added tokens before
+    /// anything else, so what follows one is tokenized independently of what precedes it.
+    pub fn encode_chat_pairs(
+        &self,
+        template: &ChatTemplate,
+        first: &[Vec<Message>],
+        second: &[Vec<Message>],
+        max_length: usize,
+        truncation: Truncation,
+        train_on_all: bool,
+    ) -> Vec<(Example, Example)> {
+        let tk = &self.tokenizer;
+        first
+            .par_iter()
+            .zip(second.par_iter())
+            .with_min_len(8)
+            .map(|(a, b)| {
+                let shared = self.chat_tokens(tk, template, a, train_on_all, None);
+                let other = self.chat_tokens(tk, template, b, train_on_all, shared.as_ref().ok());
+                (chat_example(shared, a, max_length, truncation), chat_example(other, b, max_length, truncation))
+            })
+            .collect()
+    }
+
+    /// A conversation rendered and tokenized whole, labelled; with `after`, an earlier one whose
+    /// tokens stand for the text the two share, up to its last special token.
+    fn chat_tokens(&self, tk: &Tokenizer, template: &ChatTemplate, msgs: &[Message], train_on_all: bool,
+                   after: Option<&ChatTokens>) -> Result<ChatTokens> {
+        let (text, spans) = template.render_with_spans(msgs)?;
+        let (mut ids, mut offsets) = (Vec::new(), Vec::new());
+        let mut from = 0;
+        if let Some(prev) = after {
+            let common = text.bytes().zip(prev.text.bytes()).take_while(|(x, y)| x == y).count();
+            let reused = prev.offsets.iter().take_while(|o| o.1 <= common).count();
+            if let Some(t) = (0..reused).rev().find(|&t| self.special_ids.contains(&prev.ids[t])) {
+                from = prev.offsets[t].0; // the special token itself is tokenized again, with what follows
+                ids.extend_from_slice(&prev.ids[..t]);
+                offsets.extend_from_slice(&prev.offsets[..t]);
+            }
+        }
+        let (rest, rest_offsets) = self.encode_plain(tk, &text[from..])?;
+        ids.extend(rest);
+        offsets.extend(rest_offsets.into_iter().map(|(s, e)| (s + from, e + from)));
+        let labels = if train_on_all {
+            ids.iter().map(|&i| i as i32).collect()
+        } else {
+            completion_labels(&ids, &offsets, &spans, &self.special_ids)
+        };
+        Ok(ChatTokens { text, ids, offsets, labels })
     }
 
     /// Raw text → examples (continued pre-training): special tokens as the tokenizer adds them,
@@ -286,6 +324,23 @@ fn completion_labels(ids: &[u32], offsets: &[(usize, usize)], spans: &[(usize, u
         }
     }
     labels
+}
+
+/// A rendered conversation's text and its tokens, before truncation.
+struct ChatTokens {
+    text: String,
+    ids: Vec<u32>,
+    offsets: Vec<(usize, usize)>,
+    labels: Vec<i32>,
+}
+
+fn chat_example(chat: Result<ChatTokens>, msgs: &[Message], max_length: usize, truncation: Truncation) -> Example {
+    // A message's other keys count only when present: hashes of plain chats are unchanged.
+    let hash = content_hash(msgs.iter().flat_map(|m| [m.role, m.content.unwrap_or("")].into_iter().chain(m.extra)));
+    match chat {
+        Ok(c) => finish(c.ids, c.labels, max_length, truncation, hash),
+        Err(e) => failed(e, hash),
+    }
 }
 
 fn finish(mut ids: Vec<u32>, mut labels: Vec<i32>, max_length: usize, truncation: Truncation, hash: u64) -> Example {

@@ -392,6 +392,32 @@ impl DataEncoder {
         Ok(examples_to_arrow(py, &self.pool, examples, false))
     }
 
+    /// Conversation pairs sharing their start (preference pairs) → the six columns of the firsts,
+    /// then those of the seconds, as `encode_chat` would give each; the shared start is
+    /// tokenized once.
+    #[pyo3(signature = (first, second, max_length, truncation="right", train_on_all=false))]
+    fn encode_chat_pairs(
+        &self,
+        py: Python<'_>,
+        first: PyArray,
+        second: PyArray,
+        max_length: usize,
+        truncation: &str,
+        train_on_all: bool,
+    ) -> PyResult<(Encoded, Encoded)> {
+        let template = self.template.as_ref().ok_or_else(|| input_err("no chat template configured"))?;
+        let truncation = parse_truncation(truncation)?;
+        let (a, b) = (conversations(&first)?, conversations(&second)?);
+        if a.len() != b.len() {
+            return Err(input_err("first and second differ in length"));
+        }
+        let pairs = py.detach(|| {
+            self.pool.install(|| self.encoder.encode_chat_pairs(template, &a, &b, max_length, truncation, train_on_all))
+        });
+        let (x, y): (Vec<Example>, Vec<Example>) = pairs.into_iter().unzip();
+        Ok((examples_to_arrow(py, &self.pool, x, false), examples_to_arrow(py, &self.pool, y, false)))
+    }
+
     /// Raw texts → the same six columns; every token labelled, EOS appended.
     #[pyo3(signature = (texts, max_length, truncation="right"))]
     fn encode_text(&self, py: Python<'_>, texts: PyArray, max_length: usize, truncation: &str) -> PyResult<Encoded> {

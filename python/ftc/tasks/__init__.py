@@ -84,7 +84,7 @@ class Task:
 
     def init_lines(self, det: Any, section: str, p: Any, max_length: int) -> None:
         """This task's lines of the spec `ftc init` writes, where `section` ("model", "data",
-        "split", "tokenize") ends; `p`: `ftc.scaffold_toml.Lines`. The base writes `max_length`."""
+        "split", "tokenize", "train") ends; `p`: `ftc.scaffold_toml.Lines`. The base writes `max_length`."""
         if section == "tokenize":
             p.kv("max_length", max_length, "95% of the sample fits (a guess from its characters)")
 
@@ -103,6 +103,10 @@ class Task:
     def key_inputs(self, spec: Spec) -> dict[str, Any]:
         """What else the dataset depends on, beyond the shared inputs."""
         return {}
+
+    def check_data(self, spec: Spec, manifest: dict[str, Any]) -> None:
+        """Raises BuildError where the prepared dataset (fresh or from the store: its manifest)
+        holds what this spec cannot train on."""
 
     def check_rows(self, run: Any, rows: Any) -> tuple[Any, Any]:
         """(rows kept, quarantined rows with `line` and `reason`)."""

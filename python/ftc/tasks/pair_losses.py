@@ -11,10 +11,10 @@ ran alone and no token is padding. Each sequence's log-probability is the sum ov
 - `simpo`: −log σ(β(π̄_c − π̄_r) − γ), per-token averages, no reference (TRL CPO `simpo`);
 - `orpo`: NLL of the chosen tokens − β·log σ(log-odds(π̄_c) − log-odds(π̄_r)), no reference
   (TRL ORPO);
-- `kto`: each pair's chosen answer desirable, its rejected one undesirable:
-  w_d·(1 − σ(β(Δ_c − z))) and w_u·(1 − σ(β(z − Δ_r))), z the batch's KL estimate
-  max(0, mean(π − ref)) over mismatched sequences (pair i's prompt with pair i+1's chosen
-  answer, packed after the pairs), detached (TRL `KTOTrainer`);
+- `kto`: each pair's chosen answer desirable, its rejected one undesirable (an unpaired row
+  has one of the two): w_d·(1 − σ(β(Δ_c − z))) and w_u·(1 − σ(β(z − Δ_r))), z the batch's KL
+  estimate max(0, mean(π − ref)) over mismatched sequences (row i's prompt with row i+1's
+  answer, its chosen one if it has one, packed after the rows), detached (TRL `KTOTrainer`);
 - an optional SFT term (`sft_weight` × the chosen tokens' mean NLL) adds to DPO and IPO.
 """
 
@@ -32,10 +32,10 @@ REFERENCE_FREE = ("simpo", "orpo")  # losses that never read a reference model
 
 @dataclass
 class PairCollator:
-    """Pair rows → one padding-free row: chosen₀, rejected₀, chosen₁, … (`seq_lengths`), then
-    with `mismatched` (KTO's KL estimate) prompt₀ + chosen₁, prompt₁ + chosen₂, …, prompt_B−1 +
-    chosen₀. A row that carries the reference's log-probs (`ref_chosen`, `ref_rejected`) passes
-    them on."""
+    """Pair rows → one padding-free row: chosen₀, rejected₀, chosen₁, … (`seq_lengths`; `sides`
+    says which each is, 0 chosen, 1 rejected: an unpaired row has one), then with `mismatched`
+    (KTO's KL estimate) prompt₀ + answer₁, prompt₁ + answer₂, …, prompt_B−1 + answer₀. A row
+    that carries the reference's log-probs (`ref_chosen`, `ref_rejected`) passes them on."""
 
     pad_id: int
     mismatched: bool = False
@@ -45,24 +45,27 @@ class PairCollator:
 
         from ftc.collate import FlatCollator
 
-        seqs = []
+        def seq(prompt: Any, row: dict[str, Any], side: str) -> dict[str, Any]:
+            prompt = np.asarray(prompt, dtype=np.int64)
+            ids = np.concatenate([prompt, np.asarray(row[f"{side}_ids"], dtype=np.int64)])
+            labels = np.concatenate([np.full(len(prompt), IGNORE), np.asarray(row[f"{side}_labels"])])
+            return {"input_ids": ids, "labels": labels, "position_ids": np.arange(len(ids))}
+
+        seqs, sides, ref = [], [], []
         for r in rows:
-            prompt = np.asarray(r["prompt_ids"], dtype=np.int64)
-            for side in ("chosen", "rejected"):
-                ids = np.concatenate([prompt, np.asarray(r[f"{side}_ids"], dtype=np.int64)])
-                labels = np.concatenate([np.full(len(prompt), IGNORE), np.asarray(r[f"{side}_labels"])])
-                seqs.append({"input_ids": ids, "labels": labels, "position_ids": np.arange(len(ids))})
+            for i, side in enumerate(("chosen", "rejected")):
+                if len(r[f"{side}_ids"]):
+                    seqs.append(seq(r["prompt_ids"], r, side))
+                    sides.append(i)
+                    ref.append(r.get(f"ref_{side}"))
         if self.mismatched:
             for r, other in zip(rows, rows[1:] + rows[:1], strict=True):
-                prompt = np.asarray(r["prompt_ids"], dtype=np.int64)
-                ids = np.concatenate([prompt, np.asarray(other["chosen_ids"], dtype=np.int64)])
-                labels = np.concatenate([np.full(len(prompt), IGNORE), np.asarray(other["chosen_labels"])])
-                seqs.append({"input_ids": ids, "labels": labels, "position_ids": np.arange(len(ids))})
+                seqs.append(seq(r["prompt_ids"], other, "chosen" if len(other["chosen_ids"]) else "rejected"))
         batch = FlatCollator(self.pad_id)(seqs)
         batch["seq_lengths"] = torch.as_tensor([len(s["input_ids"]) for s in seqs])
+        batch["sides"] = torch.as_tensor(sides)
         if "ref_chosen" in rows[0]:
-            batch["ref_logps"] = torch.as_tensor([[r["ref_chosen"], r["ref_rejected"]] for r in rows],
-                                                 dtype=torch.float64).reshape(-1)
+            batch["ref_logps"] = torch.as_tensor(ref, dtype=torch.float64)
         return batch
 
 
@@ -86,17 +89,22 @@ def sequence_logps(logits: Any, labels: Any, seq_lengths: Any) -> tuple[Any, Any
 
 def preference_loss(kind: str, logps: Any, counts: Any, ref: Any | None, beta: float, label_smoothing: float = 0.0,
                     gamma: float = 0.5, sft_weight: float = 0.0, kl: tuple[Any, Any] | None = None,
-                    weights: tuple[float, float] = (1.0, 1.0)) -> tuple[Any, dict[str, Any]]:
-    """(mean loss, per-pair figures: rewards of chosen and rejected) from per-sequence sums
-    `logps` [2B] (chosen, rejected alternating), token `counts` [2B] and the reference's sums;
-    `kl`: KTO's mismatched sequences (policy sums, reference sums), `weights` its (desirable,
-    undesirable)."""
+                    weights: tuple[float, float] = (1.0, 1.0), sides: Any | None = None) -> tuple[Any, dict[str, Any]]:
+    """(mean loss, figures: rewards of the chosen and the rejected answers) from per-sequence
+    sums `logps` (chosen, rejected alternating, or as `sides` says: 0 chosen, 1 rejected; only
+    KTO takes unpaired answers), token `counts` and the reference's sums; `kl`: KTO's mismatched
+    sequences (policy sums, reference sums), `weights` its (desirable, undesirable)."""
     import torch
     import torch.nn.functional as F
 
-    pc, pr = logps[0::2], logps[1::2]
-    nc, nr = counts[0::2].clamp(min=1), counts[1::2].clamp(min=1)
-    nll = -pc.sum() / nc.sum()  # the chosen tokens' mean NLL, as a plain SFT loss on them
+    if sides is None:
+        sides = torch.arange(len(logps), device=logps.device) % 2
+    c, r = sides == 0, sides == 1
+    if kind != "kto" and c.sum() != r.sum():
+        raise ValueError(f"`{kind}` compares the two answers of a pair: unpaired answers train with kto only")
+    pc, pr = logps[c], logps[r]
+    nc, nr = counts[c].clamp(min=1), counts[r].clamp(min=1)
+    nll = -pc.sum() / nc.sum().clamp(min=1)  # the chosen tokens' mean NLL, as a plain SFT loss on them
     if kind in REFERENCE_FREE:
         ac, ar = pc / nc, pr / nr
         if kind == "simpo":
@@ -108,7 +116,7 @@ def preference_loss(kind: str, logps: Any, counts: Any, ref: Any | None, beta: f
         chosen, rejected = beta * ac.detach(), beta * ar.detach()
     else:
         assert ref is not None, "dpo and ipo compare against the reference model"
-        rc, rr = ref[0::2].to(pc.dtype), ref[1::2].to(pc.dtype)
+        rc, rr = ref[c].to(pc.dtype), ref[r].to(pc.dtype)
         if kind == "dpo":
             z = beta * ((pc - rc) - (pr - rr))
             losses = -(1 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)
@@ -145,9 +153,11 @@ def bradley_terry(scores: Any, margin: Any | None = None) -> Any:
 
 
 def pair_figures(chosen: np.ndarray, rejected: np.ndarray) -> dict[str, float]:
-    """Pairwise accuracy (chosen scored above rejected) and the mean margin."""
-    margin = chosen - rejected
-    return {"accuracy": float((margin > 0).mean()) if len(margin) else float("nan"),
-            "margin": float(margin.mean()) if len(margin) else float("nan"),
-            "chosen": float(chosen.mean()) if len(chosen) else float("nan"),
-            "rejected": float(rejected.mean()) if len(rejected) else float("nan")}
+    """Pairwise accuracy (chosen scored above rejected, over the pairs that have both: NaN marks
+    an unpaired row's missing side), the margin (mean chosen − mean rejected: the mean margin
+    when every row is a pair) and the mean of each side."""
+    both = ~np.isnan(chosen) & ~np.isnan(rejected)
+    c, r = chosen[~np.isnan(chosen)], rejected[~np.isnan(rejected)]
+    mean = lambda a: float(a.mean()) if len(a) else float("nan")  # noqa: E731
+    return {"accuracy": mean(chosen[both] > rejected[both]), "margin": mean(c) - mean(r), "chosen": mean(c),
+            "rejected": mean(r)}

@@ -8,13 +8,19 @@ A source row is a prompt and two responses, the preferred (`chosen`) and the oth
   response; without one, each is a whole conversation and what they share before their last
   message is the prompt;
 - `chosen` / `rejected` strings in Anthropic HH-RLHF's form (`\\n\\nHuman: …\\n\\nAssistant: …`),
-  read as conversations.
+  read as conversations;
+- unpaired rows, for KTO: `prompt` + `completion` + a boolean `label` (true: desirable). Such a
+  row is a "pair" with one side: stored as its chosen answer when desirable, its rejected one
+  when not, the other side empty; only `loss = "kto"` trains on it.
+
+A pair may carry a `margin` (how much better chosen is: a reward model's Bradley–Terry margin).
 
 A pair travels through the shared stage as one `messages` list: the prompt's messages, then the
-chosen and the rejected answer as its last two (both `assistant`). So cleaning rules apply to
-every part, a row goes when any part of it does, and dedup compares the whole pair. `encode`
-renders prompt + chosen and prompt + rejected with the chat template (`encode_chat`, Rust);
-the prompt is what the two share before the last assistant turn, stored once. Truncation cuts
+chosen and the rejected answer as its last two (both `assistant`; an unpaired row's one answer
+last, its `desirable` column saying which side it is). So cleaning rules apply to every part, a
+row goes when any part of it does, and dedup compares the whole pair. `encode` renders prompt +
+chosen and prompt + rejected with the chat template (`encode_chat`, Rust), in one call; the
+prompt is what the two share before the last assistant turn, stored once. Truncation cuts
 the prompt from the left first (down to half of `max_length`), then the responses from the
 right; both are counted. The split goes by the prompt's hash: no prompt is in two splits.
 """
@@ -56,7 +62,8 @@ def read_file(file: Path, fmt: str, cols: Any, split: str | None, decoding: Any,
     from ftc import encodings, records
     from ftc.sources import SourceBatch, role_table
 
-    names = {k: getattr(cols, k) or k for k in ("prompt", "chosen", "rejected", "system", "responses", "scores")}
+    names = {k: getattr(cols, k) or k for k in ("prompt", "chosen", "rejected", "system", "responses", "scores",
+                                                "completion", "label", "margin")}
     roles = role_table(cols)
     keys = (cols.role, cols.content)
     if fmt in ("csv", "tsv"):
@@ -74,20 +81,29 @@ def read_file(file: Path, fmt: str, cols: Any, split: str | None, decoding: Any,
             if isinstance(pairs, str):
                 bad.append((n, pairs))
                 continue
-            for msgs in pairs:  # a ranked list's pairs share its line
-                rows.append({"line": n, "messages": msgs,
+            for pair in pairs:  # a ranked list's pairs share its line
+                rows.append({"line": n, **pair,
                              **({"split": None if item.get(split) is None else str(item[split])} if split else {})})
         yield SourceBatch(file, _frame(rows, split is not None), _bad(bad), rec.nbytes)
 
 
 def to_pairs(item: dict[str, Any], names: dict[str, str], roles: dict[str, str], keys: tuple[str | None, str | None],
-             mode: str) -> list[list[dict[str, Any]]] | str:
-    """A record → its pairs' messages: one pair, or a ranked list's (`responses` + `scores`) as
-    `mode` picks them; or why not."""
+             mode: str) -> list[dict[str, Any]] | str:
+    """A record → its pairs (`messages`, `desirable`: None for a pair, else the unpaired
+    answer's label; `margin`): one pair, an unpaired row, or a ranked list's pairs
+    (`responses` + `scores`) as `mode` picks them; or why not."""
     responses, scores = item.get(names["responses"]), item.get(names["scores"])
+    if names["completion"] in item and names["chosen"] not in item:
+        return unpaired(item, names, roles, keys)
     if responses is None and scores is None:
         one = to_messages(item, names, roles, keys)
-        return one if isinstance(one, str) else [one]
+        if isinstance(one, str):
+            return one
+        margin = item.get(names["margin"])
+        if margin is not None and (not isinstance(margin, int | float | str) or isinstance(margin, bool)
+                                   or not _number(margin)):
+            return f"`{names['margin']}` must be a number, not {margin!r}"
+        return [{"messages": one, "desirable": None, "margin": None if margin is None else float(margin)}]
     if not isinstance(responses, list) or not isinstance(scores, list) or len(responses) != len(scores):
         return f"`{names['responses']}` and `{names['scores']}` must be lists of the same length"
     if not all(isinstance(s, int | float) and not isinstance(s, bool) for s in scores):
@@ -102,8 +118,38 @@ def to_pairs(item: dict[str, Any], names: dict[str, str], roles: dict[str, str],
                               keys)
             if isinstance(one, str):
                 return one
-            out.append(one)
+            out.append({"messages": one, "desirable": None, "margin": None})
     return out or "no two responses with different scores: no preference to learn"
+
+
+def unpaired(item: dict[str, Any], names: dict[str, str], roles: dict[str, str],
+             keys: tuple[str | None, str | None]) -> list[dict[str, Any]] | str:
+    """A KTO row (`prompt` + `completion` + boolean `label`) → its one-sided pair, or why not."""
+    if item.get(names["prompt"]) is None:
+        return f"an unpaired `{names['completion']}` answers a `{names['prompt']}`: this row has none"
+    label = _flag(item.get(names["label"]))
+    if label is None:
+        return (f"`{names['label']}` must be true or false (is the completion desirable?), not "
+                f"{item.get(names['label'])!r}")
+    one = to_messages(item | {names["chosen"]: item[names["completion"]], names["rejected"]: ""}, names, roles, keys)
+    return one if isinstance(one, str) else [{"messages": one[:-1], "desirable": label, "margin": None}]
+
+
+def _flag(value: Any) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
+        return value.strip().lower() in ("true", "1", "yes")
+    return None
+
+
+def _number(value: Any) -> bool:
+    try:
+        return np.isfinite(float(value))
+    except ValueError:
+        return False
 
 
 def to_messages(item: dict[str, Any], names: dict[str, str], roles: dict[str, str],
@@ -172,7 +218,8 @@ def _frame(rows: list[dict[str, Any]], with_split: bool) -> pl.DataFrame:
 
     from ftc.sources import MESSAGE
 
-    schema: dict[str, Any] = {"line": pl.UInt64, "messages": pl.List(MESSAGE)}
+    schema: dict[str, Any] = {"line": pl.UInt64, "messages": pl.List(MESSAGE), "desirable": pl.Boolean,
+                              "margin": pl.Float64}
     return pl.DataFrame(rows, schema=schema | ({"split": pl.String} if with_split else {}))
 
 
@@ -184,7 +231,8 @@ def _bad(items: list[tuple[int, str]]) -> pl.DataFrame:
 
 
 def check_rows(rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """A pair whose two answers are the same, or either empty, teaches nothing: quarantined."""
+    """A pair whose two answers are the same, or either empty, teaches nothing: quarantined (an
+    unpaired row: when its answer is empty)."""
     import polars as pl
 
     if "messages" not in rows.columns:
@@ -193,9 +241,10 @@ def check_rows(rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         raise BuildError("preference pairs are read from `prompt` + `chosen` + `rejected`", hint="map them with "
                          "`columns = { prompt = \"...\", chosen = \"...\", rejected = \"...\" }`")
     content = pl.col("messages").list
+    paired = pl.col("desirable").is_null()
     chosen, rejected = (content.get(i).struct.field("content").str.strip_chars() for i in (-2, -1))
-    why = (pl.when(chosen == rejected).then(pl.lit("identical chosen and rejected"))
-           .when((chosen == "") | (rejected == "")).then(pl.lit("empty response")))
+    why = (pl.when(paired & (chosen == rejected)).then(pl.lit("identical chosen and rejected"))
+           .when((rejected == "") | (paired & (chosen == ""))).then(pl.lit("empty response")))
     checked = rows.with_columns(_why=why)
     return checked.filter(pl.col("_why").is_null()).drop("_why"), \
         checked.filter(pl.col("_why").is_not_null()).select("line", reason="_why")
@@ -204,64 +253,87 @@ def check_rows(rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
 # ── encoding ─────────────────────────────────────────────────────────────────────────────────
 
 def encode(run: Any, rows: pl.DataFrame) -> tuple[Any, ...]:
-    """Rows → (per row [prompt, chosen, rejected] ids, per row [chosen, rejected] labels, status,
-    errors, prompt hashes, tokens before truncation)."""
+    """Rows → (per row [prompt, chosen, rejected] ids, per row [chosen, rejected, what truncation
+    cut] labels, status, errors, prompt hashes, tokens before truncation). An unpaired row's
+    missing side is empty."""
     import polars as pl
 
     from ftc import quality
 
     tok = run.spec.tokenize
     msgs = pl.col("messages").list
-    both = rows.select(chosen=msgs.head(msgs.len() - 1),
-                       rejected=msgs.head(msgs.len() - 2).list.concat(msgs.tail(1)),
-                       prompt=msgs.head(msgs.len() - 2))
-    c_ids, c_lab, c_status, c_err, _, _ = run.encoder.encode_chat(both["chosen"].to_arrow(), UNBOUNDED, "right", False)
-    r_ids, r_lab, r_status, r_err, _, _ = run.encoder.encode_chat(both["rejected"].to_arrow(), UNBOUNDED, "right",
-                                                                  False)
+    paired = rows["desirable"].is_null().to_numpy()  # else an unpaired answer: its label says its side
+    side = rows["desirable"].fill_null(False).to_numpy()
+    answers = pl.when(pl.col("desirable").is_null()).then(2).otherwise(1)
+    convs = rows.select(first=msgs.head(msgs.len() - answers + 1),  # prompt + chosen, or the one answer
+                        second=msgs.head(msgs.len() - 2).list.concat(msgs.tail(1)),
+                        prompt=msgs.head(msgs.len() - answers))
     n = rows.height
-    c_ids, c_lab, r_ids, r_lab = (pa.array(a) for a in (c_ids, c_lab, r_ids, r_lab))
-    status = np.maximum(np.asarray(c_status), np.asarray(r_status)).astype(np.int8)
-    errors = pc.coalesce(pa.array(c_err), pa.array(r_err))
+    pair_rows, one_rows = np.flatnonzero(paired), np.flatnonzero(~paired)
+    # a pair's two conversations in one call: their shared prompt is tokenized once
+    firsts, seconds = (convs[c].filter(pl.Series(paired)).to_arrow() for c in ("first", "second"))
+    a, b = run.encoder.encode_chat_pairs(firsts, seconds, UNBOUNDED, "right", False)
+    c = run.encoder.encode_chat(convs["first"].filter(pl.Series(~paired)).to_arrow(), UNBOUNDED, "right", False)
+    # every row's first conversation (in row order: its pair's, or its one answer), then the pairs' seconds
+    at = np.empty(n + len(pair_rows), np.int64)
+    at[pair_rows], at[one_rows] = np.arange(len(pair_rows)), len(pair_rows) + np.arange(len(one_rows))
+    at[n:] = len(pair_rows) + len(one_rows) + np.arange(len(pair_rows))
+    take = pa.array(at)
+    ids, lab, err = (pa.concat_arrays([pa.array(x[k]) for x in (a, c, b)]).take(take) for k in (0, 1, 3))
+    st = np.concatenate([np.asarray(x[2]) for x in (a, c, b)])[at]
+    second = np.full(n, -1, np.int64)
+    second[paired] = n + np.arange(len(pair_rows))
+    status = np.where(paired, np.maximum(st[:n], st[np.maximum(second, 0)]), st[:n]).astype(np.int8)
+    errors = pc.coalesce(err.slice(0, n), err.take(pa.array(np.where(paired, second, np.arange(n)))))
     parts: list[list[np.ndarray]] = []
     lengths = np.zeros(n, np.int64)
+    empty = np.zeros(0, np.int32)
     for i in range(n):
         if status[i] == 3:
-            parts.append([np.zeros(0, np.int32)] * 6)
+            parts.append([empty] * 6)
             continue
-        ci, cl, ri, rl = (np.asarray(a[i].values, dtype=np.int32) for a in (c_ids, c_lab, r_ids, r_lab))
-        pieces, lengths[i], why = split_pair(ci, cl, ri, rl, tok.max_length, tok.truncation == "drop")
+        convs_i = [(np.asarray(ids[j].values, dtype=np.int32), np.asarray(lab[j].values, dtype=np.int32))
+                   for j in ((i, int(second[i])) if paired[i] else (i,))]
+        prompt, tails, cut, lengths[i], why = split_pair(convs_i, tok.max_length, tok.truncation == "drop")
         status[i] = max(status[i], why)
-        parts.append(pieces)
-    ids = _nested([[q[0], q[1], q[3]] for q in parts])
+        if why:
+            parts.append([empty] * 6)
+            continue
+        if not paired[i]:  # the one answer goes to its side; the other stays empty
+            tails = [tails[0], (empty, empty)] if side[i] else [(empty, empty), tails[0]]
+        parts.append([prompt, tails[0][0], tails[0][1], tails[1][0], tails[1][1], cut])
+    ids_out = _nested([[q[0], q[1], q[3]] for q in parts])
     labels = _nested([[q[2], q[4], q[5]] for q in parts])  # the third: what truncation cut, for the counts
-    prompts = quality.row_text(both.select(messages="prompt"))
-    return ids, labels, status, errors, quality.content_hashes(prompts), lengths
+    prompts = quality.row_text(convs.select(messages="prompt"))
+    return ids_out, labels, status, errors, quality.content_hashes(prompts), lengths
 
 
-def split_pair(ci: np.ndarray, cl: np.ndarray, ri: np.ndarray, rl: np.ndarray, max_length: int,
-               drop: bool) -> tuple[list[np.ndarray], int, int]:
-    """Two rendered conversations → ([prompt, chosen ids, chosen labels, rejected ids, rejected
-    labels, [prompt cut, responses cut]], tokens before truncation, status: 0, 1 too long, 2 no
-    labelled token). Labels are those of the last assistant turn only."""
-    none = [np.zeros(0, np.int32)] * 6
-    starts = [_last_run(cl), _last_run(rl)]
+def split_pair(convs: list[tuple[np.ndarray, np.ndarray]], max_length: int,
+               drop: bool) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]], np.ndarray, int, int]:
+    """One or two rendered conversations (ids, labels) → (the prompt they share, each one's
+    answer (ids, labels), [prompt cut, answers cut], tokens before truncation, status: 0, 1 too
+    long, 2 no labelled token). Labels are those of the last assistant turn only."""
+    none: tuple[Any, ...] = (np.zeros(0, np.int32), [], np.zeros(2, np.int32))
+    starts = [_last_run(lab) for _, lab in convs]
+    total = sum(len(ids) for ids, _ in convs)
     if min(starts) < 0:
-        return none, len(ci) + len(ri), 2
-    bound = min(starts)
-    same = np.flatnonzero(ci[:bound] != ri[:bound])
-    p = int(same[0]) if len(same) else bound
+        return *none, total, 2
+    p = bound = min(starts)
+    if len(convs) == 2:
+        same = np.flatnonzero(convs[0][0][:bound] != convs[1][0][:bound])
+        p = int(same[0]) if len(same) else bound
     tails = []
-    for ids, lab, start in ((ci, cl, starts[0]), (ri, rl, starts[1])):
+    for (ids, lab), start in zip(convs, starts, strict=True):
         lab = lab.copy()
         lab[:start] = IGNORE  # an earlier assistant turn belongs to the prompt
         tails.append((ids[p:], lab[p:]))
-    prompt = ci[:p]
-    total = p + len(tails[0][0]) + len(tails[1][0])
+    prompt = convs[0][0][:p]
+    total = p + sum(len(t[0]) for t in tails)
     longest = max(len(t[0]) for t in tails)
     cut = np.zeros(2, np.int32)
     if p + longest > max_length:
         if drop:
-            return none, total, 1
+            return *none, total, 1
         keep = max(max_length - longest, min(p, max_length // 2))
         if keep < p:
             prompt = prompt[p - keep:]
@@ -271,8 +343,8 @@ def split_pair(ci: np.ndarray, cl: np.ndarray, ri: np.ndarray, rl: np.ndarray, m
             tails = [(i[:room], lab[:room]) for i, lab in tails]
             cut[1] = 1
         if any(not (lab != IGNORE).any() for _, lab in tails):
-            return none, total, 2
-    return [prompt, tails[0][0], tails[0][1], tails[1][0], tails[1][1], cut], total, 0
+            return *none, total, 2
+    return prompt, tails, cut, total, 0
 
 
 def _last_run(labels: np.ndarray) -> int:
@@ -303,13 +375,16 @@ class Collected:
     hashes: list[np.ndarray] = field(default_factory=list)
     splits: list[np.ndarray] = field(default_factory=list)
     source: list[np.ndarray] = field(default_factory=list)
+    margins: list[np.ndarray] = field(default_factory=list)  # NaN: none given
 
     def add(self, run: Any, rows: pl.DataFrame, codes: np.ndarray, ids: pa.Array, second: pa.Array,
             hashes: np.ndarray, idx: int, weight: float, st: Any) -> None:
         import polars as pl
 
         msgs = pl.col("messages").list
-        self.prompts.append(rows.select(msgs.head(msgs.len() - 2)).to_series().to_arrow())
+        answers = pl.when(pl.col("desirable").is_null()).then(2).otherwise(1)
+        self.prompts.append(rows.select(msgs.head(msgs.len() - answers)).to_series().to_arrow())
+        self.margins.append(rows["margin"].fill_null(np.nan).to_numpy().astype(np.float64))
         self.ids.append(ids)
         self.labels.append(second)
         self.hashes.append(hashes)
@@ -328,7 +403,13 @@ class Collected:
         ids, labels = pa.concat_arrays(self.ids), pa.concat_arrays(self.labels)
         prompts = pa.concat_arrays([p.combine_chunks() if isinstance(p, pa.ChunkedArray) else p
                                     for p in self.prompts])
-        hashes, codes, source = (np.concatenate(x) for x in (self.hashes, self.splits, self.source))
+        hashes, codes, source, margins = (np.concatenate(x) for x in (self.hashes, self.splits, self.source,
+                                                                      self.margins))
+        given = ~np.isnan(margins)
+        if given.any() and not given.all():
+            raise SourceError(f"{int(given.sum()):,} pairs give a `margin` and {int((~given).sum()):,} do not",
+                              hint="give every pair a margin, or none (`train.preference.margin` is then the "
+                              "margin of all)")
         # by the prompt, whatever `data.split.by` says: a prompt's pairs stay together
         by_hash = spec.data.split.by == "hash"
         u = quality.unit(quality.mix(hashes)) if by_hash else quality.seeded(hashes, spec.project.seed)
@@ -348,6 +429,7 @@ class Collected:
                               "chosen_labels": _every(labs, 3, 0), "rejected_ids": _every(seqs, 3, 2),
                               "rejected_labels": _every(labs, 3, 1),
                               "length": pa.array(lengths[sel].astype(np.int32)),
+                              **({"margin": pa.array(margins[sel])} if given.any() else {}),
                               # what a judge renders with its own template (`[eval] judge`)
                               **({"prompt": prompts.take(take)} if name != "train" else {})})
             with pa.OSFile(str(tmp / f"{name}.arrow"), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as w:
@@ -364,9 +446,12 @@ class Collected:
                 if unk is not None else None,
             }
         cuts = np.asarray(pc.list_flatten(_every(labels.flatten(), 3, 2)), dtype=np.int64).reshape(-1, 2).sum(0)
+        one_sided = per[:, 1:] == 0  # an unpaired row's missing side
         extra = {"preference": {"pairs": len(hashes), "prompts": int(len(np.unique(hashes))),
+                                "unpaired_desirable": int(one_sided[:, 1].sum()),
+                                "unpaired_undesirable": int(one_sided[:, 0].sum()),
                                 "truncated_prompts": int(cuts[0]), "truncated_responses": int(cuts[1])}}
-        return splits, extra, COLUMNS
+        return splits, extra, COLUMNS + (["margin"] if given.any() else [])
 
 
 def _every(seqs: pa.Array, width: int, at: int) -> pa.Array:
@@ -426,6 +511,21 @@ class PairTask(Task):
     def uses_template(self, spec: Any, files: list[list[Path]]) -> bool:
         return True
 
+    def trains_unpaired(self, spec: Any) -> bool:
+        """Whether unpaired rows (one answer, desirable or not) train."""
+        return False
+
+    def check_data(self, spec: Any, manifest: dict[str, Any]) -> None:
+        from ftc.errors import BuildError
+
+        p = manifest.get("preference", {})
+        good, bad = p.get("unpaired_desirable", 0), p.get("unpaired_undesirable", 0)
+        if (good or bad) and not self.trains_unpaired(spec):
+            raise BuildError(f"the data holds unpaired rows ({good:,} desirable, {bad:,} undesirable answers: "
+                             f"`completion` + `label`): `{self.name}` compares the two answers of a pair",
+                             hint="train on them with `model.task = \"preference\"` and `[train.preference] loss = "
+                             "\"kto\"`, or give every prompt a `chosen` and a `rejected` answer")
+
     def read_file(self, file: Path, fmt: str, cols: Any, threads: int, split: str | None, decoding: Any,
                   limit: int | None) -> Iterator[Any]:
         return read_file(file, fmt, cols, split, decoding, limit)
@@ -445,7 +545,9 @@ class PairTask(Task):
             if p["truncated_prompts"] or p["truncated_responses"] else ""
         st = manifest["stats"]
         rows = ", ".join(f"{name} {split['pairs']:,}" for name, split in st["splits"].items())
-        return f"tokens {st['tokens']:,} · pairs {p['pairs']:,} ({rows}) · {p['prompts']:,} prompts{cut}"
+        good, bad = p.get("unpaired_desirable", 0), p.get("unpaired_undesirable", 0)
+        one = f" · unpaired: {good:,} desirable, {bad:,} undesirable" if good or bad else ""
+        return f"tokens {st['tokens']:,} · pairs {p['pairs']:,} ({rows}){one} · {p['prompts']:,} prompts{cut}"
 
     def split_table(self, splits: dict[str, dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
         cols = ["split", "pairs", "tokens", "prompt tokens", "response tokens"]

@@ -51,6 +51,16 @@ class Preference(PairTask, CausalLM):
             raise ValueError(f"`train.method = \"{spec.train.method}\"` prepends virtual tokens to each sequence; "
                              "preference batches pack several sequences per row")
 
+    def init_lines(self, det: Any, section: str, p: Any, max_length: int) -> None:
+        PairTask.init_lines(self, det, section, p, max_length)
+        if section == "train":
+            kto = "completion" in det.columns
+            p.kv("preference", {"loss": "kto" if kto else "dpo", "beta": 0.1},
+                 "unpaired rows train with kto only" if kto else "or ipo, simpo, orpo, kto")
+
+    def trains_unpaired(self, spec: Any) -> bool:
+        return spec.train.preference.loss == "kto"
+
     def check_method(self, spec: Any) -> None:
         """Nothing beyond `check_spec`: packing is how pairs always train."""
 
@@ -119,14 +129,17 @@ class Preference(PairTask, CausalLM):
                 loss, figures = _loss(p, model, batch)
                 total += float(loss) * len(rows)
                 n += len(rows)
-                for k in parts:
-                    parts[k].append(figures[k].double().cpu().numpy())
+                for k in parts:  # per row, NaN where an unpaired row has no such answer
+                    has = np.asarray([len(r[f"{k.split('_')[-1]}_ids"]) > 0 for r in rows])
+                    parts[k].append(np.full(len(rows), np.nan))
+                    parts[k][-1][has] = figures[k].double().cpu().numpy()
         got = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
         fig = pair_figures(got["chosen"], got["rejected"])
-        result = {"loss": total / n if n else None, "accuracy": fig["accuracy"], "margin": fig["margin"],
+        result = {"loss": total / n if n else None, "margin": fig["margin"],
+                  "accuracy": None if np.isnan(fig["accuracy"]) else fig["accuracy"],  # no row with both answers
                   "reward_chosen": fig["chosen"], "reward_rejected": fig["rejected"],
-                  "logps_chosen": float(got["logps_chosen"].mean()) if n else None,
-                  "logps_rejected": float(got["logps_rejected"].mean()) if n else None, "pairs": n}
+                  "logps_chosen": _mean(got["logps_chosen"]), "logps_rejected": _mean(got["logps_rejected"]),
+                  "pairs": n}
         if spec.eval.judge and "base_answer" in ds.column_names:  # the tuned model (the base has none yet)
             from ftc.tasks import judge
 
@@ -156,28 +169,38 @@ class Preference(PairTask, CausalLM):
             lines.append("")
         return lines
 
-    # ── export: the policy is a causal LM; its held-out examples are the chosen answers
+    # ── export: the policy is a causal LM; its held-out examples are the chosen answers (an
+    # unpaired row's undesirable answer is not what the policy should say: left out)
     def held_out(self, ds: Any, n: int, seed: int, labels: list[str] | None) -> tuple[list[dict[str, Any]],
                                                                                     dict[str, Any]]:
-        picked = np.sort(np.random.default_rng(seed).permutation(len(ds))[:n])
-        drawn = "seeded random sample of the chosen answers" if len(picked) < len(ds) else "the whole split"
-        return [chosen_example(ds[int(i)]) for i in picked], {"of": len(ds), "seed": seed, "drawn": drawn}
+        import pyarrow.compute as pc
+
+        has = np.flatnonzero(np.asarray(pc.list_value_length(ds.data.column("chosen_ids"))) > 0)
+        picked = np.sort(has[np.random.default_rng(seed).permutation(len(has))[:n]])
+        drawn = "seeded random sample of the chosen answers" if len(picked) < len(has) else "the whole split"
+        return [chosen_example(ds[int(i)]) for i in picked], {"of": len(has), "seed": seed, "drawn": drawn}
 
     def make_variant(self, name: str, model: Any, merged_dir: Path, art: Path, settings: Any, eos: list[int],
                      train_split: Callable[[], Any], progress: Any) -> Path:
         return CausalLM.make_variant(self, name, model, merged_dir, art, settings, eos,
-                                     lambda: [chosen_example(r) for r in train_split()], progress)
+                                     lambda: [chosen_example(r) for r in train_split() if len(r["chosen_ids"])],
+                                     progress)
 
 
 def _loss(p: Any, model: Any, batch: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """`[train.preference]`'s loss of a packed pair batch (`p`: its table)."""
     logps, counts, ref = pair_logps(model, batch, p.loss not in REFERENCE_FREE)
     kl = None
-    if p.loss == "kto":  # the batch's last third: mismatched sequences
-        n = 2 * len(logps) // 3
+    n = len(batch["sides"])
+    if p.loss == "kto":  # after the rows' answers: the mismatched sequences
         kl, logps, counts, ref = (logps[n:], ref[n:]), logps[:n], counts[:n], ref[:n]
     return preference_loss(p.loss, logps, counts, ref, p.beta, p.label_smoothing, p.gamma, p.sft_weight, kl,
-                           (p.desirable_weight, p.undesirable_weight))
+                           (p.desirable_weight, p.undesirable_weight), batch["sides"])
+
+
+def _mean(values: np.ndarray) -> float | None:
+    values = values[~np.isnan(values)]
+    return float(values.mean()) if len(values) else None
 
 
 def _quote(text: str) -> str:
@@ -227,10 +250,10 @@ def _write_reference(tmp: Path, key: str, model: Any, splits: dict[str, Any], pa
                 batch = {k: v.to(device) for k, v in collate(rows).items()}
                 logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
                 logps, _ = sequence_logps(logits, batch["labels"], batch["seq_lengths"])
-                logps = logps.double().cpu().numpy()
+                logps, sides = logps.double().cpu().numpy(), batch["sides"].numpy()
                 names += [name] * len(rows)
-                chosen.append(logps[0::2])
-                rejected.append(logps[1::2])
+                chosen.append(logps[sides == 0])
+                rejected.append(logps[sides == 1])
                 if progress:
                     progress("reference log-probs", len(rows), total)
     table = pa.table({"split": pa.array(names, pa.string()),

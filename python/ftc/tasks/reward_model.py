@@ -3,7 +3,8 @@ Bradley–Terry loss (docs/architecture.md: Tasks).
 
 Data: pairs (`ftc.tasks.pairs`). Train: the base with a one-output sequence-classification head;
 a batch of pairs is chosen₀, rejected₀, chosen₁, … padded (the head reads each sequence's last
-token, so every architecture's own pooling applies); loss −log σ(s_c − s_r − margin). Metrics on
+token, so every architecture's own pooling applies); loss −log σ(s_c − s_r − m), m each pair's
+`margin` where the data gives one, else `train.preference.margin`. Metrics on
 the test split: pairwise accuracy (the chosen answer scored higher) and the mean margin. Export:
 an ONNX scorer, parity on the order of each held-out pair's two scores. Runtime: `Scorer`
 renders (prompt, response) with the training template, `POST /v1/score`.
@@ -28,7 +29,8 @@ LABELS = ["reward"]  # the head's one output
 @dataclass
 class PairPaddedCollator:
     """Pair rows → chosen₀, rejected₀, chosen₁, … padded to the longest (`labels`: the preferred
-    index of each pair, 0, so the Trainer's evaluation sees a labelled batch)."""
+    index of each pair, 0, so the Trainer's evaluation sees a labelled batch; `margin`: each
+    pair's, where the data gives them)."""
 
     pad_id: int
 
@@ -41,6 +43,8 @@ class PairPaddedCollator:
                 for r in rows for side in ("chosen", "rejected")]
         batch = PaddedCollator(self.pad_id, targets=())(seqs)
         batch["labels"] = torch.zeros(len(rows), dtype=torch.long)
+        if "margin" in rows[0]:
+            batch["margin"] = torch.as_tensor([r["margin"] for r in rows], dtype=torch.float32)
         return batch
 
 
@@ -85,8 +89,9 @@ class RewardModel(PairTask, Classification):
         return None
 
     def loss(self, spec: Any, model: Any, inputs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-        scores = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits[:, 0].float()
-        return bradley_terry(scores, spec.train.preference.margin or None), {"scores": scores.detach()}
+        scores = model(**{k: v for k, v in inputs.items() if k not in ("labels", "margin")}).logits[:, 0].float()
+        margin = inputs.get("margin", spec.train.preference.margin or None)  # the data's, else the spec's
+        return bradley_terry(scores, margin), {"scores": scores.detach()}
 
     def evaluate(self, spec: Any, model: Any, tokenizer: Any, ds: Any, collator: Callable[..., Any],
                  labels: list[str] | None) -> dict[str, Any]:
@@ -130,6 +135,7 @@ class RewardModel(PairTask, Classification):
         for start in range(0, len(rows), 16):
             batch = PairPaddedCollator(pad_id)(rows[start:start + 16])
             targets = batch.pop("labels").numpy()
+            batch.pop("margin", None)  # the loss's, not the graph's
             yield batch, lambda z: np.asarray(z).reshape(-1, 2), targets
 
     def card(self, data: dict[str, Any], art: Path) -> dict[str, Any]:
