@@ -387,22 +387,23 @@ def test_datasets_without_pair_columns_keep_their_keys():
     assert store.key_of(dumped) == "e51ca633ede2c4ddcae6e9c6acadc209278d7ffad33194bc3ccfbbed87a25357"
 
 
-def test_kto_equals_trl_kto_trainer_on_the_same_batch(tmp_path: Path, llama_dir: Path, ref_dir: Path):
-    """Each pair's chosen answer desirable, its rejected one undesirable; the KL estimate on
-    pair i's prompt with pair i+1's chosen answer: TRL's batch is built from the same sequences."""
+def kto_both(tmp_path: Path, llama_dir: Path, ref_dir: Path, rows: list[dict], answers: list[list[int]],
+             labels: list[bool], beta: float, weights: tuple[float, float]) -> tuple[float, float]:
+    """(ftc's KTO loss of the packed `rows`, `KTOTrainer.compute_loss` of the same sequences:
+    each row's prompt with its `answers` entry, labelled, and its KL sequence the prompt with the
+    next row's answer)."""
     from datasets import Dataset
     from torch.nn.utils.rnn import pad_sequence
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import KTOConfig, KTOTrainer
 
     policy, ref = (AutoModelForCausalLM.from_pretrained(d) for d in (llama_dir, ref_dir))
-    args = KTOConfig(output_dir=str(tmp_path), beta=0.3, desirable_weight=1.0, undesirable_weight=0.7, report_to=[],
-                     use_cpu=True, bf16=False, per_device_train_batch_size=2)
+    args = KTOConfig(output_dir=str(tmp_path), beta=beta, desirable_weight=weights[0], undesirable_weight=weights[1],
+                     report_to=[], use_cpu=True, bf16=False, per_device_train_batch_size=2)
     text = Dataset.from_list([{"prompt": "the model", "completion": " learns", "label": True},
                               {"prompt": "the code", "completion": " numbers", "label": False}])
     trainer = KTOTrainer(model=policy, ref_model=ref, args=args, train_dataset=text,
                          processing_class=AutoTokenizer.from_pretrained(llama_dir))
-    rows = _trl_rows()
 
     def padded(seqs: list[tuple[list[int], list[int]]]) -> dict:
         ids = [torch.as_tensor(p + c) for p, c in seqs]
@@ -411,21 +412,33 @@ def test_kto_equals_trl_kto_trainer_on_the_same_batch(tmp_path: Path, llama_dir:
                 "completion_mask": pad_sequence(comp, batch_first=True),
                 "attention_mask": pad_sequence([torch.ones_like(i) for i in ids], batch_first=True)}
 
-    main = padded([(r["prompt_ids"], r[f"{side}_ids"]) for side in ("chosen", "rejected") for r in rows])
-    kl = padded([(r["prompt_ids"], o["chosen_ids"]) for r, o in zip(rows, rows[1:] + rows[:1], strict=True)])
-    batch = main | {f"KL_{k}": v for k, v in kl.items()} | {"label": torch.tensor([True] * 4 + [False] * 4)}
+    prompts = [r["prompt_ids"] for r in rows for side in ("chosen", "rejected") if r[f"{side}_ids"]]
+    main = padded(list(zip(prompts, answers, strict=True)))
+    nexts = [r["chosen_ids"] or r["rejected_ids"] for r in rows[1:] + rows[:1]]
+    kl = padded([(r["prompt_ids"], o) for r, o in zip(rows, nexts, strict=True)])
+    batch = main | {f"KL_{k}": v for k, v in kl.items()} | {"label": torch.tensor(labels)}
     with torch.no_grad():
         want = float(trainer.compute_loss(policy, batch))
-    for r in rows:
-        r["chosen_labels"], r["rejected_labels"] = r["chosen_ids"], r["rejected_ids"]
     packed = pair_losses.PairCollator(0, mismatched=True)(rows)
-    p = SimpleNamespace(loss="kto", beta=0.3, label_smoothing=0.0, gamma=0.5, sft_weight=0.0, desirable_weight=1.0,
-                        undesirable_weight=0.7)
+    p = SimpleNamespace(loss="kto", beta=beta, label_smoothing=0.0, gamma=0.5, sft_weight=0.0,
+                        desirable_weight=weights[0], undesirable_weight=weights[1])
     with torch.no_grad():
         packed["ref_logps"], _, _ = preference_task.pair_logps(preference_task.TASK.load_model(ref_dir, None, 0).eval(),
                                                                 packed, False)
         got, _ = preference_task._loss(p, preference_task.TASK.load_model(llama_dir, None, 0).eval(), packed)
-    assert abs(float(got) - want) < 1e-5 * max(1.0, abs(want))
+    return float(got), want
+
+
+def test_kto_equals_trl_kto_trainer_on_the_same_batch(tmp_path: Path, llama_dir: Path, ref_dir: Path):
+    """Each pair's chosen answer desirable, its rejected one undesirable; the KL estimate on
+    pair i's prompt with pair i+1's chosen answer: TRL's batch is built from the same sequences."""
+    rows = _trl_rows()
+    for r in rows:
+        r["chosen_labels"], r["rejected_labels"] = r["chosen_ids"], r["rejected_ids"]
+    # ftc packs chosen₀, rejected₀, chosen₁, …; TRL's batch holds the same sequences in that order
+    answers = [r[f"{side}_ids"] for r in rows for side in ("chosen", "rejected")]
+    got, want = kto_both(tmp_path, llama_dir, ref_dir, rows, answers, [True, False] * 4, 0.3, (1.0, 0.7))
+    assert abs(got - want) < 1e-5 * max(1.0, abs(want))
     assert 0.05 < want < 1
 
 
@@ -504,52 +517,23 @@ def test_unpaired_rows_read_one_sided_and_train_only_with_kto(tmp_path: Path, ll
 def test_kto_on_unpaired_rows_equals_trl_kto_trainer(tmp_path: Path, llama_dir: Path, ref_dir: Path):
     """Three desirable and two undesirable answers, each row's KL sequence its prompt with the
     next row's answer: TRL's batch is built from the same sequences, labelled per row."""
-    from datasets import Dataset
-    from torch.nn.utils.rnn import pad_sequence
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import KTOConfig, KTOTrainer
-
-    policy, ref = (AutoModelForCausalLM.from_pretrained(d) for d in (llama_dir, ref_dir))
-    args = KTOConfig(output_dir=str(tmp_path), beta=0.2, desirable_weight=1.3, undesirable_weight=0.8, report_to=[],
-                     use_cpu=True, bf16=False, per_device_train_batch_size=2)
-    text = Dataset.from_list([{"prompt": "the model", "completion": " learns", "label": True},
-                              {"prompt": "the code", "completion": " numbers", "label": False}])
-    trainer = KTOTrainer(model=policy, ref_model=ref, args=args, train_dataset=text,
-                         processing_class=AutoTokenizer.from_pretrained(llama_dir))
     labels = [True, False, True, True, False]
-    rows = []
+    rows, answers = [], []
     for r, good in zip(_trl_rows(5), labels, strict=True):
         answer = r["chosen_ids"]
+        answers.append(answer)
         rows.append({"prompt_ids": r["prompt_ids"], "chosen_ids": answer if good else [],
                      "chosen_labels": answer if good else [], "rejected_ids": [] if good else answer,
-                     "rejected_labels": [] if good else answer, "answer": answer})
-
-    def padded(seqs: list[tuple[list[int], list[int]]]) -> dict:
-        ids = [torch.as_tensor(p + c) for p, c in seqs]
-        comp = [torch.as_tensor([0] * len(p) + [1] * len(c)) for p, c in seqs]
-        return {"input_ids": pad_sequence(ids, batch_first=True),
-                "completion_mask": pad_sequence(comp, batch_first=True),
-                "attention_mask": pad_sequence([torch.ones_like(i) for i in ids], batch_first=True)}
-
-    main = padded([(r["prompt_ids"], r["answer"]) for r in rows])
-    kl = padded([(r["prompt_ids"], o["answer"]) for r, o in zip(rows, rows[1:] + rows[:1], strict=True)])
-    batch = main | {f"KL_{k}": v for k, v in kl.items()} | {"label": torch.tensor(labels)}
-    with torch.no_grad():
-        want = float(trainer.compute_loss(policy, batch))
-    packed = pair_losses.PairCollator(0, mismatched=True)([{k: v for k, v in r.items() if k != "answer"}
-                                                           for r in rows])
-    assert packed["sides"].tolist() == [0, 1, 0, 0, 1]
-    p = SimpleNamespace(loss="kto", beta=0.2, label_smoothing=0.0, gamma=0.5, sft_weight=0.0, desirable_weight=1.3,
-                        undesirable_weight=0.8)
-    with torch.no_grad():
-        packed["ref_logps"], _, _ = preference_task.pair_logps(preference_task.TASK.load_model(ref_dir, None, 0).eval(),
-                                                                packed, False)
-        got, _ = preference_task._loss(p, preference_task.TASK.load_model(llama_dir, None, 0).eval(), packed)
-    assert abs(float(got) - want) < 1e-5 * max(1.0, abs(want))
+                     "rejected_labels": [] if good else answer})
+    assert pair_losses.PairCollator(0)(rows)["sides"].tolist() == [0, 1, 0, 0, 1]
+    got, want = kto_both(tmp_path, llama_dir, ref_dir, rows, answers, labels, 0.2, (1.3, 0.8))
+    assert abs(got - want) < 1e-5 * max(1.0, abs(want))
     assert 0.05 < want < 2
+    p = SimpleNamespace(loss="dpo", beta=0.2, label_smoothing=0.0, gamma=0.5, sft_weight=0.0, desirable_weight=1.0,
+                        undesirable_weight=1.0)
     with pytest.raises(ValueError, match="unpaired answers train with kto only"):
-        preference_task._loss(SimpleNamespace(**{**p.__dict__, "loss": "dpo"}),
-                              preference_task.TASK.load_model(llama_dir, None, 0).eval(), packed)
+        preference_task._loss(p, preference_task.TASK.load_model(llama_dir, None, 0).eval(),
+                              pair_losses.PairCollator(0)(rows))
 
 
 def test_a_reward_model_takes_each_pairs_margin_from_the_data(tmp_path: Path, llama_dir: Path):

@@ -560,6 +560,7 @@ class PairTask(Task):
         enc = _data.DataEncoder((path / "tokenizer.json").read_text(encoding="utf-8"))
         with pa.memory_map(str(path / manifest["files"][split])) as source:
             table = pa.ipc.open_stream(source).read_all().slice(0, n)
-        return [(f"pair {i}", [f"prompt   {enc.decode(r['prompt_ids'])}", f"chosen   {enc.decode(r['chosen_ids'])}",
-                               f"rejected {enc.decode(r['rejected_ids'])}"])
+        return [(f"pair {i}", [f"prompt   {enc.decode(r['prompt_ids'])}",
+                               *(f"{side:<8} {enc.decode(r[f'{side}_ids'])}" for side in ("chosen", "rejected")
+                                 if r[f"{side}_ids"])])  # an unpaired row has one side
                 for i, r in enumerate(table.to_pylist())]
