@@ -19,8 +19,8 @@ A pair travels through the shared stage as one `messages` list: the prompt's mes
 chosen and the rejected answer as its last two (both `assistant`; an unpaired row's one answer
 last, its `desirable` column saying which side it is). So cleaning rules apply to every part, a
 row goes when any part of it does, and dedup compares the whole pair. `encode` renders prompt +
-chosen and prompt + rejected with the chat template (`encode_chat`, Rust), in one call; the
-prompt is what the two share before the last assistant turn, stored once. Truncation cuts
+chosen and prompt + rejected with the chat template (`encode_chat_pairs`, Rust: the prompt is
+tokenized once); the prompt is what the two share before the last assistant turn, stored once. Truncation cuts
 the prompt from the left first (down to half of `max_length`), then the responses from the
 right; both are counted. The split goes by the prompt's hash: no prompt is in two splits.
 """
@@ -269,31 +269,30 @@ def encode(run: Any, rows: pl.DataFrame) -> tuple[Any, ...]:
                         second=msgs.head(msgs.len() - 2).list.concat(msgs.tail(1)),
                         prompt=msgs.head(msgs.len() - answers))
     n = rows.height
-    pair_rows, one_rows = np.flatnonzero(paired), np.flatnonzero(~paired)
-    # a pair's two conversations in one call: their shared prompt is tokenized once
+    # a pair's two conversations in one call (their shared prompt tokenized once), the unpaired in another
     firsts, seconds = (convs[c].filter(pl.Series(paired)).to_arrow() for c in ("first", "second"))
     a, b = run.encoder.encode_chat_pairs(firsts, seconds, UNBOUNDED, "right", False)
     c = run.encoder.encode_chat(convs["first"].filter(pl.Series(~paired)).to_arrow(), UNBOUNDED, "right", False)
-    # every row's first conversation (in row order: its pair's, or its one answer), then the pairs' seconds
-    at = np.empty(n + len(pair_rows), np.int64)
-    at[pair_rows], at[one_rows] = np.arange(len(pair_rows)), len(pair_rows) + np.arange(len(one_rows))
-    at[n:] = len(pair_rows) + len(one_rows) + np.arange(len(pair_rows))
-    take = pa.array(at)
-    ids, lab, err = (pa.concat_arrays([pa.array(x[k]) for x in (a, c, b)]).take(take) for k in (0, 1, 3))
-    st = np.concatenate([np.asarray(x[2]) for x in (a, c, b)])[at]
-    second = np.full(n, -1, np.int64)
-    second[paired] = n + np.arange(len(pair_rows))
-    status = np.where(paired, np.maximum(st[:n], st[np.maximum(second, 0)]), st[:n]).astype(np.int8)
-    errors = pc.coalesce(err.slice(0, n), err.take(pa.array(np.where(paired, second, np.arange(n)))))
+    (a_ids, a_lab, a_st, a_err), (b_ids, b_lab, b_st, b_err), (c_ids, c_lab, c_st, c_err) = (
+        (pa.array(x[0]), pa.array(x[1]), np.asarray(x[2]), pa.array(x[3])) for x in (a, b, c))
+    at = np.zeros(n, np.int64)  # each row's place in its call's output
+    at[paired], at[~paired] = np.arange(int(paired.sum())), np.arange(int((~paired).sum()))
+    status = np.zeros(n, np.int8)
+    errors: list[str | None] = [None] * n
     parts: list[list[np.ndarray]] = []
     lengths = np.zeros(n, np.int64)
     empty = np.zeros(0, np.int32)
     for i in range(n):
+        j = int(at[i])
+        outs = ((a_ids, a_lab, a_st, a_err), (b_ids, b_lab, b_st, b_err)) if paired[i] else \
+            ((c_ids, c_lab, c_st, c_err),)
+        status[i] = max(int(o[2][j]) for o in outs)
+        errors[i] = next((o[3][j].as_py() for o in outs if o[3][j].is_valid), None)
         if status[i] == 3:
             parts.append([empty] * 6)
             continue
-        convs_i = [(np.asarray(ids[j].values, dtype=np.int32), np.asarray(lab[j].values, dtype=np.int32))
-                   for j in ((i, int(second[i])) if paired[i] else (i,))]
+        convs_i = [(np.asarray(o[0][j].values, dtype=np.int32), np.asarray(o[1][j].values, dtype=np.int32))
+                   for o in outs]
         prompt, tails, cut, lengths[i], why = split_pair(convs_i, tok.max_length, tok.truncation == "drop")
         status[i] = max(status[i], why)
         if why:
@@ -305,7 +304,7 @@ def encode(run: Any, rows: pl.DataFrame) -> tuple[Any, ...]:
     ids_out = _nested([[q[0], q[1], q[3]] for q in parts])
     labels = _nested([[q[2], q[4], q[5]] for q in parts])  # the third: what truncation cut, for the counts
     prompts = quality.row_text(convs.select(messages="prompt"))
-    return ids_out, labels, status, errors, quality.content_hashes(prompts), lengths
+    return ids_out, labels, status, pa.array(errors, pa.large_string()), quality.content_hashes(prompts), lengths
 
 
 def split_pair(convs: list[tuple[np.ndarray, np.ndarray]], max_length: int,
