@@ -248,6 +248,9 @@ def test_reference_free_losses_train_and_pair_options_are_checked(tmp_path: Path
     with pytest.raises(FtcError, match="train.preference"):
         load_spec(write_spec(tmp_path / "c.toml", llama_dir, [{"path": "pairs.jsonl"}],
                              train={"preference": {"loss": "dpo"}}))
+    with pytest.raises(FtcError, match=r"maps completion: columns of preference pairs"):
+        load_spec(write_spec(tmp_path / "k.toml", llama_dir, [{"path": "pairs.jsonl", "columns": {
+            "prompt": "q", "completion": "a"}}]))
     with pytest.raises(FtcError, match="prepends virtual tokens"):
         load_spec(pair_spec(tmp_path / "p", llama_dir, "preference", method="prompt-tuning"))
 

@@ -31,7 +31,7 @@ from ftc.errors import BuildError, SourceError
 from ftc.model import TokenizerInfo, load_tokenizer_info, resolve_model, resolve_template
 from ftc.quality import Funnel
 from ftc.sources import SourceBatch, ahead, read_source, source_files, source_name
-from ftc.spec import Spec
+from ftc.spec import PAIR_COLUMNS, Spec
 
 SPLITS = ("train", "valid", "test")
 STATUS_REASONS = {1: "too long (truncation = drop)", 2: "no token left to train on"}
@@ -163,9 +163,9 @@ def key_inputs(spec: Spec, files: list[list[Path]], info: TokenizerInfo, templat
     }
 
 
-# Column keys added after datasets were first keyed: left out while unset, so every dataset that
-# does not use them keeps the key it had.
-LATER_COLUMN_KEYS = ("chosen", "rejected", "responses", "scores", "pairs", "completion", "margin")
+# Column keys added after datasets were first keyed (the preference pairs'): left out while
+# unset, so every dataset that does not use them keeps the key it had.
+LATER_COLUMN_KEYS = PAIR_COLUMNS
 
 
 def _unset_later_keys(spec: Spec) -> dict[str, Any]:

@@ -60,6 +60,9 @@ class ModelSpec(Table):
                                     "(`auto_map`): loading it runs the .py files of its directory.")
 
 
+PAIR_COLUMNS = ("chosen", "rejected", "responses", "scores", "pairs", "completion", "margin")
+
+
 class Columns(Table):
     """Which source column holds each field. Causal-LM: `text`, or `prompt`/`response` (+`system`),
     or `messages`; classification: `text` (+`text_pair`) and `label`; token classification:
@@ -692,6 +695,11 @@ class Spec(Table):
         if self.train.preference is not None and not task.reads_pairs:
             raise ValueError(f"`train.preference` sets the loss of preference pairs; `model.task = \"{task.name}\"` "
                              "trains on none (`reward-model` and `preference` do)")
+        for i, src in enumerate(self.data.sources):
+            if not task.reads_pairs and (used := [k for k in PAIR_COLUMNS if getattr(src.columns, k) is not None]):
+                raise ValueError(f"`data.sources[{i}].columns` maps {', '.join(used)}: columns of preference pairs, "
+                                 f"which `model.task = \"{task.name}\"` does not read (`reward-model` and "
+                                 "`preference` do)")
         if self.train.distill and task.distills is None:
             raise ValueError(f"`train.distill` distils a causal LM's next-token or a classifier's class "
                              f"distribution; `model.task = \"{task.name}\"` has neither")
