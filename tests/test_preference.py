@@ -331,6 +331,11 @@ def test_a_reward_model_judges_a_policy_the_same_from_its_run_and_its_artifact(t
     found = export.find_run(rm.path)
     art = export.export(found, export.override(found.export, onnx=True))
     results = []
+    policy = pair_spec(tmp_path / "judged", llama_dir, "preference")
+    with policy.open("a", encoding="utf-8") as f:  # a judge given as a spec: `ftc plan` lists its stages first
+        f.write(f'\n[eval]\njudge = "{tmp_path / "rm" / "spec.toml"}"\n')
+    assert [(s.stage, s.cached) for s in stages.plan(load_spec(policy))] == [
+        ("judge data", True), ("judge train", True), ("data", False), ("train", False)]
     for i, judge in enumerate((str(rm.path), str(art.artifact))):
         spec = pair_spec(tmp_path / f"dpo{i}", llama_dir, "preference", max_steps=8, learning_rate=2e-2,
                          preference={"loss": "dpo", "beta": 0.5})

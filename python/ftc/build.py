@@ -14,7 +14,7 @@ import math
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +99,11 @@ def plan(spec: Spec, threads: int = 0) -> list[StagePlan]:
 
         e_inputs = export.export_inputs(store.key_of(t_inputs), spec.export)
         stages.append(_stage_plan("export", export.ARTIFACTS, store.key_of(e_inputs), e_inputs, spec.project.name))
+    judge = spec.resolve(spec.eval.judge) if spec.eval.judge else None
+    if judge is not None and judge.suffix == ".toml" and judge.is_file():  # a judge spec builds first when missing
+        from ftc.specload import load_spec
+
+        stages = [replace(st, stage=f"judge {st.stage}") for st in plan(load_spec(judge), threads)] + stages
     return stages
 
 

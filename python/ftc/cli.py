@@ -576,8 +576,10 @@ def plan(spec: Path) -> None:
     from ftc import build as stages
     from ftc.specload import load_spec
 
-    for st in stages.plan(load_spec(spec)):
-        err.print(f"{st.stage:<6} {'cached' if st.cached else 'build':<7} {st.key[:12]}  {st.why}", markup=False,
+    steps = stages.plan(load_spec(spec))
+    width = max(len(st.stage) for st in steps)
+    for st in steps:
+        err.print(f"{st.stage:<{width}} {'cached' if st.cached else 'build':<7} {st.key[:12]}  {st.why}", markup=False,
                   soft_wrap=True)
 
 
