@@ -385,3 +385,49 @@ def test_a_hub_id_offline_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.M
     with pytest.raises(ModelError, match="cannot download from the hub") as e:
         resolve_model("ftc-test-org/no-such-model", tmp_path)
     assert "local directory" in (e.value.hint or "")
+
+
+@pytest.mark.parametrize("case", ["classifier", "class-weights", "causal-lm"])
+def test_accumulated_steps_average_like_one_batch_with_class_weights_and_a_penalty(tmp_path: Path, bert_dir: Path,
+                                                                                  llama_dir: Path, case: str):
+    """Two accumulated half batches give the gradient of the whole batch, whichever loss runs:
+    a classifier head's batch mean (even where the model's forward takes loss kwargs), ftc's
+    class-weighted mean, a causal LM's loss over the step's tokens; an EWC-like penalty counts
+    once per optimizer step, not once per half."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, TrainingArguments
+
+    from ftc import tasks
+
+    causal = case == "causal-lm"
+    task = "causal-lm" if causal else "classification"
+    spec = load_spec(write_spec(tmp_path / "spec.toml", llama_dir if causal else bert_dir, [{"path": "d.jsonl"}],
+                                model={"task": task}, train={"method": "full", "batch_size": 4}))
+    torch.manual_seed(0)
+    ids = torch.randint(5, 500, (4, 12))
+    batch = {"input_ids": ids, "attention_mask": torch.ones(4, 12, dtype=torch.long),
+             "labels": torch.where(torch.rand(4, 12) < 0.3, -100, ids) if causal else torch.tensor([0, 1, 1, 0])}
+    items = int((batch["labels"][:, 1:] != -100).sum()) if causal else 4
+    grads = []
+    for accum in (1, 2):
+        if causal:
+            model = AutoModelForCausalLM.from_pretrained(llama_dir)
+            head = model.lm_head
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                bert_dir, num_labels=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+            torch.manual_seed(1)
+            model.classifier.reset_parameters()  # the same head in both runs
+            head = model.classifier
+        anchor = head.weight.detach().clone() + 0.5
+        penalty = lambda h=head, a=anchor: ((h.weight - a) ** 2).sum()  # noqa: E731
+        args = TrainingArguments(str(tmp_path / f"o{accum}"), gradient_accumulation_steps=accum, report_to=[],
+                                 use_cpu=True, per_device_train_batch_size=4 // accum)
+        trainer = train.make_trainer(spec, tasks.get(task), model, args, None, None, lambda r: r,
+                                     [1.0, 1.0] if case == "class-weights" else None, penalty=penalty)
+        trainer.current_gradient_accumulation_steps = accum
+        model.train()
+        for part in range(accum):
+            half = {k: v[part * 4 // accum:(part + 1) * 4 // accum] for k, v in batch.items()}
+            trainer.training_step(model, half, num_items_in_batch=torch.tensor(items))
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-5), float((grads[0] - grads[1]).abs().max())

@@ -30,8 +30,10 @@ RUNS = "runs-v1"
 # train on shuffled batches, not length-grouped ones; packed causal-LM batches count examples; the
 # last checkpoint is the model unless early stopping or `keep_best` asks for the best one; 4:
 # AdamW is torch's fused kernel, full and freeze keep float32 weights under bf16/fp16 autocast;
-# 5: classification defaults to the linear schedule without warmup).
-TRAIN_RECIPE = 5
+# 5: classification defaults to the linear schedule without warmup; 6: with gradient accumulation,
+# a head's batch-mean loss is divided over the accumulated steps and an EWC penalty counts once
+# per step).
+TRAIN_RECIPE = 6
 
 
 @dataclass

@@ -389,7 +389,10 @@ def make_trainer(spec: Spec, task: Task, model: Any, args: Any, train_ds: Any, e
                     kd = distill.kd_loss(outputs.logits, labels, *teacher, t.distill.loss, t.distill.temperature)
                     loss = t.distill.alpha * kd + (1 - t.distill.alpha) * loss
             if penalty is not None and model.training:  # training's objective; validation reports the task's loss
-                loss = loss + penalty().to(loss.device, loss.dtype)
+                share = penalty().to(loss.device, loss.dtype)
+                if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
+                    share = share / self.current_gradient_accumulation_steps  # the loss is already the step's
+                loss = loss + share
             return (loss, outputs) if return_outputs else loss
 
         def create_optimizer(self, model=None):  # noqa: ANN001
@@ -417,7 +420,8 @@ def make_trainer(spec: Spec, task: Task, model: Any, args: Any, train_ds: Any, e
                                                                      range(len(model.config.id2label))]))
     if progress is not None:
         trainer.remove_callback(ProgressCallback)
-    if task.own_loss:  # a batch mean: the Trainer divides it over accumulation steps (else their sum trains)
+    if task.own_loss or not task.step_mean_loss or class_weights is not None or t.distill is not None:
+        # a batch mean: the Trainer divides it over accumulation steps (else their sum trains)
         trainer.model_accepts_loss_kwargs = False
     return trainer
 

@@ -58,6 +58,11 @@ class Task:
     # The task computes its own training loss (`loss`), so the Trainer's validation passes
     # report that loss alone (no logits gathered).
     own_loss: ClassVar[bool] = False
+    # The model's own loss is a mean over the labelled tokens of the whole optimizer step (the
+    # Trainer passes their count), so accumulated steps add up as they are. Else each batch's
+    # loss is its own mean (a classifier head's, even where its forward takes loss kwargs), and
+    # the Trainer divides it by the accumulation steps.
+    step_mean_loss: ClassVar[bool] = False
     # `[train]` defaults of this task where they differ from the schema's, each from a measurement
     # (README: Results); a key the spec writes wins
     train_defaults: ClassVar[dict[str, Any]] = {}

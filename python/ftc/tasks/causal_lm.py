@@ -52,6 +52,7 @@ class CausalLM(Task):
     endpoint = "/v1/generate"
     pipeline_tag = "text-generation"
     generates = True
+    step_mean_loss = True  # transformers' causal-LM loss divides by the step's token count
     init_metrics = ["perplexity"]
     init_train = {"method": "lora", "epochs": 2, "batch_size": 8, "learning_rate": 2e-4}
     init_max_length = 2048
