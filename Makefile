@@ -3,7 +3,7 @@
 # `make bench` the data-stage benchmark (installs TRL for its baselines)
 # `make bench-train` packed vs padded SFT batches on a tiny Llama (CPU, ~8 minutes on 2 cores)
 # `make bench-export` torch vs ONNX fp32 / int8 / int4: the quickstart classifier, SmolLM2 chat-sft and SmolLM2 on a real chat set
-# `make bench-techniques` distillation (quickstart classifier → 2-layer MiniLM) and forgetting (chat-sft with replay / EWC) (~45 minutes on 2 cores)
+# `make bench-techniques` distillation (quickstart classifier → 2-layer MiniLM) and forgetting (chat-sft with replay / EWC) (about 2 hours on 2 cores: the three chat-sft runs take most of it)
 # `make bench-preference` DPO with ftc's packed pairs against TRL's DPOTrainer (padded), same pairs and tiny model; prep against TRL's tokenization
 # `make bench-quality` ftc against the plain Trainer / TRL script on the same rows and budget, 3 seeds (~1.5 h on 2 cores)
 PY := .venv/bin/python

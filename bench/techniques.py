@@ -1,5 +1,5 @@
-"""The seed notes' training techniques, measured on the shipped examples (CPU, ~45 minutes on
-2 cores):
+"""The seed notes' training techniques, measured on the shipped examples (CPU, about 2 hours on
+2 cores, most of it the three chat-sft runs: ~20 minutes each, replay's longer rows ~25):
 
 - **distillation**: the quickstart classifier (MiniLM-L6, full fine-tune) as the teacher of a
   2-layer MiniLM (its first two layers), against that student trained alone at the same budget;
