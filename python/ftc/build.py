@@ -101,11 +101,10 @@ def plan(spec: Spec, threads: int = 0) -> list[StagePlan]:
 
         e_inputs = export.export_inputs(store.key_of(t_inputs), spec.export)
         stages.append(_stage_plan("export", export.ARTIFACTS, store.key_of(e_inputs), e_inputs, spec.project.name))
-    judge = spec.resolve(spec.eval.judge) if spec.eval.judge else None
-    if judge is not None and judge.suffix == ".toml" and judge.is_file():  # a judge spec builds first when missing
-        from ftc.specload import load_spec
+    from ftc.tasks.judge import judge_spec
 
-        stages = [replace(st, stage=f"judge {st.stage}") for st in plan(load_spec(judge), threads)] + stages
+    if (judge := judge_spec(spec)) is not None:  # a judge spec builds first when missing
+        stages = [replace(st, stage=f"judge {st.stage}") for st in plan(judge, threads)] + stages
     return stages
 
 

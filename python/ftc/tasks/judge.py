@@ -32,6 +32,16 @@ class Judge:
     score: Callable[[list[Any], list[str]], list[float]]  # (prompts as messages, answers) → scores
 
 
+def judge_spec(spec: Any) -> Any | None:
+    """`eval.judge` when it names a spec file: that spec, loaded (else None)."""
+    path = spec.resolve(spec.eval.judge) if spec.eval.judge else None
+    if path is None or path.suffix != ".toml" or not path.is_file():
+        return None
+    from ftc.specload import load_spec
+
+    return load_spec(path)
+
+
 def load_judge(spec: Any) -> Judge:
     """`eval.judge` → a scorer; a one-line error when it names no reward model."""
     from ftc.errors import BuildError
@@ -52,11 +62,10 @@ def load_judge(spec: Any) -> Judge:
             return Judge(name, lambda prompts, answers: scorer.score(prompts, answers))
     from ftc import distill
 
-    if path.suffix == ".toml" and path.is_file():  # a spec: the run it builds (a cache hit once built)
+    if (given := judge_spec(spec)) is not None:  # a spec: the run it builds (a cache hit once built)
         from ftc import build
-        from ftc.specload import load_spec
 
-        return Judge(name, _torch_scorer(build.build(load_spec(path)).path, name, spec.tokenize.max_length))
+        return Judge(name, _torch_scorer(build.build(given).path, name, spec.tokenize.max_length))
     run = distill.find_run(spec, name, "eval.judge")
     if run is None:
         raise BuildError(f"`eval.judge = \"{name}\"`: neither an artifact nor an ftc run",

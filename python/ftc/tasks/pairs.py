@@ -100,8 +100,7 @@ def to_pairs(item: dict[str, Any], names: dict[str, str], roles: dict[str, str],
         if isinstance(one, str):
             return one
         margin = item.get(names["margin"])
-        if margin is not None and (not isinstance(margin, int | float | str) or isinstance(margin, bool)
-                                   or not _number(margin)):
+        if margin is not None and (isinstance(margin, bool) or not _number(margin)):
             return f"`{names['margin']}` must be a number, not {margin!r}"
         return [{"messages": one, "desirable": None, "margin": None if margin is None else float(margin)}]
     if not isinstance(responses, list) or not isinstance(scores, list) or len(responses) != len(scores):
@@ -147,8 +146,8 @@ def _flag(value: Any) -> bool | None:
 
 def _number(value: Any) -> bool:
     try:
-        return np.isfinite(float(value))
-    except ValueError:
+        return bool(np.isfinite(float(value)))
+    except (TypeError, ValueError):
         return False
 
 
@@ -278,16 +277,18 @@ def encode(run: Any, rows: pl.DataFrame) -> tuple[Any, ...]:
     at = np.zeros(n, np.int64)  # each row's place in its call's output
     at[paired], at[~paired] = np.arange(int(paired.sum())), np.arange(int((~paired).sum()))
     status = np.zeros(n, np.int8)
-    errors: list[str | None] = [None] * n
+    status[paired] = np.maximum(a_st, b_st)
+    status[~paired] = c_st
+    first_err, second_err = np.full(n, None, object), np.full(n, None, object)
+    first_err[paired], second_err[paired] = a_err.to_numpy(zero_copy_only=False), b_err.to_numpy(zero_copy_only=False)
+    first_err[~paired] = c_err.to_numpy(zero_copy_only=False)
+    errors = pc.coalesce(pa.array(first_err, pa.large_string()), pa.array(second_err, pa.large_string()))
     parts: list[list[np.ndarray]] = []
     lengths = np.zeros(n, np.int64)
     empty = np.zeros(0, np.int32)
     for i in range(n):
         j = int(at[i])
-        outs = ((a_ids, a_lab, a_st, a_err), (b_ids, b_lab, b_st, b_err)) if paired[i] else \
-            ((c_ids, c_lab, c_st, c_err),)
-        status[i] = max(int(o[2][j]) for o in outs)
-        errors[i] = next((o[3][j].as_py() for o in outs if o[3][j].is_valid), None)
+        outs = ((a_ids, a_lab), (b_ids, b_lab)) if paired[i] else ((c_ids, c_lab),)
         if status[i] == 3:
             parts.append([empty] * 6)
             continue
@@ -304,7 +305,7 @@ def encode(run: Any, rows: pl.DataFrame) -> tuple[Any, ...]:
     ids_out = _nested([[q[0], q[1], q[3]] for q in parts])
     labels = _nested([[q[2], q[4], q[5]] for q in parts])  # the third: what truncation cut, for the counts
     prompts = quality.row_text(convs.select(messages="prompt"))
-    return ids_out, labels, status, pa.array(errors, pa.large_string()), quality.content_hashes(prompts), lengths
+    return ids_out, labels, status, errors, quality.content_hashes(prompts), lengths
 
 
 def split_pair(convs: list[tuple[np.ndarray, np.ndarray]], max_length: int,

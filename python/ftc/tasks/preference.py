@@ -121,18 +121,18 @@ class Preference(PairTask, CausalLM):
         device = next(model.parameters()).device
         parts: dict[str, list[np.ndarray]] = {"chosen": [], "rejected": [], "logps_chosen": [], "logps_rejected": []}
         total, n = 0.0, 0
+        collate = PairCollator(0, mismatched=True) if p.loss == "kto" else collator  # KTO: its KL's mismatched pairs
         with torch.no_grad():
             for start in range(0, len(ds), spec.train.batch_size):
                 rows = [ds[i] for i in range(start, min(len(ds), start + spec.train.batch_size))]
-                kto = PairCollator(0, mismatched=True) if p.loss == "kto" else None  # its KL's mismatched pairs
-                batch = {k: v.to(device) for k, v in (kto or collator)(rows).items()}
+                batch = {k: v.to(device) for k, v in collate(rows).items()}
                 loss, figures = _loss(p, model, batch)
                 total += float(loss) * len(rows)
                 n += len(rows)
+                has = {side: np.asarray([len(r[f"{side}_ids"]) > 0 for r in rows]) for side in ("chosen", "rejected")}
                 for k in parts:  # per row, NaN where an unpaired row has no such answer
-                    has = np.asarray([len(r[f"{k.split('_')[-1]}_ids"]) > 0 for r in rows])
                     parts[k].append(np.full(len(rows), np.nan))
-                    parts[k][-1][has] = figures[k].double().cpu().numpy()
+                    parts[k][-1][has[k.split("_")[-1]]] = figures[k].double().cpu().numpy()
         got = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
         fig = pair_figures(got["chosen"], got["rejected"])
         result = {"loss": total / n if n else None, "margin": fig["margin"],
